@@ -1,0 +1,1 @@
+"""Competitor caches, one file each, shaped like dpcache.hooks."""

@@ -1,0 +1,61 @@
+"""dpcache: training-free DPCache acceleration for diffusion transformers.
+
+Calibrate a Path-Aware Cost Tensor once per model, plan the key steps for a compute budget by dynamic
+programming, and sample with only those steps running the transformer blocks::
+
+    from dpcache import DPCacheConfig, apply_dpcache
+    apply_dpcache(pipe, DPCacheConfig(cost="flux_dev_T50.safetensors", budget=13))
+"""
+
+__version__ = "0.1.0"
+
+from .cost_tensor import CostTensor  # noqa: E402
+from .errors import (  # noqa: E402
+    CostTensorError,
+    CostTensorMismatchError,
+    DPCacheError,
+    ScheduleMismatchError,
+    UnreachablePlanError,
+)
+from .planner import Schedule, plan, plan_all_budgets  # noqa: E402
+
+_LAZY = {
+    "hooks": ("DPCacheConfig", "apply_dpcache", "remove_dpcache", "dpcache_stats", "RunStats"),
+    "calibration": ("calibrate", "record_features"),
+    "pact": ("build_cost_tensor",),
+    "predictors": ("Predictor", "TaylorPredictor"),
+    "prompts": ("load_prompts",),
+}
+
+
+def __getattr__(name: str):
+    # torch/diffusers-heavy parts load on first use, so `import dpcache`, the planner and the CLI stay light.
+    import importlib
+
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    raise AttributeError(f"module 'dpcache' has no attribute {name!r}")
+
+
+__all__ = [
+    "CostTensor",
+    "CostTensorError",
+    "CostTensorMismatchError",
+    "DPCacheConfig",
+    "DPCacheError",
+    "Predictor",
+    "RunStats",
+    "Schedule",
+    "ScheduleMismatchError",
+    "TaylorPredictor",
+    "UnreachablePlanError",
+    "apply_dpcache",
+    "build_cost_tensor",
+    "calibrate",
+    "dpcache_stats",
+    "load_prompts",
+    "plan",
+    "plan_all_budgets",
+    "remove_dpcache",
+]

@@ -1,0 +1,204 @@
+"""Calibration: run a pipeline at full compute, record the last-block feature per step, build the cost tensor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState
+
+from . import __version__
+from .adapters import block_layout
+from .hooks import _ContextStateManager, _transformer_of
+from .pact import cost_tensor_one, default_max_jump, mean_finite
+from .predictors import Predictor, TaylorPredictor
+
+_RECORDER_HOOK = "dpcache_feature_recorder"
+
+
+class _Features(BaseState):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.features: list[torch.Tensor] = []
+
+
+class FeatureRecorderHook(ModelHook):
+    """On the last block: copies its hidden-state output to host memory at every step of one context."""
+
+    _is_stateful = True
+
+    def __init__(self, context: str | None) -> None:
+        super().__init__()
+        self.manager = _ContextStateManager(_Features)
+        self.context = context
+        self.runs: list[list[torch.Tensor]] = []
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(type(module))
+        return module
+
+    def post_forward(self, module: torch.nn.Module, output):
+        state = self.manager.get_state()
+        name = self.manager.context.name
+        if self.context is None or name in (self.context, "default"):
+            hidden = output[self._meta.return_hidden_states_index] if isinstance(output, tuple) else output
+            state.features.append(hidden.detach().to("cpu", copy=True))
+        return output
+
+    def take(self) -> list[torch.Tensor]:
+        """The features of the run that just ended (and forget them)."""
+        for state in self.manager.states().values():
+            if state.features:
+                self.runs.append(state.features)
+        self.manager.reset()
+        runs, self.runs = self.runs, []
+        if len(runs) != 1:
+            raise RuntimeError(f"expected features of exactly one run, got {len(runs)}")
+        return runs[0]
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        for state in self.manager.states().values():
+            if state.features:
+                self.runs.append(state.features)
+        self.manager.reset()
+        return module
+
+
+def record_features(pipe, call: Callable[[], object], context: str | None = "cond") -> list[torch.Tensor]:
+    """Run `call()` (a full-compute pipeline call) and return the last-block feature of every step, on host."""
+    transformer = _transformer_of(pipe)
+    last = block_layout(transformer).last
+    registry = HookRegistry.check_if_exists_or_initialize(last)
+    hook = FeatureRecorderHook(context)
+    registry.register_hook(hook, _RECORDER_HOOK)
+    try:
+        call()
+        return hook.take()
+    finally:
+        registry.remove_hook(_RECORDER_HOOK, recurse=False)
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _part_name(prompt: str, seed: int, num_steps: int, predictor: Predictor, model_id: str) -> str:
+    key = json.dumps([prompt, seed, num_steps, predictor.spec, model_id], sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz"
+
+
+def _save_atomic_npz(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, cost=array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def calibrate(
+    pipe,
+    prompts: Sequence[str],
+    *,
+    num_inference_steps: int = 50,
+    predictor: Predictor | None = None,
+    seeds: Sequence[int] | None = None,
+    model_id: str | None = None,
+    prompt_to_kwargs: Callable[[str], dict] | None = None,
+    call_kwargs: dict | None = None,
+    context: str | None = "cond",
+    work_dir: str | os.PathLike | None = None,
+    max_jump: int | None = None,
+    sentinel_alpha: float = 0.8,
+    first_full_steps: int = 3,
+    last_full_steps: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    out: str | os.PathLike | None = None,
+):
+    """Calibrate a pipeline: build its Path-Aware Cost Tensor from full-compute runs of `prompts`.
+
+    Each prompt runs once at full compute with seed `seeds[i]` (default 42 + i); the last-block features
+    are streamed to host memory and turned into that prompt's cost tensor, which is written to `work_dir`
+    (atomically) so a killed calibration restarts from the prompts already done. The result is the
+    per-cell mean over prompts, with metadata; it is saved to `out` when given.
+
+    Example:
+        >>> ct = calibrate(pipe, load_prompts("drawbench", "fix", 10), model_id="black-forest-labs/FLUX.1-dev",
+        ...                work_dir="calib-flux", out="flux_T50.safetensors")
+    """
+    from tqdm.auto import tqdm
+
+    from .cost_tensor import CostTensor
+
+    if not prompts:
+        raise ValueError("calibration needs at least one prompt")
+    predictor = predictor or TaylorPredictor(order=2)
+    seeds = list(seeds) if seeds is not None else [42 + i for i in range(len(prompts))]
+    if len(seeds) != len(prompts):
+        raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+    model_id = model_id or getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
+    prompt_to_kwargs = prompt_to_kwargs or (lambda p: {"prompt": p})
+    parts = Path(work_dir) if work_dir is not None else None
+    if parts is not None:
+        parts.mkdir(parents=True, exist_ok=True)
+    costs: list[np.ndarray] = []
+    dtype = None
+    bar = tqdm(list(zip(prompts, seeds)), desc="calibrating", unit="prompt", disable=not progress)
+    for prompt, seed in bar:
+        part = parts / _part_name(prompt, seed, num_inference_steps, predictor, model_id) if parts else None
+        if part is not None and part.exists():
+            with np.load(part, allow_pickle=False) as data:
+                costs.append(data["cost"])
+            continue
+
+        def run(prompt=prompt, seed=seed):
+            gen = torch.Generator("cpu").manual_seed(seed)
+            kwargs = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
+            return pipe(num_inference_steps=num_inference_steps, generator=gen, **kwargs)
+
+        feats = record_features(pipe, run, context=context)
+        if len(feats) != num_inference_steps:
+            raise RuntimeError(
+                f"recorded {len(feats)} features for {num_inference_steps} steps: the transformer was called "
+                "a different number of times than the step count (is the context name right?)"
+            )
+        dtype = str(feats[0].dtype).replace("torch.", "")
+        cost = cost_tensor_one(feats, predictor, max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device)
+        del feats
+        if part is not None:
+            _save_atomic_npz(part, cost)
+        costs.append(cost)
+    transformer = _transformer_of(pipe)
+    ct = CostTensor.from_array(
+        mean_finite(costs),
+        num_steps=num_inference_steps,
+        model_id=model_id,
+        predictor=predictor.name,
+        predictor_order=predictor.order,
+        cost_metric="l1",
+        first_full_steps=first_full_steps,
+        last_full_steps=last_full_steps,
+        max_jump=default_max_jump(num_inference_steps) if max_jump is None else max_jump,
+        sentinel_alpha=sentinel_alpha,
+        prompt_hashes=[prompt_hash(p) for p in prompts],
+        seeds=seeds,
+        dtype=dtype or str(next(transformer.parameters()).dtype).replace("torch.", ""),
+        dpcache_version=__version__,
+        source="calibrated",
+    )
+    if out is not None:
+        ct.save(out)
+    return ct

@@ -1,0 +1,317 @@
+"""DPCache as a diffusers hook: run the block stack only at planned key steps, predict it everywhere else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState, StateManager
+
+from .adapters import block_layout, timestep_value
+from .errors import DPCacheError, ScheduleMismatchError
+from .predictors import Predictor, TaylorPredictor
+
+logger = logging.getLogger(__name__)
+
+_STEP_HOOK = "dpcache_step_hook"
+_BLOCK_HOOK = "dpcache_block_hook"
+_DEFAULT_CONTEXT = "default"
+
+
+@dataclass
+class DPCacheConfig:
+    """Configuration of DPCache (Cui et al., "Denoising as Path Planning", arXiv 2602.22654).
+
+    Give either `schedule` (the key steps) or `cost` + `budget` (the schedule is then planned by dynamic
+    programming on the Path-Aware Cost Tensor).
+
+    Args:
+        num_inference_steps: T, the pipeline's step count; a call with another count raises.
+        budget: K, the number of key (full-compute) steps, mandatory ones included.
+        schedule: explicit key steps (0 … T-1, execution order); overrides `cost` + `budget`.
+        cost: a `CostTensor` or the path of a `.safetensors` cost tensor.
+        first_full_steps: steps 0 … M-1 are always key steps (released: FLUX 3, Wan 4).
+        last_full_steps: the final L steps are always key steps (released: FLUX 0, Wan 1).
+        order: Taylor order of the default predictor (released: 2).
+        predictor: a custom `Predictor`; it must be the one the cost tensor was calibrated with.
+        solver: "exact" (true minimum of the path cost, default) or "official" (released recurrence).
+        max_jump: longest distance between key steps (default `max(int(0.3 T), 1)`).
+    """
+
+    num_inference_steps: int = 50
+    budget: int | None = None
+    schedule: Sequence[int] | None = None
+    cost: object | None = None
+    first_full_steps: int = 3
+    last_full_steps: int = 0
+    order: int = 2
+    predictor: Predictor | None = None
+    solver: str = "exact"
+    max_jump: int | None = None
+
+    def make_predictor(self) -> Predictor:
+        """The predictor each cache context clones (the released warm-up gate for the default one)."""
+        if self.predictor is not None:
+            return self.predictor.clone()
+        return TaylorPredictor(order=self.order, derivative_start=max(self.first_full_steps - 1, 0))
+
+    def resolve_schedule(self) -> tuple[int, ...]:
+        """The sorted key steps: the explicit schedule, or the plan of `cost` at `budget`."""
+        T = self.num_inference_steps
+        if self.schedule is not None:
+            steps = tuple(getattr(self.schedule, "key_steps", self.schedule))
+            if list(steps) != sorted(set(steps)):
+                raise DPCacheError(f"schedule must be strictly increasing step indices, got {list(steps)}")
+            if not steps or steps[0] != 0 or steps[-1] >= T:
+                raise DPCacheError(f"schedule must start at step 0 and stay below T={T}, got {list(steps)}")
+            return steps
+        if self.cost is None or self.budget is None:
+            raise DPCacheError("DPCacheConfig needs either `schedule` or both `cost` and `budget`")
+        from .cost_tensor import CostTensor
+        from .planner import plan
+
+        cost = self.cost
+        if isinstance(cost, (str, os.PathLike)):
+            cost = CostTensor.load(cost)
+        if isinstance(cost, CostTensor):
+            pred = self.make_predictor()
+            cost.check_compatible(num_steps=T, predictor=pred.name, predictor_order=pred.order)
+        schedule = plan(
+            cost,
+            self.budget,
+            first_full_steps=self.first_full_steps,
+            last_full_steps=self.last_full_steps,
+            max_jump=self.max_jump,
+            solver=self.solver,
+        )
+        return tuple(schedule.key_steps)
+
+
+@dataclass
+class RunStats:
+    """What one sampling run of one cache context did: key steps computed and steps predicted."""
+
+    computed_steps: list[int] = field(default_factory=list)
+    predicted_steps: list[int] = field(default_factory=list)
+
+    @property
+    def cache_hits(self) -> int:
+        return len(self.predicted_steps)
+
+    @property
+    def steps(self) -> int:
+        return len(self.computed_steps) + len(self.predicted_steps)
+
+
+class DPCacheState(BaseState):
+    """Per cache context (CFG branch): the step counter, the predictor and this run's statistics."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self.reset()
+
+    def reset(self) -> None:
+        self.predictor.reset()
+        self.step = 0
+        self.last_timestep: float | None = None
+        self.compute = True
+        self.stats = RunStats()
+
+
+class _ContextStateManager(StateManager):
+    """A StateManager that falls back to one default context when the caller set none (e.g. DiTPipeline)."""
+
+    def get_state(self):
+        if self._context is None:
+            from diffusers.hooks.hooks import CacheContext
+
+            self._context = CacheContext(_DEFAULT_CONTEXT)
+        return super().get_state()
+
+    def states(self) -> dict[str, DPCacheState]:
+        return dict(self._state_cache)
+
+
+class DPCacheStepHook(ModelHook):
+    """On the transformer: tracks the step of each cache context and decides compute vs predict."""
+
+    _is_stateful = True
+
+    def __init__(self, manager: _ContextStateManager, key_steps: tuple[int, ...], num_steps: int) -> None:
+        super().__init__()
+        self.manager = manager
+        self.key_steps = frozenset(key_steps)
+        self.schedule = key_steps
+        self.num_steps = num_steps
+        self.last_runs: dict[str, RunStats] = {}
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        context = self.manager._context
+        state: DPCacheState = self.manager.get_state()
+        name = self.manager.context.name
+        t = timestep_value(args, kwargs)
+        announced = getattr(context, "num_inference_steps", None)
+        if announced is not None and announced != self.num_steps:
+            raise ScheduleMismatchError(self._mismatch(announced))
+        if state.step > 0 and t is not None and state.last_timestep is not None and t > state.last_timestep:
+            self._finish_run(name, state, strict=False)  # the timestep went up: a new sampling run began
+        if state.step >= self.num_steps:
+            raise ScheduleMismatchError(self._mismatch(f"more than {self.num_steps}"))
+        state.compute = state.step in self.key_steps
+        (state.stats.computed_steps if state.compute else state.stats.predicted_steps).append(state.step)
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state.last_timestep = t
+        state.step += 1
+        if state.step == self.num_steps:
+            self._finish_run(name, state, strict=True)
+        return output
+
+    def _mismatch(self, steps: object) -> str:
+        return (
+            f"the pipeline runs {steps} steps but the DPCache schedule {list(self.schedule)} was planned for "
+            f"T={self.num_steps}; plan again for this step count (and calibrate for it if the cost tensor's T differs)"
+        )
+
+    def _finish_run(self, name: str, state: DPCacheState, strict: bool) -> None:
+        done = state.step
+        self.last_runs[name] = state.stats
+        state.reset()
+        if 0 < done < self.num_steps:
+            if strict:
+                raise ScheduleMismatchError(self._mismatch(done))
+            logger.warning("DPCache: a run of context %r stopped after %d of %d steps", name, done, self.num_steps)
+
+    def begin_run(self, num_steps: int) -> None:
+        """Called when the pipeline sets its timesteps: a new run of `num_steps` steps starts."""
+        for name, state in self.manager.states().items():
+            if state.step:
+                self._finish_run(name, state, strict=False)
+        if num_steps != self.num_steps:
+            raise ScheduleMismatchError(self._mismatch(num_steps))
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        unfinished = [(n, s.step) for n, s in self.manager.states().items() if s.step]
+        for name, state in self.manager.states().items():
+            if state.step:
+                self.last_runs[name] = state.stats
+        self.manager.reset()
+        if unfinished:
+            # The pipeline finished its call before the schedule's last step: it ran fewer steps than T.
+            raise ScheduleMismatchError(self._mismatch(unfinished[0][1]))
+        return module
+
+
+class DPCacheBlockHook(ModelHook):
+    """On every block: at a predicted step the block is skipped; the last block returns the prediction."""
+
+    def __init__(self, manager: _ContextStateManager, is_last: bool) -> None:
+        super().__init__()
+        self.manager = manager
+        self.is_last = is_last
+        self._tuple_len: int | None = None
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._meta = TransformerBlockRegistry.get(type(module))
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: DPCacheState = self.manager.get_state()
+        meta = self._meta
+        if state.compute:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            self._tuple_len = len(output) if isinstance(output, tuple) else None
+            if self.is_last:
+                hidden = output[meta.return_hidden_states_index] if self._tuple_len else output
+                state.predictor.update(state.step, hidden)
+            return output
+        hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        if self.is_last:
+            hidden = state.predictor.predict(state.step)
+        if self._tuple_len is None:
+            return hidden
+        out = [None] * self._tuple_len
+        out[meta.return_hidden_states_index] = hidden
+        if meta.return_encoder_hidden_states_index is not None:
+            enc = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+            out[meta.return_encoder_hidden_states_index] = enc
+        return tuple(out)
+
+
+def _transformer_of(module: torch.nn.Module | object) -> torch.nn.Module:
+    return module.transformer if hasattr(module, "transformer") and hasattr(module, "scheduler") else module
+
+
+def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tuple[int, ...]:
+    """Apply DPCache to a diffusion transformer, or to a pipeline's transformer.
+
+    Given a pipeline, the scheduler's `set_timesteps` is also watched, so a call with another step count
+    than `config.num_inference_steps` fails before any step runs. Given only the transformer, runs are
+    detected from the timestep and a mismatch is reported when the pipeline's call ends.
+
+    Returns the key steps in use.
+
+    Example:
+        ```python
+        >>> from diffusers import FluxPipeline
+        >>> from dpcache import DPCacheConfig, apply_dpcache
+
+        >>> pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", torch_dtype=torch.bfloat16)
+        >>> apply_dpcache(pipe, DPCacheConfig(cost="flux_dev_T50.safetensors", budget=13))
+        >>> image = pipe("a red apple", num_inference_steps=50).images[0]
+        ```
+    """
+    transformer = _transformer_of(module)
+    key_steps = config.resolve_schedule()
+    prototype = config.make_predictor()
+    layout = block_layout(transformer)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_STEP_HOOK) is not None:
+        raise DPCacheError("DPCache is already applied to this transformer; call remove_dpcache first")
+    manager = _ContextStateManager(lambda: DPCacheState(prototype.clone()))
+    step_hook = DPCacheStepHook(manager, key_steps, config.num_inference_steps)
+    registry.register_hook(step_hook, _STEP_HOOK)
+    for idx, block in enumerate(layout.blocks):
+        block_registry = HookRegistry.check_if_exists_or_initialize(block)
+        block_registry.register_hook(DPCacheBlockHook(manager, idx == len(layout.blocks) - 1), _BLOCK_HOOK)
+    if module is not transformer:
+        _watch_scheduler(module.scheduler, step_hook)
+    return key_steps
+
+
+def _watch_scheduler(scheduler: object, step_hook: DPCacheStepHook) -> None:
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
+    def set_timesteps(*args, **kwargs):
+        out = original(*args, **kwargs)
+        step_hook.begin_run(len(scheduler.timesteps))
+        return out
+
+    set_timesteps._dpcache_original = original
+    scheduler.set_timesteps = set_timesteps
+
+
+def remove_dpcache(module: torch.nn.Module | object) -> None:
+    """Remove DPCache from a transformer (or a pipeline's transformer); the model runs uncached again."""
+    transformer = _transformer_of(module)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    registry.remove_hook(_STEP_HOOK, recurse=False)
+    for block in block_layout(transformer).blocks:
+        HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
+    scheduler = getattr(module, "scheduler", None)
+    if scheduler is not None and hasattr(scheduler.set_timesteps, "_dpcache_original"):
+        del scheduler.set_timesteps
+
+
+def dpcache_stats(module: torch.nn.Module | object) -> dict[str, RunStats]:
+    """Per cache context, what the last finished run did (key steps computed, steps predicted)."""
+    hook = HookRegistry.check_if_exists_or_initialize(_transformer_of(module)).get_hook(_STEP_HOOK)
+    if hook is None:
+        raise DPCacheError("DPCache is not applied to this module")
+    return dict(hook.last_runs)

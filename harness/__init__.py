@@ -1,0 +1,1 @@
+"""The benchmark harness: model zoo, references, metrics, tracking, gates, pytest plugin."""

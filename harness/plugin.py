@@ -1,0 +1,325 @@
+"""pytest plugin of the dpcache benchmark: options, markers, the `bench_options`/`tracker`/`gate`
+fixtures and the session summary. Imports no torch, diffusers or mlflow at module level."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+GROUP = "dpcache benchmark"
+SCALES = ("tiny", "medium", "full")
+MARKERS = {
+    "speedup": "speed of a method at a budget (FLOPs speedup gated, wall-clock measured)",
+    "quality": "quality of a method at a budget against the stored full-step reference",
+    "calibration": "calibration of a model (cost tensor built, metadata checked)",
+    "schedule": "schedules planned per budget (snapshot)",
+    "gpu": "needs a CUDA device (skipped without one)",
+    "nightly": "long-running, full-scale (nightly GPU workflow)",
+}
+_WORKER_KEY = "dpcache_invocation"
+
+
+@dataclass
+class BenchOptions:
+    """The parsed `dpcache benchmark` options (None = the suite's default)."""
+
+    scale: str = "tiny"
+    budgets: list[int] | None = None
+    methods: list[str] | None = None
+    steps: int | None = None
+    num_prompts: int | None = None
+    device: str | None = None
+    mlflow_uri: str | None = None
+    json_out: Path = Path("results.jsonl")
+    refs_dir: Path | None = None
+    update_expected: bool = False
+    update_references: bool = False
+    gate_timing: bool = False
+
+    def resolved_device(self) -> str:
+        """--device, else cuda when available, else cpu (imports torch)."""
+        if self.device:
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class _State:
+    options: BenchOptions
+    invocation_id: str
+    tracker: Any = None
+    pending: dict[str, list[Any]] = field(default_factory=dict)  # expected.json path → records
+    rewritten: list[str] = field(default_factory=list)
+
+
+_STATE = pytest.StashKey[_State]()
+
+
+def _csv(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    return items or None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup(GROUP, GROUP)
+    group.addoption(
+        "--scale",
+        choices=SCALES,
+        default="tiny",
+        help="model scale: tiny (CI), medium (CPU benchmarks), full (GPU)",
+    )
+    group.addoption(
+        "--budgets",
+        default=None,
+        metavar="K,K,...",
+        help="budgets: full transformer computations per sample, e.g. 25,13,9",
+    )
+    group.addoption(
+        "--methods", default=None, metavar="M,M,...", help="methods to run, e.g. full,fewer-steps,dpcache"
+    )
+    group.addoption("--steps", type=int, default=None, metavar="T", help="number of sampling steps T")
+    group.addoption("--num-prompts", type=int, default=None, metavar="N", help="evaluation prompts per model")
+    group.addoption("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    group.addoption(
+        "--mlflow-uri",
+        default=None,
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; 'off' disables)",
+    )
+    group.addoption(
+        "--json-out",
+        default=None,
+        metavar="FILE",
+        help="JSON-lines file for result records (default <rootdir>/results.jsonl)",
+    )
+    group.addoption(
+        "--refs-dir",
+        default=None,
+        metavar="DIR",
+        help="reference store directory (default: each suite's references/)",
+    )
+    group.addoption(
+        "--update-expected",
+        action="store_true",
+        help="rewrite suites' expected.json from this run's results instead of gating",
+    )
+    group.addoption(
+        "--update-references", action="store_true", help="recompute and overwrite stored full-step references"
+    )
+    group.addoption(
+        "--gate-timing",
+        action="store_true",
+        help="also enforce wall-clock gates (noise-aware, needs several samples)",
+    )
+
+
+def _parse_options(config: pytest.Config) -> BenchOptions:
+    opt = config.option
+    budgets = _csv(opt.budgets)
+    try:
+        parsed_budgets = [int(b) for b in budgets] if budgets else None
+    except ValueError as e:
+        raise pytest.UsageError(f"--budgets must be comma-separated integers, got {opt.budgets!r}") from e
+    if parsed_budgets and min(parsed_budgets) < 1:
+        raise pytest.UsageError("--budgets must be positive")
+    for name in ("steps", "num_prompts"):
+        v = getattr(opt, name)
+        if v is not None and v < 1:
+            raise pytest.UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    json_out = Path(opt.json_out) if opt.json_out else Path(config.rootpath) / "results.jsonl"
+    return BenchOptions(
+        scale=opt.scale,
+        budgets=parsed_budgets,
+        methods=_csv(opt.methods),
+        steps=opt.steps,
+        num_prompts=opt.num_prompts,
+        device=opt.device,
+        mlflow_uri=opt.mlflow_uri,
+        json_out=json_out.resolve(),
+        refs_dir=Path(opt.refs_dir).resolve() if opt.refs_dir else None,
+        update_expected=opt.update_expected,
+        update_references=opt.update_references,
+        gate_timing=opt.gate_timing,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput and _WORKER_KEY in workerinput:
+        invocation = workerinput[_WORKER_KEY]
+    else:
+        invocation = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+    config.stash[_STATE] = _State(_parse_options(config), invocation)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: every worker shares the controller's invocation id (one MLflow parent per model)."""
+    node.workerinput[_WORKER_KEY] = node.config.stash[_STATE].invocation_id
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    o = config.stash[_STATE].options
+    return f"dpcache: scale={o.scale} budgets={o.budgets or 'suite'} methods={o.methods or 'suite'} steps={o.steps or 'suite'}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    gpu_items = [i for i in items if i.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    device = config.stash[_STATE].options.device
+    if device is None:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    else:
+        has_cuda = device.startswith("cuda")
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="gpu test: no CUDA device (or --device is not cuda)")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
+def bench_params(
+    model: str, methods: Iterable[str], budgets: Sequence[int | None], **marks: Any
+) -> list[Any]:
+    """`pytest.param`s for method × budget with ids `<model>-<method>-K<budget>` and an `xdist_group`
+    mark per model (run with `--dist loadgroup` so a model loads once per worker)."""
+    params = []
+    for method in methods:
+        for budget in budgets:
+            pid = f"{model}-{method}" + (f"-K{budget}" if budget is not None else "")
+            params.append(
+                pytest.param(method, budget, id=pid, marks=[pytest.mark.xdist_group(model), *marks.values()])
+            )
+    return params
+
+
+@pytest.fixture(scope="session")
+def bench_options(pytestconfig: pytest.Config) -> BenchOptions:
+    """The parsed `dpcache benchmark` command-line options."""
+    return pytestconfig.stash[_STATE].options
+
+
+@pytest.fixture(scope="session")
+def tracker(pytestconfig: pytest.Config) -> Any:
+    """The session's `harness.tracking.Tracker` (JSON lines + MLflow), one per xdist worker."""
+    from harness.tracking import Tracker
+
+    state = pytestconfig.stash[_STATE]
+    if state.tracker is None:
+        o = state.options
+        state.tracker = Tracker(o.json_out, mlflow_uri=o.mlflow_uri, invocation_id=state.invocation_id)
+    yield state.tracker
+    state.tracker.close()
+
+
+@pytest.fixture
+def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Config) -> Any:
+    """Call `gate(record, *, expected_path=None, images=None, artifacts=())`: records the result through
+    the tracker, then fails the test with the gate messages (expected.json next to the test file by
+    default). With --update-expected it collects the record and the file is rewritten at session end."""
+    state = pytestconfig.stash[_STATE]
+
+    def _gate(
+        record: Any,
+        *,
+        expected_path: str | os.PathLike[str] | None = None,
+        images: Any = None,
+        artifacts: Sequence[Any] = (),
+    ) -> list[Any]:
+        from harness.gates import check, load_expected
+
+        tracker.log(record, images=images, artifacts=artifacts)
+        path = Path(expected_path) if expected_path else Path(request.node.path).parent / "expected.json"
+        info = {
+            "test_id": record.test_id,
+            "unavailable": record.unavailable(),
+            "expected": str(path),
+            "gated": False,
+        }
+        if tracker.mlflow_error:
+            info["mlflow_error"] = tracker.mlflow_error
+        request.node.user_properties.append(("dpcache_record", info))
+        if state.options.update_expected:
+            state.pending.setdefault(str(path), []).append(record)
+            return []
+        expected = load_expected(path)
+        info["gated"] = record.config_tag in expected
+        failures = check(record, expected, gate_timing=state.options.gate_timing)
+        if failures:
+            lines = "\n".join(f"  {f.message}" for f in failures)
+            pytest.fail(f"dpcache gate failed for {record.test_id} ({path}):\n{lines}", pytrace=False)
+        return failures
+
+    return _gate
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is None or not state.pending:
+        return
+    from harness.gates import update_expected
+
+    for path, records in state.pending.items():
+        update_expected(path, records)
+        state.rewritten.append(path)
+    state.pending.clear()
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    infos = [
+        dict(value)
+        for reports in terminalreporter.stats.values()
+        for rep in reports
+        if getattr(rep, "when", None) == "call"
+        for key, value in getattr(rep, "user_properties", ())
+        if key == "dpcache_record"
+    ]
+    if not infos and state.tracker is None:
+        return
+    tr = terminalreporter
+    tr.section("dpcache benchmark")
+    for info in infos:
+        for metric, reason in sorted(info["unavailable"].items()):
+            tr.write_line(f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}")
+    if not state.options.update_expected:
+        ungated = sorted({i["test_id"] for i in infos if not i["gated"]})
+        if ungated:
+            tr.write_line(f"not gated (no entry in expected.json): {', '.join(ungated)}")
+    rewritten = sorted(
+        set(state.rewritten) | ({i["expected"] for i in infos} if state.options.update_expected else set())
+    )
+    for path in rewritten:
+        tr.write_line(f"--update-expected: rewrote {path}")
+    if state.tracker is not None:
+        tr.write_line(state.tracker.summary())
+    else:  # xdist controller: the workers wrote the records
+        from harness.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(state.options.mlflow_uri)
+        tr.write_line(f"dpcache: result records in JSON lines {state.options.json_out}")
+        errors = sorted({i["mlflow_error"] for i in infos if i.get("mlflow_error")})
+        if uri is None:
+            tr.write_line("dpcache: MLflow tracking off")
+        elif errors:
+            tr.write_line(
+                f"dpcache: MLflow {uri} was unreachable ({errors[0]}); records kept in {state.options.json_out}"
+            )
+        else:
+            tr.write_line(f"dpcache: MLflow store {uri} (invocation {state.invocation_id})")

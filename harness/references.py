@@ -1,0 +1,255 @@
+"""Reference store: full-step outputs keyed by what determines them, written atomically, reused, drift-checked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock
+
+if TYPE_CHECKING:
+    import torch
+
+KEY_FORMAT_VERSION = 1
+TENSOR_NAME = "reference"
+# Fields every reference key must name (frames is optional: None for images).
+REQUIRED_KEY_FIELDS = (
+    "model_id",
+    "weights_hash",
+    "pipeline_class",
+    "scheduler_config",
+    "num_steps",
+    "height",
+    "width",
+    "guidance",
+    "dtype",
+    "prompt",
+    "seed",
+)
+# Scheduler-config entries that do not change the trajectory (bookkeeping written by diffusers).
+_IGNORED_SCHEDULER_KEYS = {"_diffusers_version", "_use_default_values"}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".json", ".model", ".txt")
+
+
+class ReferenceDriftError(AssertionError):
+    """A freshly computed full-step output no longer matches its stored reference."""
+
+
+def _canonical(value: Any) -> Any:
+    """Turn a key field into plain JSON data with one spelling per meaning."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return repr(value)
+        return float(repr(value)) if value != int(value) else int(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if hasattr(value, "to_dict") and callable(value.to_dict):  # e.g. a FrozenDict-like config
+        return _canonical(dict(value.to_dict()))
+    if hasattr(value, "config") and isinstance(getattr(value, "config", None), Mapping):  # a scheduler
+        return _canonical({"_class_name": type(value).__name__, **dict(value.config)})
+    if isinstance(value, type):
+        return value.__name__
+    return str(value)  # torch.dtype, torch.device, Path ...
+
+
+def canonical_key_json(**fields: Any) -> str:
+    """The canonical JSON that `reference_key` hashes (sorted keys, no whitespace)."""
+    fields.setdefault("frames", None)
+    missing = [f for f in REQUIRED_KEY_FIELDS if f not in fields]
+    if missing:
+        raise TypeError(f"reference_key is missing fields {missing}; it needs {list(REQUIRED_KEY_FIELDS)}")
+    sched = fields["scheduler_config"]
+    if not isinstance(sched, Mapping) and isinstance(getattr(sched, "config", None), Mapping):
+        sched = {"_class_name": type(sched).__name__, **dict(sched.config)}
+    if isinstance(sched, Mapping):
+        fields["scheduler_config"] = {k: v for k, v in sched.items() if k not in _IGNORED_SCHEDULER_KEYS}
+    payload = {"key_format": KEY_FORMAT_VERSION, **_canonical(fields)}
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def reference_key(**fields: Any) -> str:
+    """sha256 hex digest over the canonical JSON of model id + weights hash, pipeline class, scheduler
+    config, T (`num_steps`), height/width/frames, guidance, dtype, prompt and seed."""
+    return hashlib.sha256(canonical_key_json(**fields).encode("utf-8")).hexdigest()
+
+
+def _hash_file(path: Path, h: Any) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def weights_hash(module_or_dir: Any) -> str:
+    """sha256 of a model's weights: an `nn.Module` (names, dtypes, shapes and bytes of its state dict),
+    a weights file, or a directory (every weight/config file, by relative path and content)."""
+    h = hashlib.sha256()
+    if isinstance(module_or_dir, (str, os.PathLike)):
+        root = Path(module_or_dir)
+        if root.is_file():
+            _hash_file(root, h)
+            return h.hexdigest()
+        if not root.is_dir():
+            raise FileNotFoundError(f"no weights at {root}")
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.name.endswith(_WEIGHT_SUFFIXES))
+        if not files:
+            raise FileNotFoundError(f"no weight files under {root}")
+        for p in files:
+            h.update(p.relative_to(root).as_posix().encode() + b"\0")
+            _hash_file(p, h)
+        return h.hexdigest()
+    state = module_or_dir.state_dict() if hasattr(module_or_dir, "state_dict") else module_or_dir
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(dtype=_uint8()).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _uint8() -> Any:
+    import torch
+
+    return torch.uint8
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:
+    mse = float(((a.double() - b.double()) ** 2).mean())
+    if mse == 0.0:
+        return 100.0
+    return min(100.0, 10.0 * math.log10(data_range**2 / mse))
+
+
+class ReferenceStore:
+    """`<root>/<key>.safetensors` (tensor + metadata) with a `<key>.json` sidecar.
+
+    Writes go to a temporary file in the same directory and are renamed into place (`os.replace`), so a
+    reader sees either the old file or the complete new one. The `.safetensors` file is the commit point:
+    it is renamed last, and `get` reads nothing else. Parallel writers serialise on a per-key file lock.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 3600.0) -> None:
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+
+    def tensor_path(self, key: str) -> Path:
+        return self.root / f"{key}.safetensors"
+
+    def meta_path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def lock(self, key: str) -> FileLock:
+        """Per-key lock in the temp dir (keyed by the store's resolved path), so committed reference
+        folders stay clean; it serialises the processes of one machine (e.g. pytest-xdist workers)."""
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:12]
+        lock_dir = Path(tempfile.gettempdir()) / "dpcache-reference-locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(lock_dir / f"{digest}-{key}.lock"), timeout=self.lock_timeout)
+
+    def __contains__(self, key: str) -> bool:
+        return self.tensor_path(key).is_file()
+
+    def keys(self) -> list[str]:
+        return sorted(p.stem for p in self.root.glob("*.safetensors")) if self.root.is_dir() else []
+
+    def get(self, key: str) -> torch.Tensor | None:
+        """The stored tensor, or None when there is none."""
+        path = self.tensor_path(key)
+        if not path.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        return load_file(str(path))[TENSOR_NAME]
+
+    def meta(self, key: str) -> dict[str, Any] | None:
+        """The metadata stored with the tensor (read from the `.safetensors` header, not the sidecar)."""
+        path = self.tensor_path(key)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        return json.loads(header.get("meta", "{}"))
+
+    def put(self, key: str, tensor: torch.Tensor, meta: Mapping[str, Any]) -> Path:
+        """Store `tensor` under `key` atomically (overwrites). Returns the tensor path."""
+        with self.lock(key):
+            return self._put_locked(key, tensor, meta)
+
+    def _put_locked(self, key: str, tensor: torch.Tensor, meta: Mapping[str, Any]) -> Path:
+        from safetensors.torch import save_file
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        t = tensor.detach().cpu().contiguous()
+        full_meta = {"key": key, "shape": list(t.shape), "dtype": str(t.dtype), **_canonical(dict(meta))}
+        meta_json = json.dumps(full_meta, sort_keys=True, indent=2)
+        self._atomic_write(self.meta_path(key), lambda p: Path(p).write_text(meta_json + "\n"))
+        target = self.tensor_path(key)
+        self._atomic_write(target, lambda p: save_file({TENSOR_NAME: t}, p, metadata={"meta": meta_json}))
+        return target
+
+    def _atomic_write(self, target: Path, write: Callable[[str], Any]) -> None:
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            write(str(tmp))
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    def get_or_compute(
+        self,
+        key: str,
+        compute_fn: Callable[[], torch.Tensor],
+        meta: Mapping[str, Any],
+        *,
+        refresh: bool = False,
+    ) -> torch.Tensor:
+        """The stored tensor, or compute, store and return it. Of several processes asking for the same
+        missing key one computes; the others wait on the lock and then read its result.
+        `refresh=True` recomputes and overwrites (the explicit `--update-references` path)."""
+        if not refresh:
+            found = self.get(key)
+            if found is not None:
+                return found
+        with self.lock(key):
+            if not refresh:
+                found = self.get(key)
+                if found is not None:
+                    return found
+            tensor = compute_fn()
+            self._put_locked(key, tensor, meta)
+            return tensor.detach().cpu()
+
+    def check_drift(
+        self, key: str, fresh: torch.Tensor, *, min_psnr: float = 40.0, data_range: float = 1.0
+    ) -> float:
+        """PSNR (dB, capped at 100) of `fresh` to the stored reference; raises `ReferenceDriftError`
+        when it is below `min_psnr`, the shapes differ, or no reference is stored."""
+        stored = self.get(key)
+        if stored is None:
+            raise ReferenceDriftError(f"reference drift: no stored reference for key {key} in {self.root}")
+        fresh = fresh.detach().cpu()
+        if tuple(stored.shape) != tuple(fresh.shape):
+            raise ReferenceDriftError(
+                f"reference drift for key {key}: shape {tuple(fresh.shape)} != stored {tuple(stored.shape)}"
+            )
+        value = _psnr(fresh, stored, data_range)
+        if value < min_psnr:
+            raise ReferenceDriftError(
+                f"reference drift for key {key}: PSNR to the stored reference is {value:.2f} dB "
+                f"(minimum {min_psnr:.2f} dB); re-run with --update-references if the change is intended"
+            )
+        return value

@@ -1,0 +1,298 @@
+"""The model registry: every model the harness knows, at three scales, and how to load and call it.
+
+``tiny`` models are diffusers pipelines committed under ``harness/zoo/tiny/<name>`` (trained here),
+``medium`` models are the same architectures built from configs with random weights, ``full`` models
+are the paper's checkpoints loaded with ``from_pretrained`` from a local directory
+(``$DPCACHE_MODEL_DIR/<dir name>`` or an explicit path) or the Hugging Face cache with
+``local_files_only=True`` — this module never downloads anything. This module imports neither torch
+nor diffusers at import time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ZOO_DIR = Path(__file__).resolve().parent
+TINY_ROOT = ZOO_DIR / "tiny"
+MODEL_DIR_ENV = "DPCACHE_MODEL_DIR"
+
+FLUX_CALIBRATION = (
+    "a photo of a red fox sitting in fresh snow", "a bowl of ramen on a wooden table, studio light",
+    "an old lighthouse on a cliff at sunset", "a watercolor painting of a sailboat on a calm lake",
+    "a robot reading a newspaper in a cafe", "a close-up of a dew drop on a green leaf",
+    "a city street at night in the rain, neon signs", "a cat wearing a tiny knitted hat",
+)
+FLUX_EVALUATION = (
+    "a blue bird perched on a cherry blossom branch", "a cup of coffee with latte art, top view",
+    "a mountain village covered in morning fog", "an astronaut riding a horse on the moon",
+    "a vintage red car parked in front of a bakery", "a stack of books next to a candle",
+    "a golden retriever running on the beach", "a futuristic train crossing a desert bridge",
+)
+VIDEO_CALIBRATION = (
+    "a dog running through a field of tall grass", "waves crashing on rocks at sunset",
+    "a person walking down a busy city street", "clouds moving over snowy mountains",
+)
+VIDEO_EVALUATION = (
+    "a cat playing with a ball of yarn", "a car driving along a coastal road",
+    "leaves falling from a tree in autumn", "a hot air balloon rising over a valley",
+)
+DIT_XL_CALIBRATION = (1, 33, 130, 250, 388, 417, 812, 980)
+DIT_XL_EVALUATION = (88, 207, 279, 360, 387, 974, 979, 972)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model: identity, loading, sampling defaults, prompt sets and how a prompt becomes kwargs.
+
+    ``input_kind`` says how a prompt becomes pipeline inputs: ``"text"`` (``prompt=``),
+    ``"class_label"`` (``class_labels=[int]``; a digit prompt maps to its digit) or ``"text+image"``
+    (I2V: ``prompt=`` plus a conditioning ``image=``). ``builder`` is the module that builds the tiny /
+    medium pipeline; ``hub_id`` is the full model's repository; ``dir_name`` its folder under
+    ``$DPCACHE_MODEL_DIR``.
+    """
+
+    name: str
+    family: str
+    scale: str
+    pipeline_class: str
+    num_inference_steps: int
+    guidance_scale: float
+    height: int
+    width: int
+    num_frames: int | None = None
+    input_kind: str = "text"
+    builder: str | None = None
+    hub_id: str | None = None
+    dir_name: str | None = None
+    dtype: str = "float32"
+    prompt_sets: str | None = None  # "module:function" returning (calibration, evaluation)
+    static_prompts: tuple[tuple, tuple] | None = None
+    scheduler_class: str | None = None  # swap the stored scheduler for this class (same config)
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str | None:
+        """Local directory of the weights: the committed tiny pipeline, or the resolved full model."""
+        if self.scale == "tiny":
+            return str(TINY_ROOT / self.name)
+        if self.scale == "full":
+            found = resolve_full_path(self)
+            return str(found) if found else None
+        return None
+
+    def _prompts(self) -> tuple[tuple, tuple]:
+        if self.static_prompts is not None:
+            return self.static_prompts
+        mod, fn = self.prompt_sets.split(":")
+        calib, evals = getattr(importlib.import_module(mod), fn)()
+        return tuple(calib), tuple(evals)
+
+    @property
+    def calibration_prompts(self) -> tuple:
+        """Prompts used to calibrate caches (disjoint from the evaluation prompts)."""
+        return self._prompts()[0]
+
+    @property
+    def evaluation_prompts(self) -> tuple:
+        """Prompts used to evaluate caches against the full-step references."""
+        return self._prompts()[1]
+
+    def pipeline_kwargs(self, prompt: str | int, num_inference_steps: int | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``pipe(**kwargs)`` for one prompt (add ``generator`` yourself)."""
+        steps = num_inference_steps or self.num_inference_steps
+        if self.input_kind == "class_label":
+            if isinstance(prompt, str):
+                label = next(int(w) for w in prompt.replace(",", " ").split() if w.isdigit())
+            else:
+                label = int(prompt)
+            return {"class_labels": [label], "guidance_scale": self.guidance_scale, "num_inference_steps": steps}
+        if self.family in ("wan", "hunyuan-video") and self.scale != "full":
+            kw = dict(importlib.import_module(self.builder).default_call_kwargs(size=self.scale))
+            kw.pop("output_type", None)
+            kw.update(prompt=prompt, num_inference_steps=steps)
+            return kw
+        kw: dict[str, Any] = {"prompt": prompt, "num_inference_steps": steps, "height": self.height,
+                              "width": self.width, **self.extra_kwargs}
+        if "true_cfg_scale" not in self.extra_kwargs:
+            kw["guidance_scale"] = self.guidance_scale
+        if self.num_frames is not None:
+            kw["num_frames"] = self.num_frames
+        if self.input_kind == "text+image":
+            kw["image"] = conditioning_image(self.height, self.width)
+        return kw
+
+
+def conditioning_image(height: int, width: int):
+    """The I2V conditioning image: skimage's bundled astronaut photo, resized (PIL)."""
+    import skimage.data
+    from PIL import Image
+
+    return Image.fromarray(skimage.data.astronaut()).resize((width, height))
+
+
+def _digit_prompts() -> tuple[list[str], list[str]]:
+    from harness.zoo.digits_data import prompt_split
+
+    return prompt_split()
+
+
+def _video_prompts() -> tuple[list[str], list[str]]:
+    from harness.zoo import video_data
+
+    evals = list(video_data.eval_prompts(20))
+    rest = [p for p in video_data.all_prompts() if p not in set(evals)]
+    return rest[::12][:16], evals
+
+
+def _specs() -> list[ModelSpec]:
+    flux_cfg = {"negative_prompt": "", "true_cfg_scale": 4.0, "max_sequence_length": 16}
+    dig, vid = "harness.zoo.registry:_digit_prompts", "harness.zoo.registry:_video_prompts"
+    s: list[ModelSpec] = []
+    for scale, hw in (("tiny", 32), ("medium", 64)):
+        s.append(ModelSpec(f"flux-{scale}", "flux", scale, "FluxPipeline", 50, 4.0, hw, hw,
+                           builder="harness.zoo.flux_tiny", prompt_sets=dig, extra_kwargs=dict(flux_cfg)))
+        s.append(ModelSpec(f"wan-{scale}", "wan", scale, "WanPipeline", 50, 5.0, hw, hw,
+                           num_frames=9 if scale == "tiny" else 17, builder="harness.zoo.wan_tiny",
+                           prompt_sets=vid))
+        s.append(ModelSpec(f"hunyuan-video-{scale}", "hunyuan-video", scale, "HunyuanVideoPipeline", 50, 4.0,
+                           hw, hw, num_frames=9 if scale == "tiny" else 17, builder="harness.zoo.hunyuan_tiny",
+                           prompt_sets=vid))
+        s.append(ModelSpec(f"dit-{scale}", "dit", scale, "DiTPipeline", 50, 4.0, hw, hw, input_kind="class_label",
+                           builder="harness.zoo.dit_tiny", prompt_sets=dig))
+    s += [
+        ModelSpec("flux-dev", "flux", "full", "FluxPipeline", 50, 3.5, 1024, 1024, hub_id="black-forest-labs/FLUX.1-dev",
+                  dir_name="FLUX.1-dev", dtype="bfloat16", static_prompts=(FLUX_CALIBRATION, FLUX_EVALUATION)),
+        ModelSpec("wan2.1-i2v-14b-720p", "wan", "full", "WanImageToVideoPipeline", 50, 3.0, 832, 832, num_frames=81,
+                  input_kind="text+image", hub_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+                  dir_name="Wan2.1-I2V-14B-720P-Diffusers", dtype="bfloat16",
+                  static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION)),
+        ModelSpec("hunyuan-video", "hunyuan-video", "full", "HunyuanVideoPipeline", 50, 6.0, 720, 1280,
+                  num_frames=129, hub_id="hunyuanvideo-community/HunyuanVideo", dir_name="HunyuanVideo",
+                  dtype="bfloat16", static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION)),
+        ModelSpec("dit-xl-2-256", "dit", "full", "DiTPipeline", 50, 1.5, 256, 256, input_kind="class_label",
+                  hub_id="facebook/DiT-XL-2-256", dir_name="DiT-XL-2-256", dtype="float16",
+                  static_prompts=(DIT_XL_CALIBRATION, DIT_XL_EVALUATION), scheduler_class="DDIMScheduler"),
+    ]
+    return s
+
+
+_SPECS: dict[str, ModelSpec] = {spec.name: spec for spec in _specs()}
+
+
+def list_specs(scale: str | None = None) -> list[ModelSpec]:
+    """All model specs (optionally one scale), in a fixed order."""
+    return [s for s in _SPECS.values() if scale is None or s.scale == scale]
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``name``; KeyError listing the known names otherwise."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(_SPECS)}") from None
+
+
+def _is_pipeline_dir(p: Path) -> bool:
+    return (p / "model_index.json").is_file()
+
+
+def resolve_full_path(spec: ModelSpec, path: str | os.PathLike | None = None) -> Path | None:
+    """Where a full model's weights are on this machine: explicit path, $DPCACHE_MODEL_DIR, HF cache."""
+    if path is not None:
+        return Path(path) if _is_pipeline_dir(Path(path)) else None
+    root = os.environ.get(MODEL_DIR_ENV)
+    if root:
+        for cand in (Path(root) / (spec.dir_name or spec.name), Path(root) / spec.name, Path(root)):
+            if _is_pipeline_dir(cand) and (cand != Path(root) or Path(root).name in (spec.dir_name, spec.name)):
+                return cand
+    if spec.hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            cache = os.environ.get("HF_HUB_CACHE") or None
+            found = Path(snapshot_download(spec.hub_id, local_files_only=True, cache_dir=cache))
+            return found if _is_pipeline_dir(found) else None
+        except Exception:  # LocalEntryNotFoundError, offline errors, missing package
+            return None
+    return None
+
+
+def _module_available(module: str) -> tuple[bool, str]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        return False, f"{module} is not available yet ({exc})"
+    if not hasattr(mod, "build_pipeline"):
+        return False, f"{module} has no build_pipeline()"
+    return True, ""
+
+
+def availability(spec: ModelSpec, path: str | os.PathLike | None = None) -> tuple[bool, str]:
+    """Whether ``spec`` can be loaded on this machine, and why not (never downloads)."""
+    if spec.scale == "full":
+        if resolve_full_path(spec, path) is not None:
+            return True, ""
+        hint = f"set {MODEL_DIR_ENV}=/models (with /models/{spec.dir_name}/model_index.json)"
+        return False, (f"{spec.hub_id} weights not found: {hint} or run `huggingface-cli download {spec.hub_id}` "
+                       f"on a machine with hub access")
+    ok, reason = _module_available(spec.builder)
+    if not ok:
+        return ok, reason
+    if spec.scale == "tiny":
+        target = Path(path) if path else Path(spec.path)
+        if not _is_pipeline_dir(target):
+            return False, f"{target} has no trained pipeline (model_index.json): run `python -m harness.zoo.train {spec.name}`"
+    return True, ""
+
+
+def load_pipeline(spec: ModelSpec | str, device: str = "cpu", dtype: Any = None,
+                  path: str | os.PathLike | None = None):
+    """Load (tiny, full) or build (medium) the pipeline of ``spec``; raises RuntimeError when unavailable."""
+    import torch
+
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    ok, reason = availability(spec, path)
+    if not ok:
+        raise RuntimeError(f"{spec.name} unavailable: {reason}")
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if spec.scale == "medium":
+        pipe = importlib.import_module(spec.builder).build_pipeline(seed=0, trained=False, size="medium")
+    else:
+        import diffusers
+
+        where = resolve_full_path(spec, path) if spec.scale == "full" else Path(path or spec.path)
+        if spec.scale == "full" and dtype is None:
+            dtype = getattr(torch, spec.dtype)
+        kw = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
+        pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(where), **kw)
+        if spec.scheduler_class:
+            sched_cls = getattr(diffusers, spec.scheduler_class)
+            pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)
+    if dtype is not None and spec.scale == "medium":
+        pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+def call_kwargs(spec: ModelSpec | str, prompt: str | int, num_inference_steps: int | None = None) -> dict[str, Any]:
+    """Shortcut for ``get_spec(name).pipeline_kwargs(prompt, steps)``."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    return spec.pipeline_kwargs(prompt, num_inference_steps)
+
+
+def models_json() -> list[dict[str, Any]]:
+    """One dict per model for ``dpcache-bench models --json``."""
+    rows = []
+    for spec in list_specs():
+        ok, reason = availability(spec)
+        rows.append({"name": spec.name, "family": spec.family, "scale": spec.scale,
+                     "pipeline_class": spec.pipeline_class, "path": spec.path,
+                     "num_inference_steps": spec.num_inference_steps, "height": spec.height, "width": spec.width,
+                     "num_frames": spec.num_frames, "guidance_scale": spec.guidance_scale,
+                     "available": ok, "reason": reason})
+    return rows

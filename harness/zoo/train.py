@@ -1,0 +1,246 @@
+"""Reproducible CPU training of the tiny image pipelines: ``python -m harness.zoo.train NAME``.
+
+NAME is ``vae`` (the shared AutoencoderKL, saved under ``harness/zoo/weights/vae-tiny``),
+``flux-tiny`` (rectified flow on the FluxPipeline's packed latents, prompt dropout for CFG) or
+``dit-tiny`` (DiT's ε-prediction objective, 10% null-class dropout for CFG). Text encoders stay frozen
+at their seeded random initialisation. Fixed seed, fixed iteration count, one thread: rerunning gives
+the same weights. The transformers keep an EMA of their weights, which is what gets saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.zoo import digits_data
+from harness.zoo.vae import build_vae
+
+ZOO = Path(__file__).parent
+VAE_DIR = ZOO / "weights" / "vae-tiny"
+FLUX_SHIFT = float(np.exp(1.15))  # FLUX.1's shift at 1024² (mu = max_shift)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) in [0, 1] → (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).mul(2).sub(1).contiguous()
+
+
+def train_vae(seed: int = 0, iters: int = 1200, batch: int = 32, n_data: int = 12000):
+    """Train the shared AutoencoderKL on digit scenes; sets scaling/shift factors from the latents."""
+    torch.manual_seed(seed)
+    images, _ = digits_data.sample_scenes(n_data, seed=seed + 100)
+    x_all = to_tensor(images)
+    vae = build_vae(seed)
+    opt = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    for it in range(iters):
+        idx = torch.randint(0, len(x_all), (batch,), generator=g)
+        x = x_all[idx]
+        post = vae.encode(x).latent_dist
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
+        rec = vae.decode(z).sample
+        kl = post.kl().mean() / z[0].numel()
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        for group in opt.param_groups:
+            group["lr"] = 1e-3 * min(1.0, (it + 1) / 100) * (0.1 + 0.9 * (1 - it / iters))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if it % 100 == 0 or it == iters - 1:
+            log(f"vae it {it} loss {loss.item():.4f} kl {kl.item():.3f} ({time.time() - t0:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        z = torch.cat([vae.encode(x_all[i : i + 256]).latent_dist.mean for i in range(0, 2048, 256)])
+        rec = torch.cat([vae.decode(z[i : i + 256]).sample for i in range(0, 2048, 256)])
+    mse = F.mse_loss(rec, x_all[:2048]).item()
+    psnr = 10 * np.log10(4.0 / mse)  # images in [-1, 1]: peak-to-peak 2
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()), shift_factor=float(z.mean()))
+    log(f"vae done: recon PSNR {psnr:.1f} dB, latent mean {z.mean():.3f} std {z.std():.3f}")
+    VAE_DIR.mkdir(parents=True, exist_ok=True)
+    vae.save_pretrained(VAE_DIR, safe_serialization=True)
+    return vae
+
+
+def load_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    if not (VAE_DIR / "config.json").exists():
+        train_vae(seed)
+    return AutoencoderKL.from_pretrained(VAE_DIR).eval()
+
+
+@torch.no_grad()
+def encode_scenes(vae, n: int, seed: int) -> tuple[torch.Tensor, list[digits_data.Scene]]:
+    """Posterior means of ``n`` fresh scenes (unscaled latents)."""
+    images, scenes = digits_data.sample_scenes(n, seed=seed)
+    x = to_tensor(images)
+    z = torch.cat([vae.encode(x[i : i + 512]).latent_dist.mean for i in range(0, n, 512)])
+    return z, scenes
+
+
+class EMA:
+    """Exponential moving average of a module's parameters."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = copy.deepcopy(module).eval()
+        for p in self.shadow.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for s, p in zip(self.shadow.parameters(), module.parameters()):
+            s.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
+    return peak * min(1.0, (it + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * it / iters)) * 0.9 + 0.1)
+
+
+def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 24000, lr: float = 1e-3) -> dict:
+    """Rectified flow for flux-tiny on the pipeline's own packed latents and prompt embeddings."""
+    from harness.zoo import flux_tiny
+
+    torch.manual_seed(seed)
+    vae = load_vae(seed)
+    pipe = flux_tiny.build_pipeline(seed=seed)
+    pipe.vae = vae
+    pipe.register_modules(vae=vae)
+    sf, shift = vae.config.scaling_factor, vae.config.shift_factor
+    z, scenes = encode_scenes(vae, n_data, seed=seed + 200)
+    z = (z - shift) * sf
+    b, c, h, w = z.shape
+    packed = pipe._pack_latents(z, b, c, h, w)
+    img_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
+    prompts = sorted({s.prompt for s in scenes}) + [""]
+    with torch.no_grad():
+        pe, pooled, txt_ids = pipe.encode_prompt(prompts, prompt_2=None, max_sequence_length=flux_tiny.MAX_SEQUENCE_LENGTH)
+    pidx = torch.tensor([prompts.index(s.prompt) for s in scenes])
+    null = len(prompts) - 1
+    model = pipe.transformer.train()
+    ema = EMA(model, 0.999)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    t0, losses = time.time(), []
+    for it in range(iters):
+        idx = torch.randint(0, b, (batch,), generator=g)
+        x0 = packed[idx]
+        p = pidx[idx].clone()
+        p[torch.rand(batch, generator=g) < 0.1] = null
+        t = torch.sigmoid(torch.randn(batch, generator=g))
+        sigma = FLUX_SHIFT * t / (1 + (FLUX_SHIFT - 1) * t)
+        noise = torch.randn(x0.shape, generator=g)
+        xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        out = model(hidden_states=xt, timestep=sigma, pooled_projections=pooled[p], encoder_hidden_states=pe[p],
+                    txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        loss = F.mse_loss(out, noise - x0)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(it, iters, lr)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, it)
+        losses.append(loss.item())
+        if it % 100 == 0 or it == iters - 1:
+            log(f"flux it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
+    pipe.transformer = ema.shadow
+    pipe.register_modules(transformer=ema.shadow)
+    out_dir = flux_tiny.TINY_DIR
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return {"train_seconds": time.time() - t0, "iters": iters, "batch": batch, "final_loss": float(np.mean(losses[-200:]))}
+
+
+def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 24000, lr: float = 1e-3) -> dict:
+    """DiT's ε-prediction objective on class labels 0–9 with 10% null-class (1000) dropout."""
+    from harness.zoo import dit_tiny
+
+    torch.manual_seed(seed)
+    vae = load_vae(seed)
+    pipe = dit_tiny.build_pipeline(seed=seed)
+    pipe.vae = vae
+    pipe.register_modules(vae=vae)
+    z, scenes = encode_scenes(vae, n_data, seed=seed + 300)
+    z = z * vae.config.scaling_factor
+    labels = torch.tensor([s.digit for s in scenes])
+    ac = pipe.scheduler.alphas_cumprod.float()
+    model = pipe.transformer.train()
+    ema = EMA(model, 0.999)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed + 1)
+    t0, losses = time.time(), []
+    for it in range(iters):
+        idx = torch.randint(0, len(z), (batch,), generator=g)
+        x0 = z[idx]
+        y = labels[idx].clone()
+        y[torch.rand(batch, generator=g) < 0.1] = dit_tiny.NULL_CLASS
+        t = torch.randint(0, 1000, (batch,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = ac[t][:, None, None, None]
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        out = model(xt, timestep=t, class_labels=y).sample
+        loss = F.mse_loss(out[:, :4], noise)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(it, iters, lr)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, it)
+        losses.append(loss.item())
+        if it % 100 == 0 or it == iters - 1:
+            log(f"dit it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
+    pipe.transformer = ema.shadow
+    pipe.register_modules(transformer=ema.shadow)
+    pipe.save_pretrained(dit_tiny.TINY_DIR, safe_serialization=True)
+    return {"train_seconds": time.time() - t0, "iters": iters, "batch": batch, "final_loss": float(np.mean(losses[-200:]))}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name", choices=["vae", "flux-tiny", "dit-tiny", "classifier", "wan-tiny", "hunyuan-video-tiny"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--iters", type=int, default=None, help="override the fixed iteration count (smoke tests)")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.name in ("wan-tiny", "hunyuan-video-tiny"):
+        from harness.zoo.train_video import main as train_video_main
+
+        train_video_main(args.name)
+        return
+    kw = {"seed": args.seed} | ({"iters": args.iters} if args.iters else {})
+    t0 = time.time()
+    if args.name == "vae":
+        train_vae(**kw)
+        info: dict = {}
+    elif args.name == "flux-tiny":
+        info = train_flux(**kw)
+    elif args.name == "dit-tiny":
+        info = train_dit(**kw)
+    else:
+        from harness.zoo.classifier import train_classifier
+
+        info = train_classifier(**kw)
+    info["wall_seconds"] = time.time() - t0
+    log(f"{args.name} done: {json.dumps(info)}")
+    report = ZOO.parent.parent / "reports" / "zoo" / f"train-{args.name}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(info, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

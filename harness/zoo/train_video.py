@@ -1,0 +1,222 @@
+"""Train the tiny video pipelines (``wan-tiny``, ``hunyuan-video-tiny``) on moving coloured digits.
+
+Reproducible (fixed seed, fixed iteration counts, one CPU thread). Two stages per pipeline:
+
+1. the video VAE (causal 3D, 4x spatial / 4x temporal) on rendered clips: L1 + MSE + a small KL;
+   its latent statistics become the pipeline's normalisation (Wan: ``latents_mean``/``latents_std``,
+   HunyuanVideo: ``scaling_factor``);
+2. the transformer with rectified flow in the pipeline's own latent layout ``(B, C, F, H, W)``:
+   ``x_t = (1 - s) x_0 + s e``, target ``e - x_0``, timestep ``1000 s``, ``s`` drawn through the
+   scheduler's own shift; text encoders stay frozen at their random init; 10% prompt dropout to the
+   empty prompt (the negative prompt used for CFG); EMA weights are saved.
+
+Run ``python -m harness.zoo.train_video NAME`` (or ``python -m harness.zoo.train NAME``). Saves to
+``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
+``reports/zoo/<NAME>-train.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.zoo import hunyuan_tiny, wan_tiny
+from harness.zoo.video_data import all_prompts, sample_batch
+
+REPO = Path(__file__).resolve().parents[2]
+REPORTS = REPO / "reports" / "zoo"
+MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
+
+# fixed schedules (iterations sized for ~20 min per pipeline on one shared CPU thread)
+CONFIG: dict[str, dict[str, Any]] = {
+    "wan-tiny": dict(seed=0, vae_iters=400, vae_batch=8, vae_frames=5, vae_lr=3e-3, kl=1e-4, n_clips=4000,
+                     iters=2500, batch=32, lr=1e-3, drop=0.1, ema=0.998),
+    "hunyuan-video-tiny": dict(seed=0, vae_iters=400, vae_batch=8, vae_frames=5, vae_lr=3e-3, kl=1e-4,
+                               n_clips=4000, iters=2500, batch=32, lr=1e-3, drop=0.1, ema=0.998),
+}
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _posterior(vae, x: torch.Tensor):
+    return vae.encode(x).latent_dist
+
+
+def train_vae(vae, cfg: dict[str, Any], gen: torch.Generator) -> list[float]:
+    """Stage 1: reconstruction training of the video VAE; returns the loss curve (every 50 iters)."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["vae_lr"], total_steps=cfg["vae_iters"],
+                                                pct_start=0.05)
+    vae.train()
+    curve, run = [], 0.0
+    for it in range(cfg["vae_iters"]):
+        # the VAE is causal and convolutional: 5-frame clips (1 + 4) train it at half the cost
+        x, _ = sample_batch(gen, cfg["vae_batch"], num_frames=cfg["vae_frames"])
+        post = _posterior(vae, x)
+        z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        # emphasise the digit: pixels far from the (dark) background weigh more
+        w = 1.0 + 3.0 * ((x + 1) / 2).amax(1, keepdim=True).gt(0.45).float()
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        kl = 0.5 * (post.mean**2 + post.var - 1.0 - post.logvar).mean()
+        total = loss + cfg["kl"] * kl
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        run += loss.item()
+        if (it + 1) % 50 == 0:
+            curve.append(run / 50)
+            _log(f"vae {it + 1}/{cfg['vae_iters']} rec {run / 50:.4f} kl {kl.item():.2f}")
+            run = 0.0
+    vae.eval()
+    return curve
+
+
+@torch.no_grad()
+def encode_dataset(vae, n: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    """Render ``n`` clips and encode them to posterior means ``(n, C, F', H', W')``."""
+    lat, prompts = [], []
+    for i in range(0, n, 100):
+        x, p = sample_batch(gen, min(100, n - i))
+        lat.append(_posterior(vae, x).mean)
+        prompts += p
+    return torch.cat(lat), prompts
+
+
+@torch.no_grad()
+def text_table(name: str, pipe) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Frozen text conditioning for every caption and for the empty (negative) prompt."""
+    prompts = all_prompts() + [""]
+    out: dict[str, tuple[torch.Tensor, ...]] = {}
+    if name == "wan-tiny":
+        emb, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=wan_tiny.MAX_SEQ_LEN)
+        for i, p in enumerate(prompts):
+            out[p] = (emb[i],)
+    else:
+        tmpl = hunyuan_tiny.prompt_template(pipe.tokenizer)
+        emb, pooled, mask = pipe.encode_prompt(prompts, prompt_template=tmpl,
+                                               max_sequence_length=hunyuan_tiny.LLAMA_MAX_LEN)
+        for i, p in enumerate(prompts):
+            out[p] = (emb[i], pooled[i], mask[i])
+    return out
+
+
+def _forward(name: str, tr, xt: torch.Tensor, t: torch.Tensor, cond: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    if name == "wan-tiny":
+        emb = torch.stack([c[0] for c in cond])
+        return tr(hidden_states=xt, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
+    emb = torch.stack([c[0] for c in cond])
+    pooled = torch.stack([c[1] for c in cond])
+    mask = torch.stack([c[2] for c in cond])
+    return tr(hidden_states=xt, timestep=t, encoder_hidden_states=emb, encoder_attention_mask=mask,
+              pooled_projections=pooled, guidance=None, return_dict=False)[0]
+
+
+def train_transformer(name: str, tr, x0: torch.Tensor, prompts: list[str], table, cfg: dict[str, Any],
+                      gen: torch.Generator, shift: float):
+    """Stage 2: rectified flow on normalised latents; returns (EMA transformer, loss curve)."""
+    ema = copy.deepcopy(tr).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(tr.parameters(), lr=cfg["lr"], weight_decay=0.01)
+    warm, total = 100, cfg["iters"]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda i: min(1.0, (i + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))))
+    tr.train()
+    curve, run = [], 0.0
+    n = x0.shape[0]
+    for it in range(total):
+        idx = torch.randint(n, (cfg["batch"],), generator=gen)
+        x = x0[idx]
+        drop = torch.rand(cfg["batch"], generator=gen) < cfg["drop"]
+        cond = [table["" if d else prompts[int(i)]] for i, d in zip(idx, drop)]
+        u = torch.rand(cfg["batch"], generator=gen)
+        # half uniform in u, half logit-normal; both pushed through the sampler's shift
+        ln = torch.sigmoid(torch.randn(cfg["batch"], generator=gen))
+        u = torch.where(torch.rand(cfg["batch"], generator=gen) < 0.5, u, ln)
+        s = shift * u / (1 + (shift - 1) * u)
+        e = torch.randn(x.shape, generator=gen)
+        sv = s.view(-1, 1, 1, 1, 1)
+        xt = (1 - sv) * x + sv * e
+        pred = _forward(name, tr, xt, s * 1000.0, cond)
+        loss = ((pred - (e - x)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            d = min(cfg["ema"], (1 + it) / (10 + it))
+            for pe, pt in zip(ema.parameters(), tr.parameters()):
+                pe.lerp_(pt, 1 - d)
+        run += loss.item()
+        if (it + 1) % 100 == 0:
+            curve.append(run / 100)
+            _log(f"{name} {it + 1}/{total} loss {run / 100:.4f} lr {sched.get_last_lr()[0]:.2e}")
+            run = 0.0
+    return ema, curve
+
+
+def main(name: str, out_dir: str | os.PathLike | None = None, **overrides: Any) -> Path:
+    """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory."""
+    if name not in MODULES:
+        raise SystemExit(f"unknown video model {name!r}; choose from {sorted(MODULES)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    cfg = {**CONFIG[name], **overrides}
+    mod = MODULES[name]
+    torch.manual_seed(cfg["seed"])
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    t_start = time.time()
+    pipe = mod.build_pipeline(seed=cfg["seed"], trained=False, size="tiny")
+    vae = pipe.vae
+    _log(f"{name}: training VAE ({sum(p.numel() for p in vae.parameters())} params)")
+    vae_curve = train_vae(vae, cfg, gen)
+    t_vae = time.time() - t_start
+    lat, prompts = encode_dataset(vae, cfg["n_clips"], gen)
+    c = lat.shape[1]
+    if name == "wan-tiny":
+        mean = lat.transpose(0, 1).reshape(c, -1).mean(1)
+        std = lat.transpose(0, 1).reshape(c, -1).std(1)
+        vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
+                               latents_std=[round(float(v), 5) for v in std])
+        x0 = (lat - mean.view(1, c, 1, 1, 1)) / std.view(1, c, 1, 1, 1)
+        shift = float(pipe.scheduler.config.flow_shift)
+    else:
+        sf = round(float(1.0 / lat.std()), 5)
+        vae.register_to_config(scaling_factor=sf)
+        x0 = lat * sf
+        shift = float(pipe.scheduler.config.shift)
+    _log(f"latents {tuple(lat.shape)}; normalised std {float(x0.std()):.3f} mean {float(x0.mean()):.3f}")
+    table = text_table(name, pipe)
+    tr = pipe.transformer
+    _log(f"{name}: training transformer ({sum(p.numel() for p in tr.parameters())} params)")
+    ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift)
+    pipe.transformer.load_state_dict(ema.state_dict())
+    pipe.transformer.eval()
+    t_total = time.time() - t_start
+    out = Path(out_dir) if out_dir else mod.TINY_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    info = dict(name=name, config=cfg, train_seconds=round(t_total, 1), vae_seconds=round(t_vae, 1),
+                vae_curve=[round(v, 5) for v in vae_curve], loss_curve=[round(v, 5) for v in curve],
+                torch=torch.__version__, threads=1)
+    if out_dir is None:
+        REPORTS.mkdir(parents=True, exist_ok=True)
+        (REPORTS / f"{name}-train.json").write_text(json.dumps(info, indent=1))
+    _log(f"saved {out} in {t_total:.0f}s")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "wan-tiny")

@@ -1,0 +1,125 @@
+"""Calibration on a real (tiny, random-weight) FluxPipeline: features, resumption, metadata checks."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from dpcache import (  # noqa: E402
+    CostTensor,
+    CostTensorMismatchError,
+    DPCacheConfig,
+    TaylorPredictor,
+    apply_dpcache,
+    calibrate,
+    load_prompts,
+    remove_dpcache,
+)
+from dpcache.calibration import record_features  # noqa: E402
+from dpcache.pact import cost_tensor_one  # noqa: E402
+
+T = 8
+
+
+@pytest.fixture(scope="module")
+def flux():
+    from harness.zoo import flux_tiny
+
+    pipe = flux_tiny.build_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    base = flux_tiny.call_kwargs("a red 1 on a black background")
+    base.pop("prompt")
+    return pipe, base
+
+
+def test_records_one_feature_per_step_on_host(flux):
+    pipe, base = flux
+    feats = record_features(
+        pipe, lambda: pipe(prompt="a red 1", num_inference_steps=T, generator=torch.Generator().manual_seed(0), **base)
+    )
+    assert len(feats) == T
+    assert all(f.device.type == "cpu" for f in feats)
+    assert feats[0].shape[-1] == pipe.transformer.inner_dim
+    assert not torch.equal(feats[0], feats[-1])
+    assert not pipe.transformer.single_transformer_blocks[-1]._diffusers_hook.hooks, "recorder must be removed"
+
+
+def test_calibrate_matches_features_and_resumes(flux, tmp_path):
+    pipe, base = flux
+    prompts = ["a red 1 on a black background", "a blue 2 on a white background"]
+    calls = {"n": 0}
+    original = type(pipe).__call__
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        if calls.get("fail_at") == calls["n"]:
+            raise KeyboardInterrupt("killed")
+        return original(self, *a, **k)
+
+    type(pipe).__call__ = counting
+    try:
+        calls["fail_at"] = 2
+        with pytest.raises(KeyboardInterrupt):
+            calibrate(pipe, prompts, num_inference_steps=T, call_kwargs=base, work_dir=tmp_path, progress=False,
+                      model_id="flux-tiny-random")
+        assert len(list(tmp_path.glob("*.npz"))) == 1
+        assert not list(tmp_path.glob("*.tmp")), "a killed calibration leaves no partial file"
+        calls.update(n=0, fail_at=None)
+        ct = calibrate(
+            pipe, prompts, num_inference_steps=T, call_kwargs=base, work_dir=tmp_path, progress=False,
+            model_id="flux-tiny-random", out=tmp_path / "ct.safetensors",
+        )
+        assert calls["n"] == 1, "the prompt already done must not run again"
+    finally:
+        type(pipe).__call__ = original
+    assert ct.meta.seeds == [42, 43] and len(ct.meta.prompt_hashes) == 2
+    assert ct.meta.num_steps == T and ct.meta.model_id == "flux-tiny-random"
+
+    per_prompt = []
+    for i, prompt in enumerate(prompts):
+        feats = record_features(pipe, lambda p=prompt, s=42 + i: pipe(
+            prompt=p, num_inference_steps=T, generator=torch.Generator("cpu").manual_seed(s), **base))
+        per_prompt.append(cost_tensor_one(feats, TaylorPredictor(order=2)))
+    expected = np.where(
+        np.isfinite(per_prompt[0]), (per_prompt[0] + per_prompt[1]) / 2, np.inf
+    )
+    assert np.allclose(ct.cost, expected, equal_nan=False)
+    loaded = CostTensor.load(tmp_path / "ct.safetensors")
+    assert np.array_equal(loaded.cost, ct.cost)
+
+
+def test_calibrated_tensor_drives_the_hook_and_refuses_other_configs(flux, tmp_path):
+    pipe, base = flux
+    ct = calibrate(pipe, ["a green 3 on a red background"], num_inference_steps=T, call_kwargs=base, progress=False)
+    keys = apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, cost=ct, budget=5))
+    try:
+        assert len(keys) == 5 and keys[:3] == (0, 1, 2)
+        out = pipe(prompt="a green 3", num_inference_steps=T, generator=torch.Generator().manual_seed(1), **base)
+        assert out.images[0] is not None
+    finally:
+        remove_dpcache(pipe)
+    with pytest.raises(CostTensorMismatchError, match="num_steps: expected 12, found 8"):
+        DPCacheConfig(num_inference_steps=12, cost=ct, budget=5).resolve_schedule()
+    with pytest.raises(CostTensorMismatchError, match="predictor_order: expected 1, found 2"):
+        DPCacheConfig(num_inference_steps=T, cost=ct, budget=5, order=1).resolve_schedule()
+
+
+def test_prompt_sets_follow_the_released_rules(tmp_path):
+    draw = load_prompts("drawbench", "fix", 10)
+    assert len(draw) == 10
+    full = load_prompts("drawbench", "fix", None)
+    assert len(full) == 200 and draw == full[::20]
+    parti = load_prompts("parti", "random", 5)
+    assert len(parti) == 5 and len(set(parti)) == 5 and parti == load_prompts("parti", "random", 5)
+    f = tmp_path / "p.txt"
+    f.write_text("one\n\ntwo\n")
+    assert load_prompts(str(f), size=None) == ["one", "two"]
+    with pytest.raises(FileNotFoundError):
+        load_prompts(str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="sampling rule"):
+        load_prompts("drawbench", "every", 3)

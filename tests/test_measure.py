@@ -1,0 +1,90 @@
+"""Measurement: exact FLOP counts, timing statistics, peak memory, speedups."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from harness.measure import (
+    MemoryResult,
+    RunCost,
+    TimingResult,
+    count_flops,
+    flops_by_module,
+    peak_memory,
+    speedups,
+    time_call,
+)
+from harness.metrics import Unavailable
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def test_linear_flops_exact():
+    layer = torch.nn.Linear(16, 32)
+    x = torch.randn(4, 16)
+    assert count_flops(lambda: layer(x)) == 2 * 4 * 16 * 32
+
+
+def test_flops_whole_call_and_per_module():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x = torch.randn(3, 8)
+
+    def sample(steps):
+        y = x
+        for _ in range(steps):
+            y = model(y)[:, :1].expand(3, 8).contiguous()
+        return y
+
+    per_step = 2 * 3 * 8 * 8 + 2 * 3 * 8 * 2
+    assert count_flops(lambda: sample(5)) == 5 * per_step
+    assert count_flops(lambda: sample(10)) / count_flops(lambda: sample(5)) == 2.0
+    assert flops_by_module(lambda: sample(1))["Global"] == per_step
+
+
+def test_time_call_warmup_repeats_median():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.002)
+
+    r = time_call(fn, warmup=2, repeats=5)
+    assert len(calls) == 7 and len(r.samples) == 5 and r.timer == "perf_counter"
+    assert 0.0015 < r.median < 0.1 and r.iqr >= 0 and r.spread >= 0
+    with pytest.raises(ValueError):
+        time_call(fn, repeats=0)
+
+
+def test_timing_stats():
+    r = TimingResult((1.0, 2.0, 3.0, 4.0, 100.0), "perf_counter")
+    assert r.median == 3.0 and r.iqr == 2.0 and r.to_dict()["samples"][-1] == 100.0
+
+
+def test_peak_memory_cpu_sees_torch_allocations():
+    def alloc():
+        t = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
+        return float(t.sum())
+
+    r = peak_memory(alloc)
+    if isinstance(r, Unavailable):
+        assert "clear_refs" in r.reason or "VmHWM" in r.reason
+    else:
+        assert r.kind == "rss-high-water" and r.overhead_bytes > 48 * 1024 * 1024
+
+
+def test_speedups():
+    full = RunCost(
+        flops=1000, timing=TimingResult((2.0,) * 5, "perf_counter"), memory=MemoryResult(100, 0, "x")
+    )
+    meth = RunCost(
+        flops=250, timing=TimingResult((0.5,) * 5, "perf_counter"), memory=MemoryResult(130, 0, "x")
+    )
+    s = speedups(full, meth)
+    assert s.flops_speedup == 4.0 and s.wall_speedup == 4.0 and s.mem_overhead_bytes == 30
+    assert s.wall_speedup_samples == (4.0,) * 5
+    none = speedups(RunCost(flops=1000), RunCost(flops=500))
+    assert none.flops_speedup == 2.0 and isinstance(none.wall_speedup, Unavailable)

@@ -1,0 +1,216 @@
+"""The pytest plugin, driven with pytester: options group, markers, gates, --update-expected,
+unavailable metrics reported, session summary, lazy imports, xdist workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parents[1]
+
+SUITE = """
+import os
+from harness.metrics import Unavailable
+from harness.records import ResultRecord
+
+PSNR = float(os.environ.get("DEMO_PSNR", "30.0"))
+
+def test_quality(gate, bench_options):
+    gate(ResultRecord(suite="demo", model="demo-tiny", scale=bench_options.scale, method="dpcache",
+                      budget=13, num_steps=50, knobs={"M": 3, "O": 2}, psnr=PSNR, flops_speedup=3.85,
+                      lpips=Unavailable("torchvision is not installed")))
+"""
+EXPECTED = {
+    "dpcache-K13-M3-O2": {
+        "psnr": {"value": 30.0, "tol": 0.5, "better": "higher"},
+        "flops_speedup": {"value": 3.85, "tol": 0.01, "better": "higher"},
+    }
+}
+
+
+@pytest.fixture
+def suite(pytester, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    pytester.makepyfile(test_demo=SUITE)
+    (pytester.path / "expected.json").write_text(json.dumps(EXPECTED))
+    return pytester
+
+
+def run(pytester, *args):
+    return pytester.runpytest("-p", "harness.plugin", "--mlflow-uri", "off", *args)
+
+
+def test_options_in_one_group_in_help(pytester):
+    res = pytester.runpytest("-p", "harness.plugin", "--help")
+    out = res.stdout.str()
+    group = out[out.index("dpcache benchmark:") :]
+    group = group[: group.index("\n\n")]
+    for opt in (
+        "--scale={tiny,medium,full}",
+        "--budgets",
+        "--methods",
+        "--steps",
+        "--num-prompts",
+        "--device",
+        "--mlflow-uri",
+        "--json-out",
+        "--refs-dir",
+        "--update-expected",
+        "--update-references",
+        "--gate-timing",
+    ):
+        assert opt in group, opt
+
+
+def test_markers_registered(pytester):
+    out = pytester.runpytest("-p", "harness.plugin", "--markers").stdout.str()
+    for m in ("speedup", "quality", "calibration", "schedule", "gpu", "nightly"):
+        assert f"@pytest.mark.{m}:" in out
+
+
+def test_plugin_import_is_light():
+    code = "import harness.plugin, sys; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules and 'mlflow' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_bench_options_parsed(suite):
+    suite.makepyfile(
+        test_opts="""
+def test_opts(bench_options):
+    o = bench_options
+    assert o.scale == "medium" and o.budgets == [25, 13, 9] and o.methods == ["full", "dpcache"]
+    assert o.steps == 50 and o.num_prompts == 2 and o.device == "cpu" and o.update_references and o.gate_timing
+    assert o.json_out.name == "out.jsonl" and o.refs_dir.name == "refs"
+"""
+    )
+    res = run(
+        suite,
+        "test_opts.py",
+        "--scale",
+        "medium",
+        "--budgets",
+        "25,13,9",
+        "--methods",
+        "full,dpcache",
+        "--steps",
+        "50",
+        "--num-prompts",
+        "2",
+        "--device",
+        "cpu",
+        "--update-references",
+        "--gate-timing",
+        "--json-out",
+        "out.jsonl",
+        "--refs-dir",
+        "refs",
+    )
+    res.assert_outcomes(passed=1)
+    bad = run(suite, "test_opts.py", "--budgets", "a,b")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--budgets must be comma-separated integers" in bad.stderr.str()
+
+
+def test_gate_passes_and_reports_unavailable_and_where_records_are(suite):
+    res = run(suite, "--json-out", "res.jsonl")
+    res.assert_outcomes(passed=1)
+    out = res.stdout.str()
+    assert (
+        "demo-tiny-dpcache-K13-M3-O2: lpips UNAVAILABLE (recorded as null, not passed): torchvision is not installed"
+        in out
+    )
+    assert f"JSON lines {suite.path / 'res.jsonl'}" in out and "MLflow tracking off" in out
+    line = json.loads((suite.path / "res.jsonl").read_text())
+    assert line["lpips"] is None and line["unavailable"] == {"lpips": "torchvision is not installed"}
+
+
+def test_gate_regression_fails_with_message(suite, monkeypatch):
+    monkeypatch.setenv("DEMO_PSNR", "27.5")
+    res = run(suite)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*dpcache gate failed for demo-tiny-dpcache-K13-M3-O2*",
+            "*dpcache-K13-M3-O2: psnr regressed: measured 27.5 is below the bound*expected 30 ± tol 0.5*",
+        ]
+    )
+    assert (suite.path / "results.jsonl").is_file()  # recorded even though it failed
+
+
+def test_expected_metric_unavailable_fails_not_passes(suite):
+    exp = json.loads((suite.path / "expected.json").read_text())
+    exp["dpcache-K13-M3-O2"]["lpips"] = {"value": 0.1, "tol": 0.02, "better": "lower"}
+    (suite.path / "expected.json").write_text(json.dumps(exp))
+    res = run(suite)
+    res.assert_outcomes(failed=1)
+    res.stdout.fnmatch_lines(
+        [
+            "*dpcache-K13-M3-O2: lpips expected 0.1 ± tol 0.02*but it is unavailable (torchvision is not installed)*"
+        ]
+    )
+
+
+def test_update_expected_rewrites_file(suite, monkeypatch):
+    monkeypatch.setenv("DEMO_PSNR", "27.5")
+    res = run(suite, "--update-expected")
+    res.assert_outcomes(passed=1)
+    assert f"--update-expected: rewrote {suite.path / 'expected.json'}" in res.stdout.str()
+    data = json.loads((suite.path / "expected.json").read_text())
+    assert data["dpcache-K13-M3-O2"]["psnr"] == {"value": 27.5, "tol": 0.5, "better": "higher"}
+    assert "lpips" not in data["dpcache-K13-M3-O2"]
+    run(suite).assert_outcomes(passed=1)  # the new expectation holds
+
+
+def test_no_update_without_flag(suite, monkeypatch):
+    monkeypatch.setenv("DEMO_PSNR", "27.5")
+    before = (suite.path / "expected.json").read_text()
+    run(suite).assert_outcomes(failed=1)
+    assert (suite.path / "expected.json").read_text() == before
+
+
+def test_gpu_marker_skipped_without_cuda(suite):
+    suite.makepyfile(test_gpu="import pytest\n@pytest.mark.gpu\ndef test_g():\n    pass\n")
+    res = run(suite, "test_gpu.py", "--device", "cpu", "-rs")
+    res.assert_outcomes(skipped=1)
+    assert "no CUDA device" in res.stdout.str()
+
+
+def test_embedded_mlflow_default_under_xdist(suite):
+    """Two xdist workers, default (embedded sqlite) store: records in JSON lines and MLflow, one parent."""
+    suite.makepyfile(
+        test_two="""
+from harness.records import ResultRecord
+import pytest
+
+@pytest.mark.parametrize("budget", [25, 13])
+def test_b(gate, budget):
+    gate(ResultRecord(suite="demo", model="demo-tiny", scale="tiny", method="dpcache", budget=budget, num_steps=50))
+"""
+    )
+    env_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    suite._monkeypatch.setenv("PYTHONPATH", env_path)
+    res = suite.runpytest_subprocess("-p", "harness.plugin", "-n", "2", "test_two.py", timeout=300)
+    res.assert_outcomes(passed=2)
+    out = res.stdout.str()
+    assert f"JSON lines {suite.path / 'results.jsonl'}" in out
+    assert f"MLflow store sqlite:///{suite.path.resolve()}/mlflow.db" in out
+    lines = [json.loads(x) for x in (suite.path / "results.jsonl").read_text().splitlines()]
+    assert sorted(x["budget"] for x in lines) == [13, 25] and len({x["invocation"] for x in lines}) == 1
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{suite.path.resolve()}/mlflow.db")
+    exp = client.get_experiment_by_name("dpcache-bench")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
