@@ -17,7 +17,7 @@ from diffusers.hooks.hooks import BaseState
 
 from . import __version__
 from .adapters import block_layout
-from .hooks import _ContextStateManager, _transformer_of
+from .hook_utils import ContextStateManager, transformer_of
 from .pact import cost_tensor_one, default_max_jump, mean_finite
 from .predictors import Predictor, TaylorPredictor
 
@@ -39,7 +39,7 @@ class FeatureRecorderHook(ModelHook):
 
     def __init__(self, context: str | None) -> None:
         super().__init__()
-        self.manager = _ContextStateManager(_Features)
+        self.manager = ContextStateManager(_Features)
         self.context = context
         self.runs: list[list[torch.Tensor]] = []
 
@@ -76,7 +76,7 @@ class FeatureRecorderHook(ModelHook):
 
 def record_features(pipe, call: Callable[[], object], context: str | None = "cond") -> list[torch.Tensor]:
     """Run `call()` (a full-compute pipeline call) and return the last-block feature of every step, on host."""
-    transformer = _transformer_of(pipe)
+    transformer = transformer_of(pipe)
     last = block_layout(transformer).last
     registry = HookRegistry.check_if_exists_or_initialize(last)
     hook = FeatureRecorderHook(context)
@@ -181,7 +181,7 @@ def calibrate(
         if part is not None:
             _save_atomic_npz(part, cost)
         costs.append(cost)
-    transformer = _transformer_of(pipe)
+    transformer = transformer_of(pipe)
     ct = CostTensor.from_array(
         mean_finite(costs),
         num_steps=num_inference_steps,

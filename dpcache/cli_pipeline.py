@@ -104,6 +104,12 @@ def _save_output(output, out: Path) -> list[Path]:
     return paths
 
 
+def _names_of(pipeline: str) -> set[str]:
+    """Names a cost tensor's model_id may use for this pipeline: as given, resolved, and its folder name."""
+    p = Path(pipeline)
+    return {pipeline, str(p.resolve()), p.name}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -113,19 +119,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DPCacheError("give either --cost FILE --budget K, or --no-cache")
     if args.cost is not None and args.budget is None:
         raise DPCacheError("--cost needs --budget K")
-    pipe = load_pipeline(args.pipeline, args.device, args.dtype)
-    schedule = None
-    if not args.no_cache:
+    cost = None
+    if args.cost is not None:
+        from .cost_tensor import CostTensor
+
+        cost = CostTensor.load(args.cost)
+        cost.check_compatible(num_steps=args.steps, predictor="taylor", predictor_order=args.order)
+        if not args.any_model and cost.meta.model_id not in _names_of(args.pipeline):
+            raise DPCacheError(
+                f"{args.cost} was calibrated for model {cost.meta.model_id!r}, not {args.pipeline!r}; "
+                "calibrate this pipeline, or pass --any-model to use it anyway"
+            )
+    cfg = None
+    if cost is not None:
         cfg = DPCacheConfig(
             num_inference_steps=args.steps,
             budget=args.budget,
-            cost=args.cost,
+            cost=cost,
             first_full_steps=args.first_full,
             last_full_steps=args.last_full,
             order=args.order,
             solver=args.solver,
         )
-        schedule = apply_dpcache(pipe, cfg)
+        cfg.schedule = cfg.resolve_schedule()  # plan before the slow model load, so bad input fails fast
+    pipe = load_pipeline(args.pipeline, args.device, args.dtype)
+    schedule = apply_dpcache(pipe, cfg) if cfg is not None else None
     kwargs = {**_call_kwargs(args), **prompt_kwargs(pipe, args.prompt)}
     kwargs["output_type"] = "np" if _is_video(pipe) else "pil"
     gen = torch.Generator("cpu").manual_seed(args.seed)
@@ -203,6 +221,7 @@ def register_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=None, help="K, the number of key steps")
     p.add_argument("--solver", choices=["exact", "official"], default="exact")
     p.add_argument("--no-cache", action="store_true", help="run every step at full compute")
+    p.add_argument("--any-model", action="store_true", help="accept a cost tensor calibrated on another model")
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)

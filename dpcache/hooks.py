@@ -11,17 +11,17 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
 from diffusers.hooks._helpers import TransformerBlockRegistry
-from diffusers.hooks.hooks import BaseState, StateManager
+from diffusers.hooks.hooks import BaseState
 
 from .adapters import block_layout, timestep_value
 from .errors import DPCacheError, ScheduleMismatchError
+from .hook_utils import ContextStateManager, transformer_of
 from .predictors import Predictor, TaylorPredictor
 
 logger = logging.getLogger(__name__)
 
 _STEP_HOOK = "dpcache_step_hook"
 _BLOCK_HOOK = "dpcache_block_hook"
-_DEFAULT_CONTEXT = "default"
 
 
 @dataclass
@@ -124,26 +124,12 @@ class DPCacheState(BaseState):
         self.stats = RunStats()
 
 
-class _ContextStateManager(StateManager):
-    """A StateManager that falls back to one default context when the caller set none (e.g. DiTPipeline)."""
-
-    def get_state(self):
-        if self._context is None:
-            from diffusers.hooks.hooks import CacheContext
-
-            self._context = CacheContext(_DEFAULT_CONTEXT)
-        return super().get_state()
-
-    def states(self) -> dict[str, DPCacheState]:
-        return dict(self._state_cache)
-
-
 class DPCacheStepHook(ModelHook):
     """On the transformer: tracks the step of each cache context and decides compute vs predict."""
 
     _is_stateful = True
 
-    def __init__(self, manager: _ContextStateManager, key_steps: tuple[int, ...], num_steps: int) -> None:
+    def __init__(self, manager: ContextStateManager, key_steps: tuple[int, ...], num_steps: int) -> None:
         super().__init__()
         self.manager = manager
         self.key_steps = frozenset(key_steps)
@@ -210,7 +196,7 @@ class DPCacheStepHook(ModelHook):
 class DPCacheBlockHook(ModelHook):
     """On every block: at a predicted step the block is skipped; the last block returns the prediction."""
 
-    def __init__(self, manager: _ContextStateManager, is_last: bool) -> None:
+    def __init__(self, manager: ContextStateManager, is_last: bool) -> None:
         super().__init__()
         self.manager = manager
         self.is_last = is_last
@@ -243,10 +229,6 @@ class DPCacheBlockHook(ModelHook):
         return tuple(out)
 
 
-def _transformer_of(module: torch.nn.Module | object) -> torch.nn.Module:
-    return module.transformer if hasattr(module, "transformer") and hasattr(module, "scheduler") else module
-
-
 def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tuple[int, ...]:
     """Apply DPCache to a diffusion transformer, or to a pipeline's transformer.
 
@@ -266,14 +248,14 @@ def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tu
         >>> image = pipe("a red apple", num_inference_steps=50).images[0]
         ```
     """
-    transformer = _transformer_of(module)
+    transformer = transformer_of(module)
     key_steps = config.resolve_schedule()
     prototype = config.make_predictor()
     layout = block_layout(transformer)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(_STEP_HOOK) is not None:
         raise DPCacheError("DPCache is already applied to this transformer; call remove_dpcache first")
-    manager = _ContextStateManager(lambda: DPCacheState(prototype.clone()))
+    manager = ContextStateManager(lambda: DPCacheState(prototype.clone()))
     step_hook = DPCacheStepHook(manager, key_steps, config.num_inference_steps)
     registry.register_hook(step_hook, _STEP_HOOK)
     for idx, block in enumerate(layout.blocks):
@@ -299,7 +281,7 @@ def _watch_scheduler(scheduler: object, step_hook: DPCacheStepHook) -> None:
 
 def remove_dpcache(module: torch.nn.Module | object) -> None:
     """Remove DPCache from a transformer (or a pipeline's transformer); the model runs uncached again."""
-    transformer = _transformer_of(module)
+    transformer = transformer_of(module)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     registry.remove_hook(_STEP_HOOK, recurse=False)
     for block in block_layout(transformer).blocks:
@@ -311,7 +293,7 @@ def remove_dpcache(module: torch.nn.Module | object) -> None:
 
 def dpcache_stats(module: torch.nn.Module | object) -> dict[str, RunStats]:
     """Per cache context, what the last finished run did (key steps computed, steps predicted)."""
-    hook = HookRegistry.check_if_exists_or_initialize(_transformer_of(module)).get_hook(_STEP_HOOK)
+    hook = HookRegistry.check_if_exists_or_initialize(transformer_of(module)).get_hook(_STEP_HOOK)
     if hook is None:
         raise DPCacheError("DPCache is not applied to this module")
     return dict(hook.last_runs)

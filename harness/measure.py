@@ -23,6 +23,15 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+def flops_and_result(fn: Callable[[], Any]) -> tuple[int, Any]:
+    """Like `count_flops`, also returning `fn()`'s result (one sampling run yields output and FLOPs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        out = fn()
+    return int(counter.get_total_flops()), out
+
+
 def flops_by_module(fn: Callable[[], Any], depth: int = 2) -> dict[str, int]:
     """FLOPs per module (up to `depth` levels, 'Global' = total) for reports."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -193,3 +202,51 @@ def speedups(full: RunCost, method: RunCost) -> Speedups:
     elif isinstance(method.memory, Unavailable):
         mem = method.memory
     return Speedups(fs, ws, ratios, mem)
+
+
+class ModuleTimer:
+    """Accumulates the wall-clock time spent inside one module's forward (e.g. the transformer) while
+    a whole pipeline call runs, so transformer-only and whole-pipeline time can both be reported.
+    Synchronises CUDA around each forward when the module runs on CUDA.
+
+        with ModuleTimer(pipe.transformer) as t:
+            pipe(...)
+        t.seconds, t.calls
+    """
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
+        self.seconds = 0.0
+        self.calls = 0
+        self._t0: float | None = None
+        self._handles: list[Any] = []
+
+    def _sync(self) -> None:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def _pre(self, *_: Any, **__: Any) -> None:
+        if self._t0 is None:  # re-entrant forwards (a module calling itself) count once
+            self._sync()
+            self._t0 = time.perf_counter()
+
+    def _post(self, *_: Any, **__: Any) -> None:
+        if self._t0 is not None:
+            self._sync()
+            self.seconds += time.perf_counter() - self._t0
+            self.calls += 1
+            self._t0 = None
+
+    def __enter__(self) -> ModuleTimer:
+        self._handles = [
+            self.module.register_forward_pre_hook(self._pre),
+            self.module.register_forward_hook(self._post),
+        ]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

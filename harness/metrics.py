@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,13 +248,17 @@ class ClipScorer:
         return True, self.model
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> list[float]:
-        from torchmetrics.functional.multimodal import clip_score
+        import torch
+        from torchmetrics.multimodal.clip_score import CLIPScore
 
+        metric = CLIPScore(model_name_or_path=self.model).to(images.device)
         x = images if images.dim() == 4 else images[:, images.shape[1] // 2]  # video: middle frame
-        return [
-            float(clip_score(x[i : i + 1] * 255, [p], model_name_or_path=self.model))
-            for i, p in enumerate(prompts)
-        ]
+        values = []
+        with torch.no_grad():
+            for i, p in enumerate(prompts):
+                metric.reset()
+                values.append(float(metric(x[i : i + 1] * 255, [p])))
+        return values
 
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -302,8 +305,3 @@ def vbench(videos: torch.Tensor, prompts: Sequence[str], *, python: str | None =
     from harness.eval_env import vbench_scorer
 
     return run_scorer(vbench_scorer(python), videos, prompts)
-
-
-def hf_offline() -> bool:
-    """True when Hugging Face Hub access is switched off (the harness never downloads metric weights)."""
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")

@@ -57,6 +57,7 @@ class _State:
     options: BenchOptions
     invocation_id: str
     tracker: Any = None
+    stores: dict[str, Any] = field(default_factory=dict)  # reference-store root → ReferenceStore
     pending: dict[str, list[Any]] = field(default_factory=dict)  # expected.json path → records
     rewritten: list[str] = field(default_factory=list)
 
@@ -224,6 +225,20 @@ def tracker(pytestconfig: pytest.Config) -> Any:
         state.tracker = Tracker(o.json_out, mlflow_uri=o.mlflow_uri, invocation_id=state.invocation_id)
     yield state.tracker
     state.tracker.close()
+
+
+@pytest.fixture
+def reference_store(request: pytest.FixtureRequest, pytestconfig: pytest.Config) -> Any:
+    """The `harness.references.ReferenceStore` for this test: --refs-dir, else `references/` next to the
+    test file; with --update-references each key is recomputed once per session (per worker)."""
+    from harness.references import ReferenceStore
+
+    state = pytestconfig.stash[_STATE]
+    root = state.options.refs_dir or Path(request.node.path).parent / "references"
+    key = str(Path(root).resolve())
+    if key not in state.stores:
+        state.stores[key] = ReferenceStore(root, refresh=state.options.update_references)
+    return state.stores[key]
 
 
 @pytest.fixture

@@ -137,9 +137,13 @@ class ReferenceStore:
     it is renamed last, and `get` reads nothing else. Parallel writers serialise on a per-key file lock.
     """
 
-    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = 3600.0) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, lock_timeout: float = 3600.0, refresh: bool = False
+    ) -> None:
         self.root = Path(root)
         self.lock_timeout = lock_timeout
+        self.refresh = refresh  # --update-references: recompute each key once through this store
+        self._refreshed: set[str] = set()
 
     def tensor_path(self, key: str) -> Path:
         return self.root / f"{key}.safetensors"
@@ -215,11 +219,14 @@ class ReferenceStore:
         compute_fn: Callable[[], torch.Tensor],
         meta: Mapping[str, Any],
         *,
-        refresh: bool = False,
+        refresh: bool | None = None,
     ) -> torch.Tensor:
         """The stored tensor, or compute, store and return it. Of several processes asking for the same
         missing key one computes; the others wait on the lock and then read its result.
-        `refresh=True` recomputes and overwrites (the explicit `--update-references` path)."""
+        `refresh=True` recomputes and overwrites (the explicit `--update-references` path); by default
+        a store made with `refresh=True` recomputes each key once, then reuses it."""
+        if refresh is None:
+            refresh = self.refresh and key not in self._refreshed
         if not refresh:
             found = self.get(key)
             if found is not None:
@@ -231,6 +238,7 @@ class ReferenceStore:
                     return found
             tensor = compute_fn()
             self._put_locked(key, tensor, meta)
+            self._refreshed.add(key)
             return tensor.detach().cpu()
 
     def check_drift(

@@ -10,9 +10,11 @@ import torch
 
 from harness.measure import (
     MemoryResult,
+    ModuleTimer,
     RunCost,
     TimingResult,
     count_flops,
+    flops_and_result,
     flops_by_module,
     peak_memory,
     speedups,
@@ -88,3 +90,21 @@ def test_speedups():
     assert s.wall_speedup_samples == (4.0,) * 5
     none = speedups(RunCost(flops=1000), RunCost(flops=500))
     assert none.flops_speedup == 2.0 and isinstance(none.wall_speedup, Unavailable)
+
+
+def test_flops_and_result_and_module_timer():
+    inner = torch.nn.Linear(4, 4)
+
+    def pipeline():
+        time.sleep(0.02)  # work outside the transformer
+        for _ in range(3):
+            inner(torch.ones(1, 4))
+        return "image"
+
+    flops, out = flops_and_result(pipeline)
+    assert out == "image" and flops == 3 * 2 * 4 * 4
+    with ModuleTimer(inner) as t:
+        pipeline()
+    assert t.calls == 3 and 0 < t.seconds < 0.02
+    pipeline()
+    assert t.calls == 3  # hooks removed on exit

@@ -183,7 +183,7 @@ def test_gpu_marker_skipped_without_cuda(suite):
     assert "no CUDA device" in res.stdout.str()
 
 
-def test_embedded_mlflow_default_under_xdist(suite):
+def test_embedded_mlflow_default_under_xdist(suite, monkeypatch):
     """Two xdist workers, default (embedded sqlite) store: records in JSON lines and MLflow, one parent."""
     suite.makepyfile(
         test_two="""
@@ -196,7 +196,7 @@ def test_b(gate, budget):
 """
     )
     env_path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    suite._monkeypatch.setenv("PYTHONPATH", env_path)
+    monkeypatch.setenv("PYTHONPATH", env_path)
     res = suite.runpytest_subprocess("-p", "harness.plugin", "-n", "2", "test_two.py", timeout=300)
     res.assert_outcomes(passed=2)
     out = res.stdout.str()
@@ -214,3 +214,26 @@ def test_b(gate, budget):
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 2
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+
+
+def test_bench_params_ids_and_reference_store(suite):
+    suite.makepyfile(
+        test_ids="""
+import pytest, torch
+from harness.plugin import bench_params
+
+@pytest.mark.parametrize(("method", "budget"), bench_params("flux-tiny", ["full", "dpcache"], [25, 13]))
+def test_speedup(method, budget, reference_store, bench_options):
+    assert reference_store.root == bench_options.refs_dir
+    assert reference_store.refresh is True
+"""
+    )
+    res = run(suite, "test_ids.py", "--collect-only", "-q", "-k", "K13")
+    res.stdout.fnmatch_lines(
+        [
+            "test_ids.py::test_speedup[[]flux-tiny-full-K13[]]",
+            "test_ids.py::test_speedup[[]flux-tiny-dpcache-K13[]]",
+        ]
+    )
+    assert "K25" not in res.stdout.str()
+    run(suite, "test_ids.py", "--refs-dir", "refs", "--update-references").assert_outcomes(passed=4)

@@ -196,3 +196,12 @@ def test_check_drift(tmp_path):
         store.check_drift(key, ref[:, :1])
     with pytest.raises(ReferenceDriftError, match="no stored reference"):
         store.check_drift("missing", ref)
+
+
+def test_refresh_store_recomputes_each_key_once(tmp_path):
+    ReferenceStore(tmp_path).put("k", torch.zeros(2), {})
+    store = ReferenceStore(tmp_path, refresh=True)
+    calls = []
+    out = store.get_or_compute("k", lambda: calls.append(1) or torch.ones(2), {})
+    again = store.get_or_compute("k", lambda: calls.append(1) or torch.full((2,), 5.0), {})
+    assert calls == [1] and torch.equal(out, torch.ones(2)) and torch.equal(again, torch.ones(2))

@@ -30,7 +30,14 @@ import torch
 import torch.nn.functional as F
 
 from harness.zoo import hunyuan_tiny, wan_tiny
-from harness.zoo.video_data import COLOURS, DIRECTION_VECTORS, ClipSpec, eval_prompts, parse_prompt, render_clips
+from harness.zoo.video_data import (
+    COLOURS,
+    DIRECTION_VECTORS,
+    ClipSpec,
+    eval_prompts,
+    parse_prompt,
+    render_clips,
+)
 
 REPORTS = Path(__file__).resolve().parents[2] / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
@@ -111,7 +118,7 @@ def _digit_svc():
     from harness.zoo.video_data import random_specs
 
     g = torch.Generator().manual_seed(4321)
-    specs = random_specs(g, 3000)
+    specs = random_specs(g, 2000)
     clips = (render_clips(specs, g, num_frames=3) + 1) / 2  # (n, 3, F, H, W)
     mids = clips[:, :, 1]
     k = torch.tensor([1.0, 2.0, 1.0])
@@ -248,7 +255,7 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
         assert wrap.computed == K * cps, wrap.computed
     rel = np.array(rel_curves).mean(0)
     times = []
-    for r in range(3):
+    for _ in range(3):
         t0 = time.perf_counter()
         _run(pipe, kw, prompts[0], 0)
         times.append(time.perf_counter() - t0)

@@ -1,0 +1,31 @@
+"""Helpers shared by every cache hook (dpcache's own and the baselines'): per-context state, the transformer."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.hooks.hooks import CacheContext, StateManager
+
+DEFAULT_CONTEXT = "default"
+
+
+class ContextStateManager(StateManager):
+    """A diffusers StateManager (one state per `cache_context`, e.g. per CFG branch) that falls back to one
+    default context when the caller set none — DiTPipeline calls its transformer without a context."""
+
+    def get_state(self):
+        if self._context is None:
+            self._context = CacheContext(DEFAULT_CONTEXT)
+        return super().get_state()
+
+    @property
+    def context_name(self) -> str:
+        return self._context.name if self._context is not None else DEFAULT_CONTEXT
+
+    def states(self) -> dict[str, object]:
+        """Every context's state, by context name."""
+        return dict(self._state_cache)
+
+
+def transformer_of(module: torch.nn.Module | object) -> torch.nn.Module:
+    """The denoiser of a pipeline (anything with `.transformer` and `.scheduler`), or the module itself."""
+    return module.transformer if hasattr(module, "transformer") and hasattr(module, "scheduler") else module
