@@ -17,8 +17,9 @@ from diffusers.hooks.hooks import BaseState
 
 from . import __version__
 from .adapters import block_layout
-from .hook_utils import ContextStateManager, transformer_of
-from .pact import cost_tensor_one, default_max_jump, mean_finite
+from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from .pact import cost_tensor_one, mean_finite
+from .planner import default_max_jump
 from .predictors import Predictor, TaylorPredictor
 
 _RECORDER_HOOK = "dpcache_feature_recorder"
@@ -81,11 +82,13 @@ def record_features(pipe, call: Callable[[], object], context: str | None = "con
     registry = HookRegistry.check_if_exists_or_initialize(last)
     hook = FeatureRecorderHook(context)
     registry.register_hook(hook, _RECORDER_HOOK)
+    refresh_hook_tree(transformer)
     try:
         call()
         return hook.take()
     finally:
         registry.remove_hook(_RECORDER_HOOK, recurse=False)
+        refresh_hook_tree(transformer)
 
 
 def prompt_hash(prompt: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from diffusers.hooks.hooks import CacheContext, StateManager
+from diffusers.hooks.hooks import CacheContext, HookRegistry, StateManager
 
 DEFAULT_CONTEXT = "default"
 
@@ -29,3 +29,9 @@ class ContextStateManager(StateManager):
 def transformer_of(module: torch.nn.Module | object) -> torch.nn.Module:
     """The denoiser of a pipeline (anything with `.transformer` and `.scheduler`), or the module itself."""
     return module.transformer if hasattr(module, "transformer") and hasattr(module, "scheduler") else module
+
+
+def refresh_hook_tree(module: torch.nn.Module) -> None:
+    """Call after adding or removing hooks on sub-modules: diffusers caches the list of child registries
+    that `cache_context` updates, and a stale list would leave new stateful hooks without a context."""
+    HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()

@@ -15,7 +15,7 @@ from diffusers.hooks.hooks import BaseState
 
 from .adapters import block_layout, timestep_value
 from .errors import DPCacheError, ScheduleMismatchError
-from .hook_utils import ContextStateManager, transformer_of
+from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 from .predictors import Predictor, TaylorPredictor
 
 logger = logging.getLogger(__name__)
@@ -261,6 +261,7 @@ def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tu
     for idx, block in enumerate(layout.blocks):
         block_registry = HookRegistry.check_if_exists_or_initialize(block)
         block_registry.register_hook(DPCacheBlockHook(manager, idx == len(layout.blocks) - 1), _BLOCK_HOOK)
+    refresh_hook_tree(transformer)
     if module is not transformer:
         _watch_scheduler(module.scheduler, step_hook)
     return key_steps
@@ -286,6 +287,7 @@ def remove_dpcache(module: torch.nn.Module | object) -> None:
     registry.remove_hook(_STEP_HOOK, recurse=False)
     for block in block_layout(transformer).blocks:
         HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
+    refresh_hook_tree(transformer)
     scheduler = getattr(module, "scheduler", None)
     if scheduler is not None and hasattr(scheduler.set_timesteps, "_dpcache_original"):
         del scheduler.set_timesteps

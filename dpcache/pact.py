@@ -7,12 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from .planner import default_max_jump
 from .predictors import Predictor, TaylorPredictor
-
-
-def default_max_jump(num_steps: int) -> int:
-    """The released limit on the distance between two key steps: `max(int(0.3 T), 1)`."""
-    return max(int(0.3 * num_steps), 1)
 
 
 def _l1_cost(pred: torch.Tensor, target: torch.Tensor) -> float:

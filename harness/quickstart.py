@@ -32,7 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from dpcache import DPCacheConfig, apply_dpcache, calibrate, dpcache_stats, plan_all_budgets, remove_dpcache
+    from dpcache import (
+        DPCacheConfig,
+        apply_dpcache,
+        calibrate,
+        dpcache_stats,
+        plan_all_budgets,
+        remove_dpcache,
+    )
     from dpcache.cli import schedule_strip
     from harness.zoo.registry import get_spec, load_pipeline
 

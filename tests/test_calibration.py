@@ -39,6 +39,8 @@ def flux():
 
 def test_records_one_feature_per_step_on_host(flux):
     pipe, base = flux
+    # an uncached CFG call first: diffusers then caches the hook tree the recorder must still be part of
+    pipe(prompt="a red 1", num_inference_steps=2, generator=torch.Generator().manual_seed(0), **base)
     feats = record_features(
         pipe, lambda: pipe(prompt="a red 1", num_inference_steps=T, generator=torch.Generator().manual_seed(0), **base)
     )

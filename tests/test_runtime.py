@@ -9,63 +9,19 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators  # noqa: E402
+from tiny_pipelines import build_family as _family  # noqa: E402
+
 from dpcache import DPCacheConfig, ScheduleMismatchError, apply_dpcache, dpcache_stats, remove_dpcache  # noqa: E402
 from dpcache.adapters import block_layout  # noqa: E402
 
 T = 10
 SCHEDULE = [0, 1, 2, 5, 8]
-FAMILIES = ["flux", "wan", "hunyuan-video", "dit"]
-
-
-def _family(name: str):
-    """(pipeline, call(generator, T, batch) -> output tensor) for a tiny random-weight pipeline."""
-    if name == "flux":
-        from harness.zoo import flux_tiny as m
-
-        pipe = m.build_pipeline(seed=0)
-
-        def call(gens, steps, prompts=("a red 7 on a black background",)):
-            kw = m.call_kwargs(prompts[0])
-            kw["prompt"], kw["negative_prompt"] = list(prompts), [""] * len(prompts)
-            return pipe(**kw, num_inference_steps=steps, generator=gens, output_type="pt").images
-
-    elif name == "dit":
-        from harness.zoo import dit_tiny as m
-
-        pipe = m.build_pipeline(seed=0)
-
-        def call(gens, steps, prompts=(3,)):
-            kw = m.call_kwargs(prompts[0])
-            kw["class_labels"] = list(prompts)
-            return torch.from_numpy(pipe(**kw, num_inference_steps=steps, generator=gens, output_type="np").images)
-
-    else:
-        from harness.zoo import hunyuan_tiny, wan_tiny
-
-        m = wan_tiny if name == "wan" else hunyuan_tiny
-        pipe = m.build_pipeline(seed=0)
-        base = m.default_call_kwargs()
-        prompt = "a green 4 moving left" if name == "wan" else "a red 2 moving right"
-
-        def call(gens, steps, prompts=(prompt,)):
-            kw = {**base, "num_inference_steps": steps}
-            kw["prompt"], kw["negative_prompt"] = list(prompts), [""] * len(prompts)
-            return pipe(**kw, generator=gens).frames
-
-    pipe.set_progress_bar_config(disable=True)
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.eval()  # DiT's label embedding drops labels at random in training mode
-    return pipe, call
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request):
     return request.param, *_family(request.param)
-
-
-def _gens(*seeds):
-    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
 
 
 class _ComputeCounter:
@@ -86,23 +42,23 @@ class _ComputeCounter:
 
 def test_full_budget_equals_uncached(family):
     name, pipe, call = family
-    ref = call(_gens(0), T)
+    ref = call(generators(0), T)
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=list(range(T))))
     try:
-        out = call(_gens(0), T)
+        out = call(generators(0), T)
     finally:
         remove_dpcache(pipe)
     assert torch.allclose(out, ref, atol=1e-6, rtol=0), (out - ref).abs().max()
-    assert torch.equal(call(_gens(0), T), ref), "remove_dpcache must restore the uncached model"
+    assert torch.equal(call(generators(0), T), ref), "remove_dpcache must restore the uncached model"
 
 
 def test_skipped_steps_run_no_block(family):
     name, pipe, call = family
-    ref = call(_gens(0), T)
+    ref = call(generators(0), T)
     counter = _ComputeCounter(pipe.transformer)
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
-        out = call(_gens(0), T)
+        out = call(generators(0), T)
         stats = dpcache_stats(pipe)
     finally:
         remove_dpcache(pipe)
@@ -121,7 +77,7 @@ def test_cfg_branches_keep_separate_state(family):
     name, pipe, call = family
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
-        call(_gens(0), T)  # a shared state would see each key step twice and refuse it
+        call(generators(0), T)  # a shared state would see each key step twice and refuse it
         hook = pipe.transformer._diffusers_hook.get_hook("dpcache_step_hook")
         stats = dpcache_stats(pipe)
     finally:
@@ -134,17 +90,12 @@ def test_cfg_branches_keep_separate_state(family):
 
 def test_batch_of_two_matches_single_samples(family):
     name, pipe, call = family
-    prompts = {
-        "flux": ("a red 7 on a black background", "a blue 3 on a white background"),
-        "dit": (3, 8),
-        "wan": ("a green 4 moving left", "a red 1 moving up"),
-        "hunyuan-video": ("a red 2 moving right", "a blue 5 moving down"),
-    }[name]
+    prompts = PROMPT_PAIRS[name]
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
-        both = call(_gens(0, 1), T, prompts)
-        first = call(_gens(0), T, prompts[:1])
-        second = call(_gens(1), T, prompts[1:])
+        both = call(generators(0, 1), T, prompts)
+        first = call(generators(0), T, prompts[:1])
+        second = call(generators(1), T, prompts[1:])
     finally:
         remove_dpcache(pipe)
     assert torch.allclose(both[0], first[0], atol=1e-5), (both[0] - first[0]).abs().max()
@@ -155,8 +106,8 @@ def test_consecutive_calls_identical(family):
     name, pipe, call = family
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
-        a = call(_gens(0), T)
-        b = call(_gens(0), T)
+        a = call(generators(0), T)
+        b = call(generators(0), T)
     finally:
         remove_dpcache(pipe)
     assert torch.equal(a, b)
@@ -168,9 +119,9 @@ def test_other_step_count_raises(family, steps):
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
         with pytest.raises(ScheduleMismatchError, match=f"planned for T={T}"):
-            call(_gens(0), steps)
+            call(generators(0), steps)
         # the failed call leaves no state behind: a correct call still works
-        assert torch.isfinite(call(_gens(0), T)).all()
+        assert torch.isfinite(call(generators(0), T)).all()
     finally:
         remove_dpcache(pipe)
 
@@ -179,12 +130,12 @@ def test_transformer_only_attachment_reports_mismatch():
     pipe, call = _family("flux")
     apply_dpcache(pipe.transformer, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
-        assert torch.isfinite(call(_gens(0), T)).all()
+        assert torch.isfinite(call(generators(0), T)).all()
         assert dpcache_stats(pipe.transformer)["cond"].computed_steps == SCHEDULE
         with pytest.raises(ScheduleMismatchError):
-            call(_gens(0), T - 2)
+            call(generators(0), T - 2)
         with pytest.raises(ScheduleMismatchError):
-            call(_gens(0), T + 2)
+            call(generators(0), T + 2)
     finally:
         remove_dpcache(pipe.transformer)
 

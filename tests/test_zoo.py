@@ -201,3 +201,34 @@ def test_missing_full_model_is_a_clear_skip(name, tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="unavailable"):
         registry.load_pipeline(spec)
     pytest.skip(reason)
+
+
+def test_tokenizers_know_the_prompt_words():
+    from harness.zoo.tokenizers import build_clip_tokenizer, build_t5_tokenizer
+
+    clip, t5 = build_clip_tokenizer(), build_t5_tokenizer()
+    prompt = "a red 7 on a brick background"
+    assert clip.convert_ids_to_tokens(clip(prompt).input_ids)[1:-1] == [w + "</w>" for w in prompt.split()]
+    assert t5.convert_ids_to_tokens(t5(prompt).input_ids)[:-1] == ["▁" + w for w in prompt.split()]
+
+
+def test_scenes_and_prompt_parsing():
+    from harness.zoo import digits_data
+
+    images, scenes = digits_data.sample_scenes(8, seed=0)
+    again, _ = digits_data.sample_scenes(8, seed=0)
+    assert images.shape == (8, 32, 32, 3) and np.array_equal(images, again)
+    for s in scenes:
+        assert digits_data.parse_prompt(s.prompt) == s and s.colour != s.background
+
+
+def test_classifier_reads_clean_scenes():
+    from harness.zoo import classifier, digits_data
+
+    if not (classifier.CLASSIFIER_DIR / "model.safetensors").exists():
+        pytest.skip("classifier not trained: run `python -m harness.zoo.train classifier`")
+    images, scenes = digits_data.sample_scenes(64, seed=2024)
+    adh = classifier.prompt_adherence(images, [s.prompt for s in scenes])
+    assert adh["n"] == 64 and adh["digit"] >= 0.9 and adh["colour"] >= 0.9 and adh["background"] >= 0.9
+    labels = classifier.prompt_adherence(images, [s.digit for s in scenes])
+    assert labels["digit"] == adh["digit"] and labels["colour"] is None

@@ -1,0 +1,222 @@
+"""Machinery the ported baselines share: step tracking per cache context, block spans that skip per batch row."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks._helpers import TransformerBlockRegistry
+from diffusers.hooks.hooks import BaseState
+
+from dpcache.adapters import timestep_value
+from dpcache.hook_utils import ContextStateManager
+
+Rows = torch.Tensor | None  # bool mask over the batch rows to compute; None = every row
+
+
+def rel_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per batch row: mean|a - b| / mean|b| (the relative L1 change every cache in this folder uses)."""
+    dims = tuple(range(1, a.dim()))
+    num = (a.float() - b.float()).abs().mean(dim=dims)
+    return num / b.float().abs().mean(dim=dims).clamp_min(1e-12)
+
+
+class StepState(BaseState):
+    """Per cache context: the step index of the current run and how many (step, row) pairs came from cache."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.step = 0
+        self.last_timestep: float | None = None
+        self.hits = 0
+
+
+class StepHook(ModelHook):
+    """On the transformer: counts steps per cache context and starts a new run when the timestep goes up or
+    `num_steps` steps are done (DiTPipeline never resets hook state); `last_hits` survives the pipeline's reset."""
+
+    _is_stateful = True
+
+    def __init__(self, manager: ContextStateManager, num_steps: int) -> None:
+        super().__init__()
+        self.manager = manager
+        self.num_steps = num_steps
+        self.last_hits: dict[str, int] = {}
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: StepState = self.manager.get_state()
+        t = timestep_value(args, kwargs)
+        rising = state.step > 0 and None not in (t, state.last_timestep) and t > state.last_timestep
+        if state.step >= self.num_steps or rising:
+            state.reset()
+        output = self.forward_step(module, state, args, kwargs)
+        state.last_timestep = t
+        state.step += 1
+        return output
+
+    def forward_step(self, module: torch.nn.Module, state: StepState, args: tuple, kwargs: dict):
+        """One transformer call of step `state.step`; subclasses that skip the whole model override this."""
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    def run_hits(self) -> dict[str, int]:
+        """Per context, the (step, row) pairs served from cache in the latest run."""
+        live = {name: s.hits for name, s in self.manager.states().items() if s.step > 0}
+        return live or dict(self.last_hits)
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.last_hits = {name: s.hits for name, s in self.manager.states().items() if s.step > 0}
+        self.manager.reset()
+        return module
+
+
+class RowRunner:
+    """Calls a forward on a subset of the batch rows; the other rows pass through unchanged (their input)."""
+
+    _RESERVED = ("rotary", "freqs", "pos")
+
+    def __init__(self, forward: Callable, batch_size: int) -> None:
+        self.forward = forward
+        self.signature = inspect.signature(forward)
+        self.batch_size = batch_size
+
+    def __call__(self, rows: torch.Tensor, args: tuple, kwargs: dict):
+        idx = rows.nonzero().flatten()
+        bound = self.signature.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            if (
+                isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.batch_size
+                and not any(r in name for r in self._RESERVED)
+            ):
+                bound.arguments[name] = value[idx]
+        return idx, self.forward(*bound.args, **bound.kwargs)
+
+
+class BlockIO:
+    """Reads a block's hidden / encoder inputs and builds outputs shaped like the block's own (via diffusers'
+    TransformerBlockRegistry: a tensor, or a 2-tuple with the image and text streams at registered indices)."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        self.meta = TransformerBlockRegistry.get(type(block))
+
+    def hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        return self.meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+
+    def encoder(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        if self.meta.return_encoder_hidden_states_index is None:
+            return None
+        return self.meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
+
+    def split(self, output) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(output, tuple):
+            return output[self.meta.return_hidden_states_index], output[self.meta.return_encoder_hidden_states_index]
+        return output, None
+
+    def build(self, hidden: torch.Tensor, encoder: torch.Tensor | None):
+        if self.meta.return_encoder_hidden_states_index is None:
+            return hidden
+        out = [None, None]
+        out[self.meta.return_hidden_states_index] = hidden
+        out[self.meta.return_encoder_hidden_states_index] = encoder
+        return tuple(out)
+
+
+class SpanState(StepState):
+    """A StepState for caches that skip a span of blocks: the span input and the rows computed this step."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.span_in: torch.Tensor | None = None
+        self.rows: Rows = None
+
+
+class SpanBlockHook(ModelHook):
+    """A block of the cached span. The span's first block asks `decide(state, module, args, kwargs)` which rows
+    to compute (None = all); every block computes those rows and passes the others through (a skipped block
+    does no work); the last block hands its hidden output to `finish(state, hidden, rows)`, which stores what
+    the cache keeps and fills the skipped rows with the method's estimate."""
+
+    def __init__(
+        self,
+        manager: ContextStateManager,
+        first: bool,
+        last: bool,
+        decide: Callable | None = None,
+        finish: Callable | None = None,
+    ) -> None:
+        super().__init__()
+        self.manager = manager
+        self.first, self.last = first, last
+        self.decide, self.finish = decide, finish
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.io = BlockIO(module)
+        return module
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: SpanState = self.manager.get_state()
+        hidden = self.io.hidden(args, kwargs)
+        if self.first:
+            state.span_in = hidden
+            state.rows = self.decide(state, module, args, kwargs)
+            if state.rows is not None and state.rows.all():
+                state.rows = None
+            if state.rows is not None:
+                state.hits += int((~state.rows).sum())
+        rows = state.rows
+        if rows is None:
+            output = self.fn_ref.original_forward(*args, **kwargs)
+        else:
+            encoder = self.io.encoder(args, kwargs)
+            out_h, out_e = hidden, encoder
+            if rows.any():
+                idx, sub = RowRunner(self.fn_ref.original_forward, hidden.shape[0])(rows, args, kwargs)
+                sub_h, sub_e = self.io.split(sub)
+                out_h = hidden.clone()
+                out_h[idx] = sub_h
+                if encoder is not None:
+                    out_e = encoder.clone()
+                    out_e[idx] = sub_e
+            output = self.io.build(out_h, out_e)
+        if self.last:
+            out_h, out_e = self.io.split(output)
+            output = self.io.build(self.finish(state, out_h, rows), out_e)
+        return output
+
+
+def attach_span(
+    manager: ContextStateManager,
+    blocks: tuple[torch.nn.Module, ...],
+    hook_name: str,
+    decide: Callable,
+    finish: Callable,
+) -> None:
+    """Register a SpanBlockHook on every block of `blocks` (in execution order)."""
+    for idx, block in enumerate(blocks):
+        first, last = idx == 0, idx == len(blocks) - 1
+        hook = SpanBlockHook(manager, first, last, decide if first else None, finish if last else None)
+        HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, hook_name)
+
+
+def remove_hooks(transformer: torch.nn.Module, step_hook_name: str, block_hook_name: str) -> None:
+    """Remove a baseline's step hook from the transformer and its block hooks from every submodule."""
+    HookRegistry.check_if_exists_or_initialize(transformer).remove_hook(step_hook_name, recurse=False)
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        if registry is not None and block_hook_name in registry.hooks:
+            registry.remove_hook(block_hook_name, recurse=False)
+
+
+def step_hook_of(transformer: torch.nn.Module, name: str) -> StepHook | None:
+    """The baseline's step hook on a transformer, if applied."""
+    return HookRegistry.check_if_exists_or_initialize(transformer).get_hook(name)
+
+
+def fill_rows(computed: torch.Tensor, estimate: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """The span output: computed rows from `computed`, the skipped rows from `estimate`."""
+    if rows is None:
+        return computed
+    return torch.where(rows.view(-1, *([1] * (computed.dim() - 1))), computed, estimate.to(computed.dtype))

@@ -1,0 +1,68 @@
+"""FirstBlockCache (ParaAttention) through diffusers' own hook, with the harness's budget knob and hit accounting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
+
+from . import _wrapped
+from .base import FAMILIES, CacheMethod, register
+
+_HOOKS = (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK)
+
+
+@dataclass
+class FirstBlockCacheBenchConfig:
+    """FirstBlockCache as benchmarked: diffusers' `FirstBlockCacheConfig`, unchanged.
+
+    Rule (diffusers `first_block_cache.py`): block 0 always runs; when `rel(r0_t, r0_last) = mean|r0_t − r0_last|
+    / mean|r0_last|` (r0 = block-0 residual, last = last step whose tail ran) is at most `threshold`, all other
+    blocks are skipped and the cached tail residual is added. No warm-up, no cap on consecutive skips.
+
+    Args:
+        threshold: the budget knob (diffusers default 0.05); larger skips more. Any negative value never skips.
+
+    The relative difference is one scalar over the whole batch, so a batch of two prompts takes one joint
+    decision per step (a sample's output can differ from the same sample run alone); every cache context (CFG
+    branch) has its own state.
+    """
+
+    threshold: float = 0.05
+
+    def diffusers_config(self) -> FirstBlockCacheConfig:
+        return FirstBlockCacheConfig(threshold=self.threshold)
+
+
+def apply_firstblockcache(pipe: Any, config: FirstBlockCacheBenchConfig) -> None:
+    """Attach diffusers' FirstBlockCache to `pipe.transformer` (`enable_cache`, or `apply_first_block_cache` on DiT)."""
+    transformer = pipe.transformer
+    probes = _wrapped.block_modules(transformer)
+    _wrapped.apply_config(transformer, config.diffusers_config(), apply_first_block_cache)
+    _wrapped.install(pipe, probes)
+
+
+def remove_firstblockcache(pipe: Any) -> None:
+    """Detach it; the pipeline is uncached again."""
+    _wrapped.uninstall(pipe, _HOOKS)
+
+
+def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
+    apply_firstblockcache(pipe, FirstBlockCacheBenchConfig(threshold=float(knob)))
+
+
+METHOD = register(CacheMethod(
+    name="firstblockcache",
+    families=frozenset(FAMILIES),
+    knob="threshold",
+    knob_range=(0.0, 1.0),
+    compute_grows_with_knob=False,
+    never_skip=-1.0,
+    apply=_apply,
+    remove=remove_firstblockcache,
+    cache_hits=_wrapped.cache_hits,
+    origin="diffusers 0.42 FirstBlockCacheConfig hook (ParaAttention's First Block Cache), wrapped unchanged; "
+           "DiT gets it through apply_first_block_cache in a default cache context",
+))

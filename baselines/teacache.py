@@ -1,0 +1,228 @@
+"""TeaCache (Liu et al., CVPR 2025) ported as diffusers hooks: skip the block stack while the rescaled input change is small."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers.hooks import HookRegistry
+
+from dpcache.adapters import block_layout
+from dpcache.hook_utils import ContextStateManager, transformer_of
+
+from ._stack_hooks import BlockIO, SpanState, StepHook, attach_span, fill_rows, rel_rows, remove_hooks, step_hook_of
+from .base import FAMILIES, CacheMethod, Calibration, register
+
+_STEP_HOOK = "teacache_step_hook"
+_BLOCK_HOOK = "teacache_block_hook"
+
+FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
+IDENTITY = (1.0, 0.0)
+
+
+@dataclass
+class TeaCacheConfig:
+    """Configuration of TeaCache (Liu et al., "Timestep Embedding Tells: It's Time to Cache for Video Diffusion
+    Model", CVPR 2025), ported from `ali-vilab/TeaCache` (TeaCache4FLUX, TeaCache4Wan2.1, TeaCache4HunyuanVideo).
+
+    At every step the indicator `m_t` — the timestep-modulated input of block 0 (FLUX, HunyuanVideo:
+    `norm1(x, emb=temb)[0]`; Wan: `norm1(x) * (1 + scale_msa) + shift_msa` from the block's scale-shift table, where
+    the authors' Wan2.1 script uses the bare timestep embedding instead; DiT: the ada-norm-zero `norm1`; any other
+    block: its raw input, a generic fallback) — is compared with the previous step's: `E += poly(rel(m_t, m_{t-1}))`.
+    While `E < rel_l1_thresh` the whole block stack is skipped and `x_t + R_last` returned (`R` = stack output −
+    stack input of the last computed step); otherwise the stack runs and `E = 0`. The first and the last step are
+    always computed. State is per cache context (CFG branch, as the authors' Wan even/odd accumulators) and per
+    batch row (so a batch equals its samples run alone, and DiT's batched CFG halves stay separate).
+
+    Args:
+        num_inference_steps: T (the last step is always computed).
+        rel_l1_thresh: the threshold; authors' FLUX values 0.25 (1.5x) / 0.4 (1.8x) / 0.6 (2.0x) / 0.8 (2.25x) at
+            28 steps. `<= 0` never skips.
+        coefficients: the rescale polynomial, highest degree first. The authors fit it per model; FLUX.1-dev's
+            published one is `FLUX_COEFFICIENTS`. Models without published coefficients are fitted by
+            `calibrate_teacache` (degree 4, the authors' recipe); `IDENTITY` uses the raw rel-L1.
+        coefficients_source: which coefficients are in use ("flux-published", "fitted:<model>", "identity").
+        first_full_steps / last_full_steps: always computed at the start / end (authors: 1 / 1).
+    """
+
+    num_inference_steps: int = 28
+    rel_l1_thresh: float = 0.4
+    coefficients: tuple[float, ...] = FLUX_COEFFICIENTS
+    coefficients_source: str = "flux-published"
+    first_full_steps: int = 1
+    last_full_steps: int = 1
+    record: list | None = field(default=None, repr=False)  # calibration: receives (x, y) rel-change pairs
+
+
+class TeaCacheState(SpanState):
+    """Per cache context: the accumulator, previous indicator and cached residual (one entry per batch row)."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.accumulated: torch.Tensor | None = None
+        self.prev_indicator: torch.Tensor | None = None
+        self.residual: torch.Tensor | None = None
+        self.prev_output: torch.Tensor | None = None
+        self.pending_x: torch.Tensor | None = None
+
+
+def modulated_input(block: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The timestep-modulated input of a block, the TeaCache indicator (see TeaCacheConfig for each family)."""
+    params = inspect.signature(type(block).forward).bind(block, *args, **kwargs).arguments
+    hidden = BlockIO(block).hidden(args, kwargs)
+    norm1 = getattr(block, "norm1", None)
+    if norm1 is not None and hasattr(block, "scale_shift_table") and params.get("temb") is not None:
+        temb = params["temb"]
+        if temb.dim() == 3:  # Wan: (B, 6, D) timestep projection
+            shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
+            return norm1(hidden.float()) * (1 + scale) + shift
+    if norm1 is not None and type(norm1).__name__ == "AdaLayerNormZero":
+        if params.get("temb") is not None:  # FLUX, HunyuanVideo double-stream blocks
+            return norm1(hidden, emb=params["temb"])[0]
+        if params.get("timestep") is not None:  # DiT: label + timestep embedding inside the norm
+            return norm1(hidden, params["timestep"], params.get("class_labels"), hidden_dtype=hidden.dtype)[0]
+    return hidden
+
+
+def _polyval(coefficients: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(x)
+    for c in coefficients:
+        out = out * x + c
+    return out
+
+
+class TeaCacheHook(StepHook):
+    """On the transformer: step tracking; `decide` (block 0) and `finish` (last block) implement the rule."""
+
+    def __init__(self, manager: ContextStateManager, config: TeaCacheConfig) -> None:
+        super().__init__(manager, config.num_inference_steps)
+        self.config = config
+
+    def decide(self, state: TeaCacheState, block: torch.nn.Module, args: tuple, kwargs: dict):
+        c = self.config
+        m = modulated_input(block, args, kwargs).float()
+        rows = m.shape[0]
+        forced = (
+            state.step < c.first_full_steps or state.step >= self.num_steps - c.last_full_steps
+            or state.prev_indicator is None or state.prev_indicator.shape != m.shape
+        )
+        if forced:
+            state.accumulated = torch.zeros(rows, device=m.device)
+            state.pending_x = compute = None
+        else:
+            x = rel_rows(m, state.prev_indicator)
+            state.pending_x = x
+            state.accumulated = state.accumulated + _polyval(c.coefficients, x)
+            compute = state.accumulated >= c.rel_l1_thresh if c.rel_l1_thresh > 0 else None
+            if compute is not None:
+                state.accumulated = torch.where(compute, torch.zeros_like(state.accumulated), state.accumulated)
+        state.prev_indicator = m
+        return compute
+
+    def finish(self, state: TeaCacheState, out: torch.Tensor, rows) -> torch.Tensor:
+        if self.config.record is not None and state.prev_output is not None and state.pending_x is not None:
+            self.config.record.append((state.pending_x.tolist(), rel_rows(out, state.prev_output).tolist()))
+        if self.config.record is not None:
+            state.prev_output = out
+        residual = out - state.span_in
+        if rows is None:
+            state.residual = residual
+            return out
+        estimate = state.span_in + state.residual
+        state.residual = fill_rows(residual, state.residual, rows)
+        return fill_rows(out, estimate, rows)
+
+
+def apply_teacache(module: torch.nn.Module | object, config: TeaCacheConfig) -> None:
+    """Apply TeaCache to a diffusion transformer (or a pipeline's transformer).
+
+    Example:
+        ```python
+        >>> from diffusers import FluxPipeline
+        >>> from baselines.teacache import TeaCacheConfig, apply_teacache
+
+        >>> pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", torch_dtype=torch.bfloat16)
+        >>> apply_teacache(pipe, TeaCacheConfig(num_inference_steps=28, rel_l1_thresh=0.4))
+        >>> image = pipe("a red apple", num_inference_steps=28).images[0]
+        ```
+    """
+    transformer = transformer_of(module)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_STEP_HOOK) is not None:
+        raise RuntimeError("TeaCache is already applied to this transformer; call remove_teacache first")
+    manager = ContextStateManager(TeaCacheState)
+    hook = TeaCacheHook(manager, config)
+    registry.register_hook(hook, _STEP_HOOK)
+    attach_span(manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish)
+
+
+def remove_teacache(module: torch.nn.Module | object) -> None:
+    """Remove TeaCache; the model runs uncached again."""
+    remove_hooks(transformer_of(module), _STEP_HOOK, _BLOCK_HOOK)
+
+
+def _is_flux_dev(transformer: torch.nn.Module) -> bool:
+    layout = block_layout(transformer)
+    return layout.model_class == "FluxTransformer2DModel" and len(layout.blocks) == 19 + 38
+
+
+def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
+    transformer = transformer_of(pipe)
+    if artifacts and artifacts.get("coefficients"):
+        coefficients, source = tuple(artifacts["coefficients"]), f"fitted:{artifacts.get('model', '?')}"
+    elif _is_flux_dev(transformer):
+        coefficients, source = FLUX_COEFFICIENTS, "flux-published"
+    else:
+        coefficients, source = IDENTITY, "identity"
+    apply_teacache(pipe, TeaCacheConfig(num_steps, knob, coefficients, source))
+
+
+def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
+    """The authors' recipe: over full-compute runs, np.polyfit(rel change of the modulated input, rel change of
+    the stack output, degree 4); the coefficients are written as JSON to `calibration.out_dir` and returned."""
+    record: list = []
+    apply_teacache(pipe, TeaCacheConfig(calibration.num_steps, 0.0, IDENTITY, "identity", record=record))
+    try:
+        calibration.run_prompts()
+    finally:
+        remove_teacache(pipe)
+    xs = np.array([v for x, _ in record for v in x], dtype=np.float64)
+    ys = np.array([v for _, y in record for v in y], dtype=np.float64)
+    if len(xs) <= degree:
+        raise ValueError(f"TeaCache calibration needs more than {degree} step pairs, got {len(xs)}")
+    artifacts = {
+        "method": "teacache", "model": calibration.model_name, "num_steps": calibration.num_steps,
+        "degree": degree, "points": len(xs), "coefficients": [float(c) for c in np.polyfit(xs, ys, degree)],
+        "recipe": "np.polyfit(rel-L1 of block-0 modulated input, rel-L1 of the stack output) over full runs",
+    }
+    out_dir = Path(calibration.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"teacache-{calibration.model_name}-T{calibration.num_steps}.json").write_text(json.dumps(artifacts))
+    return artifacts
+
+
+def _cache_hits(pipe) -> int:
+    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
+    return sum(hook.run_hits().values()) if hook is not None else 0
+
+
+METHOD = register(CacheMethod(
+    name="teacache",
+    families=frozenset(FAMILIES),
+    knob="rel_l1_thresh",
+    knob_range=(0.0, 5.0),
+    compute_grows_with_knob=False,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_teacache,
+    cache_hits=_cache_hits,
+    calibrate=calibrate_teacache,
+    origin=(
+        "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
+        "calibrate (degree 4, authors' recipe), else identity; indicator for Wan/DiT is the block-0 modulated input"
+    ),
+))
