@@ -11,7 +11,7 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState
 
 from dpcache.adapters import timestep_value
-from dpcache.hook_utils import ContextStateManager
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree
 
 Rows = torch.Tensor | None  # bool mask over the batch rows to compute; None = every row
 
@@ -208,6 +208,7 @@ def remove_hooks(transformer: torch.nn.Module, step_hook_name: str, block_hook_n
         registry = getattr(module, "_diffusers_hook", None)
         if registry is not None and block_hook_name in registry.hooks:
             registry.remove_hook(block_hook_name, recurse=False)
+    refresh_hook_tree(transformer)
 
 
 def step_hook_of(transformer: torch.nn.Module, name: str) -> StepHook | None:
@@ -220,3 +221,28 @@ def fill_rows(computed: torch.Tensor, estimate: torch.Tensor, rows: Rows) -> tor
     if rows is None:
         return computed
     return torch.where(rows.view(-1, *([1] * (computed.dim() - 1))), computed, estimate.to(computed.dtype))
+
+
+ATTENTION_CHILDREN = ("attn", "attn1", "attn2")
+TOKENWISE_CHILDREN = ("ff", "ff_context", "ffn", "proj_mlp", "proj_out")
+
+
+def block_submodules(block: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """A block's compute-heavy children: attention modules and token-wise MLP / projection modules, by name
+    (FLUX / HunyuanVideo double and single blocks, Wan blocks, DiT's BasicTransformerBlock)."""
+    return [
+        (name, child) for name, child in block.named_children()
+        if name in ATTENTION_CHILDREN + TOKENWISE_CHILDREN and child is not None
+    ]
+
+
+def interval_full(step: int, interval: int, first_enhance: int) -> bool:
+    """The fixed schedule of FORA / ToCa / Δ-DiT (TaylorSeer's `cal_type`): the first `first_enhance` steps, then
+    every `interval`-th step after the last of them."""
+    return step < first_enhance or (step - (first_enhance - 1)) % max(interval, 1) == 0
+
+
+def batch_rows(args: tuple, kwargs: dict) -> int:
+    """The batch size of a transformer call (its `hidden_states`)."""
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    return hidden.shape[0] if isinstance(hidden, torch.Tensor) else 1

@@ -12,9 +12,18 @@ import torch
 from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, transformer_of
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
-from ._stack_hooks import BlockIO, SpanState, StepHook, attach_span, fill_rows, rel_rows, remove_hooks, step_hook_of
+from ._stack_hooks import (
+    BlockIO,
+    SpanState,
+    StepHook,
+    attach_span,
+    fill_rows,
+    rel_rows,
+    remove_hooks,
+    step_hook_of,
+)
 from .base import FAMILIES, CacheMethod, Calibration, register
 
 _STEP_HOOK = "teacache_step_hook"
@@ -158,6 +167,7 @@ def apply_teacache(module: torch.nn.Module | object, config: TeaCacheConfig) -> 
     hook = TeaCacheHook(manager, config)
     registry.register_hook(hook, _STEP_HOOK)
     attach_span(manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish)
+    refresh_hook_tree(transformer)
 
 
 def remove_teacache(module: torch.nn.Module | object) -> None:

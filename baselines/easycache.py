@@ -1,0 +1,195 @@
+"""EasyCache (Zhou et al., 2025) ported as a diffusers hook: reuse the model's input-to-output transform while its rate is stable."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+
+from ._stack_hooks import RowRunner, StepHook, StepState, fill_rows, remove_hooks, step_hook_of
+from .base import CacheMethod, register
+
+_STEP_HOOK = "easycache_step_hook"
+
+# Authors' defaults at 50 steps: (threshold τ, warm-up steps). Scaled to other step counts by `for_family`.
+FAMILY_DEFAULTS = {"wan": (0.05, 10), "hunyuan-video": (0.025, 5)}
+
+
+@dataclass
+class EasyCacheConfig:
+    """Configuration of EasyCache (Zhou et al., "Less is Enough: Training-Free Video Diffusion Acceleration via
+    Runtime-Adaptive Caching", 2025), ported from `H-EmbodVis/EasyCache` (EasyCache4Wan2.1, EasyCache4HunyuanVideo).
+
+    The whole transformer (embedding, blocks, head) is skipped on cached steps: the cache is the transformation
+    `Δ = v − x` (model output minus latent input) of the last computed step, and a skipped step returns `x_t + Δ`.
+    At a computed step the transformation rate `k = mean|v_t − v_c| / mean|x_t − x_c|` is measured against the
+    previous computed step c; at later steps `E += k · mean|x_t − x_{t−1}| / mean|v_c|` and the step is skipped
+    while `E < thresh` (else computed, `E = 0`). Warm-up steps and the last step are always computed.
+
+    Differences from the authors' scripts: they decide on the conditional branch and let the unconditional one
+    follow that decision (with its own `Δ`); here each cache context (CFG branch) decides on its own, and each
+    batch row too (so a batch equals its samples run alone).
+
+    Args:
+        num_inference_steps: T.
+        thresh: τ; authors: Wan2.1 0.05, HunyuanVideo 0.025 (50 steps). `<= 0` never skips.
+        warmup_steps: always computed at the start; authors: Wan 10, HunyuanVideo 5 (of 50 steps).
+    """
+
+    num_inference_steps: int = 50
+    thresh: float = 0.05
+    warmup_steps: int = 10
+
+    @classmethod
+    def for_family(cls, family: str, num_inference_steps: int, thresh: float | None = None) -> EasyCacheConfig:
+        """The authors' settings, the warm-up scaled from 50 steps to `num_inference_steps` (at least 1)."""
+        tau, warm = FAMILY_DEFAULTS[family]
+        warmup = max(1, round(warm * num_inference_steps / 50))
+        return cls(num_inference_steps, tau if thresh is None else thresh, warmup)
+
+
+class EasyCacheState(StepState):
+    """Per cache context: accumulator, rate k, previous input and last computed input/output/Δ (per batch row)."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.accumulated: torch.Tensor | None = None
+        self.rate: torch.Tensor | None = None
+        self.prev_input: torch.Tensor | None = None
+        self.computed_input: torch.Tensor | None = None
+        self.computed_output: torch.Tensor | None = None
+        self.delta: torch.Tensor | None = None
+
+
+def _mean_rows(t: torch.Tensor) -> torch.Tensor:
+    return t.float().abs().mean(dim=tuple(range(1, t.dim())))
+
+
+class EasyCacheHook(StepHook):
+    """On the transformer: decides per step and row, and skips the whole forward for the cached rows."""
+
+    def __init__(self, manager: ContextStateManager, config: EasyCacheConfig) -> None:
+        super().__init__(manager, config.num_inference_steps)
+        self.config = config
+
+    def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
+        self.signature = inspect.signature(type(module).forward)
+        return module
+
+    def _decide(self, state: EasyCacheState, x: torch.Tensor):
+        c = self.config
+        forced = (
+            state.step < c.warmup_steps or state.step >= self.num_steps - 1 or c.thresh <= 0
+            or state.delta is None or state.delta.shape != x.shape
+        )
+        compute = None
+        if forced:
+            state.accumulated = torch.zeros(x.shape[0], device=x.device)
+        else:
+            change = _mean_rows(x - state.prev_input) / _mean_rows(state.computed_output).clamp_min(1e-12)
+            known = torch.isfinite(state.rate)
+            state.accumulated = state.accumulated + torch.where(known, state.rate, 0.0) * change
+            compute = (state.accumulated >= c.thresh) | ~known
+            state.accumulated = torch.where(compute, torch.zeros_like(state.accumulated), state.accumulated)
+            if compute.all():
+                compute = None
+        state.prev_input = x
+        return compute
+
+    def forward_step(self, module: torch.nn.Module, state: EasyCacheState, args: tuple, kwargs: dict):
+        bound = self.signature.bind(module, *args, **kwargs)
+        x = bound.arguments["hidden_states"]
+        return_dict = bound.arguments.get("return_dict", True)
+        rows = self._decide(state, x)
+        if rows is None:
+            v = self._sample(self.fn_ref.original_forward(*args, **kwargs))
+        else:
+            state.hits += int((~rows).sum())
+            v = x + state.delta
+            if rows.any():
+                idx, sub = RowRunner(self.fn_ref.original_forward, x.shape[0])(rows, args, kwargs)
+                v = v.clone()
+                v[idx] = self._sample(sub).to(v.dtype)
+        self._update(state, x, v, rows)
+        return Transformer2DModelOutput(sample=v) if return_dict else (v,)
+
+    @staticmethod
+    def _sample(output) -> torch.Tensor:
+        return output[0] if isinstance(output, tuple) else output.sample
+
+    @staticmethod
+    def _update(state: EasyCacheState, x: torch.Tensor, v: torch.Tensor, rows) -> None:
+        """At computed rows: the rate k against the previous computed step, then the new Δ and reference."""
+        if state.computed_output is not None and state.computed_output.shape == v.shape:
+            rate = _mean_rows(v - state.computed_output) / _mean_rows(x - state.computed_input).clamp_min(1e-12)
+        else:
+            rate = torch.full((v.shape[0],), float("nan"), device=v.device)
+        if rows is None or state.rate is None:
+            state.rate, state.delta = rate, v - x
+            state.computed_input, state.computed_output = x, v
+            return
+        state.rate = torch.where(rows, rate, state.rate)
+        state.delta = fill_rows(v - x, state.delta, rows)
+        state.computed_input = fill_rows(x, state.computed_input, rows)
+        state.computed_output = fill_rows(v, state.computed_output, rows)
+
+
+def apply_easycache(module: torch.nn.Module | object, config: EasyCacheConfig) -> None:
+    """Apply EasyCache to a video diffusion transformer (or a pipeline's transformer).
+
+    Example:
+        ```python
+        >>> from diffusers import WanPipeline
+        >>> from baselines.easycache import EasyCacheConfig, apply_easycache
+
+        >>> pipe = WanPipeline.from_pretrained("Wan-AI/Wan2.1-T2V-1.3B-Diffusers", torch_dtype=torch.bfloat16)
+        >>> apply_easycache(pipe, EasyCacheConfig.for_family("wan", num_inference_steps=50))
+        >>> video = pipe("a cat walking", num_inference_steps=50).frames[0]
+        ```
+    """
+    transformer = transformer_of(module)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_STEP_HOOK) is not None:
+        raise RuntimeError("EasyCache is already applied to this transformer; call remove_easycache first")
+    registry.register_hook(EasyCacheHook(ContextStateManager(EasyCacheState), config), _STEP_HOOK)
+    refresh_hook_tree(transformer)
+
+
+def remove_easycache(module: torch.nn.Module | object) -> None:
+    """Remove EasyCache; the model runs uncached again."""
+    remove_hooks(transformer_of(module), _STEP_HOOK, _STEP_HOOK)
+
+
+def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
+    family = "wan" if type(transformer_of(pipe)).__name__.startswith("Wan") else "hunyuan-video"
+    apply_easycache(pipe, EasyCacheConfig.for_family(family, num_steps, knob))
+
+
+def _cache_hits(pipe) -> int:
+    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
+    return sum(hook.run_hits().values()) if hook is not None else 0
+
+
+_IMAGE = "EasyCache is a video cache (authors' code: Wan2.1, HunyuanVideo); its warm-up and τ are tuned for video"
+
+METHOD = register(CacheMethod(
+    name="easycache",
+    families=frozenset({"wan", "hunyuan-video"}),
+    knob="thresh",
+    knob_range=(0.0, 5.0),
+    compute_grows_with_knob=False,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_easycache,
+    cache_hits=_cache_hits,
+    unsupported={"flux": _IMAGE, "dit": _IMAGE},
+    origin=(
+        "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
+        "(authors: the conditional branch decides for both)"
+    ),
+))

@@ -1,0 +1,142 @@
+"""FORA (Selvaraju et al., 2024) as diffusers hooks: every block's attention and MLP outputs are reused between fixed refreshes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.hooks import HookRegistry, ModelHook
+
+from dpcache.adapters import block_layout
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+
+from ._stack_hooks import (
+    StepHook,
+    StepState,
+    batch_rows,
+    block_submodules,
+    interval_full,
+    remove_hooks,
+    step_hook_of,
+)
+from .base import FAMILIES, CacheMethod, register
+
+_STEP_HOOK = "fora_step_hook"
+_MODULE_HOOK = "fora_module_hook"
+
+
+@dataclass
+class FORAConfig:
+    """Configuration of FORA (Selvaraju et al., "FORA: Fast-Forward Caching in Diffusion Transformer
+    Acceleration", 2024), ported from its re-implementation in `Shenyi-Z/TaylorSeer` (TaylorSeer-FLUX:
+    `cal_type` with `fresh_ratio = 0`, the `FORA` branch of the double/single stream blocks).
+
+    On full steps every block runs and the outputs of its attention and MLP submodules (`attn`, `attn1`, `attn2`,
+    `ff`, `ff_context`, `ffn`, and the single-stream blocks' `proj_mlp` / `proj_out`) are cached; on the other
+    steps those submodules return their cached outputs without running, while the cheap rest of the block (norms,
+    timestep modulation, gates, residual adds) is recomputed with the current timestep — as the authors do, who
+    cache the ungated module outputs and re-apply the current gates.
+
+    Args:
+        interval: N, a full step every N steps (FORA paper / TaylorSeer runs: N = 3 … 7). 1 never skips.
+        first_enhance: the first steps always full (TaylorSeer's FORA path: only step 0, i.e. 1).
+    """
+
+    interval: int = 3
+    first_enhance: int = 1
+    num_inference_steps: int = 50
+
+
+class FORAState(StepState):
+    """Per cache context: whether this step is full, and each submodule's cached output."""
+
+    def reset(self) -> None:
+        super().reset()
+        self.full = True
+        self.outputs: dict[int, object] = {}
+
+
+class FORAStepHook(StepHook):
+    """On the transformer: decides full vs cached for the step (a fixed schedule)."""
+
+    def __init__(self, manager: ContextStateManager, config: FORAConfig) -> None:
+        super().__init__(manager, config.num_inference_steps)
+        self.config = config
+
+    def forward_step(self, module: torch.nn.Module, state: FORAState, args: tuple, kwargs: dict):
+        state.full = interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        if not state.full:
+            state.hits += batch_rows(args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class FORAModuleHook(ModelHook):
+    """On an attention / MLP submodule: runs and caches on full steps, returns the cached output otherwise."""
+
+    def __init__(self, manager: ContextStateManager, key: int) -> None:
+        super().__init__()
+        self.manager = manager
+        self.key = key
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: FORAState = self.manager.get_state()
+        if not state.full and self.key in state.outputs:
+            return state.outputs[self.key]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state.outputs[self.key] = output
+        return output
+
+
+def apply_fora(module: torch.nn.Module | object, config: FORAConfig) -> None:
+    """Apply FORA to a diffusion transformer (or a pipeline's transformer).
+
+    Example:
+        ```python
+        >>> from diffusers import FluxPipeline
+        >>> from baselines.fora import FORAConfig, apply_fora
+
+        >>> pipe = FluxPipeline.from_pretrained("black-forest-labs/FLUX.1-dev", torch_dtype=torch.bfloat16)
+        >>> apply_fora(pipe, FORAConfig(interval=3, num_inference_steps=50))
+        >>> image = pipe("a red apple", num_inference_steps=50).images[0]
+        ```
+    """
+    transformer = transformer_of(module)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(_STEP_HOOK) is not None:
+        raise RuntimeError("FORA is already applied to this transformer; call remove_fora first")
+    manager = ContextStateManager(FORAState)
+    registry.register_hook(FORAStepHook(manager, config), _STEP_HOOK)
+    key = 0
+    for block in block_layout(transformer).blocks:
+        for _, child in block_submodules(block):
+            HookRegistry.check_if_exists_or_initialize(child).register_hook(FORAModuleHook(manager, key), _MODULE_HOOK)
+            key += 1
+    refresh_hook_tree(transformer)
+
+
+def remove_fora(module: torch.nn.Module | object) -> None:
+    """Remove FORA; the model runs uncached again."""
+    remove_hooks(transformer_of(module), _STEP_HOOK, _MODULE_HOOK)
+
+
+def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
+    apply_fora(pipe, FORAConfig(interval=int(knob), num_inference_steps=num_steps))
+
+
+def _cache_hits(pipe) -> int:
+    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
+    return sum(hook.run_hits().values()) if hook is not None else 0
+
+
+METHOD = register(CacheMethod(
+    name="fora",
+    families=frozenset(FAMILIES),
+    knob="interval",
+    knob_values=tuple(range(1, 11)),
+    compute_grows_with_knob=False,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_fora,
+    cache_hits=_cache_hits,
+    origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
+))
