@@ -52,8 +52,9 @@ def loaded():
             from diffusers import DiffusionPipeline
 
             spec = _tiny(name)
-            pipe = DiffusionPipeline.from_pretrained(spec.path, local_files_only=True)
-            pipe.set_progress_bar_config(disable=True)
+            plain = DiffusionPipeline.from_pretrained(spec.path, local_files_only=True)
+            assert type(plain).__name__ == spec.pipeline_class
+            pipe = registry.load_pipeline(spec)  # the same from_pretrained, plus DiT's id2label fix-up
             cache[name] = (spec, pipe)
         return cache[name]
 

@@ -142,7 +142,10 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
     if spec.family in ("flux", "dit"):
         from harness.zoo.classifier import prompt_adherence
 
-        adh = prompt_adherence(samples, prompts[:n_prompts])
+        asked = prompts[:n_prompts]
+        if spec.input_kind == "class_label":  # class-conditional: only the digit is asked for
+            asked = [spec.pipeline_kwargs(p)["class_labels"][0] for p in asked]
+        adh = prompt_adherence(samples, asked)
         result["adherence"] = {k2: v for k2, v in adh.items() if k2 != "per_prompt"}
         result["adherence_failures"] = [r for r in adh["per_prompt"] if not r.get("all", r["digit"])][:20]
     times = []

@@ -270,6 +270,10 @@ def load_pipeline(spec: ModelSpec | str, device: str = "cpu", dtype: Any = None,
             dtype = getattr(torch, spec.dtype)
         kw = {"local_files_only": True} | ({"torch_dtype": dtype} if dtype is not None else {})
         pipe = getattr(diffusers, spec.pipeline_class).from_pretrained(str(where), **kw)
+        if getattr(pipe, "labels", None) and "id2label" not in pipe.config:
+            # DiTPipeline takes id2label in __init__ but does not register it: re-register so that a
+            # later save_pretrained keeps the labels (diffusers 0.42 drops them otherwise)
+            pipe.register_to_config(id2label={int(i): lab for lab, i in pipe.labels.items()})
         if spec.scheduler_class:
             sched_cls = getattr(diffusers, spec.scheduler_class)
             pipe.scheduler = sched_cls.from_config(pipe.scheduler.config)

@@ -1,8 +1,10 @@
 """Reproducible CPU training of the tiny image pipelines: ``python -m harness.zoo.train NAME``.
 
 NAME is ``vae`` (the shared AutoencoderKL, saved under ``harness/zoo/weights/vae-tiny``),
-``flux-tiny`` (rectified flow on the FluxPipeline's packed latents, prompt dropout for CFG) or
-``dit-tiny`` (DiT's ε-prediction objective, 10% null-class dropout for CFG). Text encoders stay frozen
+``flux-tiny`` (rectified flow on the FluxPipeline's packed latents, prompt dropout for CFG; the committed
+weights are stage 1 plus ``python -m harness.zoo.train flux-tiny --resume``, 1800 + 900 iterations) or
+``dit-tiny`` (DiT's DDPM objective with v-prediction — ε did not converge in the CPU budget — and
+10% null-class dropout for CFG). Text encoders stay frozen
 at their seeded random initialisation. Fixed seed, fixed iteration count, one thread: rerunning gives
 the same weights. The transformers keep an EMA of their weights, which is what gets saved.
 """
@@ -74,10 +76,14 @@ def train_vae(seed: int = 0, iters: int = 1200, batch: int = 32, n_data: int = 1
 
 
 def load_vae(seed: int = 0):
+    """The trained shared VAE: a fresh ``train vae`` output, else the copy inside a committed tiny
+    pipeline (both pipelines ship the same VAE), else train it now (same seed → same weights)."""
     from diffusers import AutoencoderKL
 
-    if not (VAE_DIR / "config.json").exists():
-        train_vae(seed)
+    for d in (VAE_DIR, ZOO / "tiny" / "flux-tiny" / "vae", ZOO / "tiny" / "dit-tiny" / "vae"):
+        if (d / "config.json").exists():
+            return AutoencoderKL.from_pretrained(d).eval()
+    train_vae(seed)
     return AutoencoderKL.from_pretrained(VAE_DIR).eval()
 
 
@@ -110,8 +116,13 @@ def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
     return peak * min(1.0, (it + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * it / iters)) * 0.9 + 0.1)
 
 
-def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 24000, lr: float = 1e-3) -> dict:
-    """Rectified flow for flux-tiny on the pipeline's own packed latents and prompt embeddings."""
+def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 24000, lr: float = 1e-3,
+               resume: bool = False) -> dict:
+    """Rectified flow for flux-tiny on the pipeline's own packed latents and prompt embeddings.
+
+    ``resume=True`` is the second stage: it continues from the saved pipeline's (EMA) transformer on
+    fresh scenes (another data seed), with a lower peak learning rate.
+    """
     from harness.zoo import flux_tiny
 
     torch.manual_seed(seed)
@@ -119,6 +130,12 @@ def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 
     pipe = flux_tiny.build_pipeline(seed=seed)
     pipe.vae = vae
     pipe.register_modules(vae=vae)
+    if resume:
+        from diffusers import FluxTransformer2DModel
+
+        pipe.transformer = FluxTransformer2DModel.from_pretrained(flux_tiny.TINY_DIR / "transformer")
+        pipe.register_modules(transformer=pipe.transformer)
+        seed, lr = seed + 7, lr * 0.5
     sf, shift = vae.config.scaling_factor, vae.config.shift_factor
     z, scenes = encode_scenes(vae, n_data, seed=seed + 200)
     z = (z - shift) * sf
@@ -165,7 +182,7 @@ def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 
 
 
 def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 24000, lr: float = 1e-3) -> dict:
-    """DiT's ε-prediction objective on class labels 0–9 with 10% null-class (1000) dropout."""
+    """DiT's DDPM objective (v-prediction, see dit_tiny.PREDICTION_TYPE) on labels 0–9, 10% null-class dropout."""
     from harness.zoo import dit_tiny
 
     torch.manual_seed(seed)
@@ -177,6 +194,7 @@ def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 2
     z = z * vae.config.scaling_factor
     labels = torch.tensor([s.digit for s in scenes])
     ac = pipe.scheduler.alphas_cumprod.float()
+    v_pred = pipe.scheduler.config.prediction_type == "v_prediction"
     model = pipe.transformer.train()
     ema = EMA(model, 0.999)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -192,7 +210,8 @@ def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 2
         a = ac[t][:, None, None, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         out = model(xt, timestep=t, class_labels=y).sample
-        loss = F.mse_loss(out[:, :4], noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
+        loss = F.mse_loss(out[:, :4], target)
         for group in opt.param_groups:
             group["lr"] = lr_at(it, iters, lr)
         opt.zero_grad()
@@ -215,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--iters", type=int, default=None, help="override the fixed iteration count (smoke tests)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--resume", action="store_true", help="flux-tiny stage 2: continue from the saved pipeline")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.name in ("wan-tiny", "hunyuan-video-tiny"):
@@ -228,7 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(**kw)
         info: dict = {}
     elif args.name == "flux-tiny":
-        info = train_flux(**kw)
+        # the committed flux-tiny = stage 1 (1800 iterations) then `--resume` (900 more)
+        info = train_flux(**({"iters": 900} | kw), resume=True) if args.resume else train_flux(**kw)
+        info["stage"] = 2 if args.resume else 1
     elif args.name == "dit-tiny":
         info = train_dit(**kw)
     else:
@@ -237,7 +259,8 @@ def main(argv: list[str] | None = None) -> None:
         info = train_classifier(**kw)
     info["wall_seconds"] = time.time() - t0
     log(f"{args.name} done: {json.dumps(info)}")
-    report = ZOO.parent.parent / "reports" / "zoo" / f"train-{args.name}.json"
+    suffix = "-stage2" if getattr(args, "resume", False) else ""
+    report = ZOO.parent.parent / "reports" / "zoo" / f"train-{args.name}{suffix}.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(info, indent=2) + "\n")
 
