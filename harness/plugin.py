@@ -243,9 +243,9 @@ def reference_store(request: pytest.FixtureRequest, pytestconfig: pytest.Config)
 
 @pytest.fixture
 def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Config) -> Any:
-    """Call `gate(record, *, expected_path=None, images=None, artifacts=())`: records the result through
-    the tracker, then fails the test with the gate messages (expected.json next to the test file by
-    default). With --update-expected it collects the record and the file is rewritten at session end."""
+    """Call `gate(record, *, expected_path=None, images=None, artifacts=(), metrics=None, log=True)`: records
+    the result through the tracker (unless `log=False`), then fails the test with the gate messages of
+    `metrics` (all when None) against expected.json (next to the test file by default). With --update-expected it collects the record and the file is rewritten at session end."""
     state = pytestconfig.stash[_STATE]
 
     def _gate(
@@ -254,10 +254,13 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         expected_path: str | os.PathLike[str] | None = None,
         images: Any = None,
         artifacts: Sequence[Any] = (),
+        metrics: Iterable[str] | None = None,
+        log: bool = True,
     ) -> list[Any]:
         from harness.gates import check, load_expected
 
-        tracker.log(record, images=images, artifacts=artifacts)
+        if log:
+            tracker.log(record, images=images, artifacts=artifacts)
         path = Path(expected_path) if expected_path else Path(request.node.path).parent / "expected.json"
         info = {
             "test_id": record.test_id,
@@ -272,6 +275,9 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
             state.pending.setdefault(str(path), []).append(record)
             return []
         expected = load_expected(path)
+        if metrics is not None:  # gate only these metrics (e.g. the speed ones in a speedup test)
+            keep = set(metrics)
+            expected = {t: {m: v for m, v in e.items() if m in keep} for t, e in expected.items()}
         info["gated"] = record.config_tag in expected
         failures = check(record, expected, gate_timing=state.options.gate_timing)
         if failures:
@@ -310,9 +316,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     tr = terminalreporter
     tr.section("dpcache benchmark")
-    for info in infos:
+    shown: set[tuple[str, str]] = set()
+    for info in infos:  # a record gated by several tests (speed, quality) is reported once
         for metric, reason in sorted(info["unavailable"].items()):
-            tr.write_line(f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}")
+            if (info["test_id"], metric) not in shown:
+                shown.add((info["test_id"], metric))
+                tr.write_line(f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}")
     if not state.options.update_expected:
         ungated = sorted({i["test_id"] for i in infos if not i["gated"]})
         if ungated:

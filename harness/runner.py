@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.metrics import MetricResult, Unavailable
 from harness.methods import (
     DEFAULT_CACHE_DIR,
     BenchMethod,
@@ -20,6 +19,7 @@ from harness.methods import (
     pipeline_weights_hash,
     registry,
 )
+from harness.metrics import MetricResult, Unavailable
 from harness.records import ResultRecord, provenance
 
 EVAL_SEED_BASE = 1000
@@ -45,24 +45,29 @@ def cache_check(record: ResultRecord) -> str | None:
     return None
 
 
-def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> MetricResult | Unavailable:
+def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
+    """Prompt adherence by the zoo classifier: per prompt, the fraction of the attributes it names (digit,
+    colour, background) that the image shows; plus each attribute's and the all-three fraction as extras."""
     if spec.scale == "full" or spec.family not in ("flux", "dit"):
-        return Unavailable("the zoo's prompt-adherence classifier reads the tiny digit-scene models only", "adherence")
+        why = "the zoo's prompt-adherence classifier reads the tiny digit-scene models only"
+        return Unavailable(why, "adherence"), {}
     try:
         from harness.zoo.classifier import prompt_adherence
 
         res = prompt_adherence(images, list(prompts))
     except FileNotFoundError as e:
-        return Unavailable(str(e), "adherence")
-    key = "all" if res.get("all") is not None else "digit"
-    per = [float(r.get(key, r["digit"])) for r in res["per_prompt"]]
-    return MetricResult("adherence", float(res[key]), tuple(per), {"criterion": key})
+        return Unavailable(str(e), "adherence"), {}
+    attrs = ("digit", "colour", "background")
+    per = [sum(float(r[a]) for a in attrs if a in r) / sum(1 for a in attrs if a in r) for r in res["per_prompt"]]
+    extras = {f"adherence_{k}": float(res[k]) for k in (*attrs, "all") if res.get(k) is not None}
+    return MetricResult("adherence", sum(per) / len(per), tuple(per), {"criterion": "attribute fraction"}), extras
 
 
 def _prompt_metrics(spec: Any, images: Any, prompts: Sequence[Any]) -> dict[str, Any]:
     from harness import metrics
 
-    out: dict[str, Any] = {"adherence": _adherence(spec, images, prompts)}
+    adherence, extras = _adherence(spec, images, prompts)
+    out: dict[str, Any] = {"adherence": adherence, "extra_metrics": extras}
     text = all(isinstance(p, str) for p in prompts) and images.dim() == 4
     if text and spec.scale == "full":
         out["clip_score"] = metrics.clip_score(images, list(prompts))
@@ -83,12 +88,13 @@ class BenchSession:
         pipe: Any = None,
         *,
         steps: int | None = None,
-        num_prompts: int = 4,
+        num_prompts: int = 8,
         num_calibration: int = 4,
         repeats: int = 5,
         warmup: int = 1,
         refs_dir: str | Path | None = None,
         store: Any = None,
+        committed: Any = None,
         cache_dir: str | Path = DEFAULT_CACHE_DIR,
         device: str = "cpu",
         suite: str = "bench",
@@ -115,6 +121,7 @@ class BenchSession:
             raise ValueError(f"{spec.name} has only {len(self.ctx.evaluation_prompts)} evaluation prompts")
         self.prompts = list(self.ctx.evaluation_prompts)
         self.seeds = [EVAL_SEED_BASE + i for i in range(len(self.prompts))]
+        self.committed = committed  # read-only store checked first (a suite's committed references)
         self.store = store or ReferenceStore(refs_dir or Path(cache_dir) / "references" / spec.name)
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir else None
         self.methods: dict[str, BenchMethod] = registry()
@@ -148,7 +155,10 @@ class BenchSession:
             outs = []
             for key, p, s in self._bar(list(zip(self.reference_keys(), self.prompts, self.seeds)), "references"):
                 meta = {**self.key_fields(p, s), "scheduler_config": dict(self.pipe.scheduler.config)}
-                outs.append(self.store.get_or_compute(key, lambda p=p, s=s: self.ctx.call(p, s), meta))
+                found = self.committed.get(key) if self.committed is not None else None
+                if found is None:
+                    found = self.store.get_or_compute(key, lambda p=p, s=s: self.ctx.call(p, s), meta)
+                outs.append(found)
             self._refs = torch.cat(outs)
         return self._refs
 
@@ -248,9 +258,15 @@ class BenchSession:
             "mem_overhead_bytes": sp.mem_overhead_bytes if isinstance(sp.mem_overhead_bytes, int) else None,
         }
         extra: dict[str, Any] = {"measured_k": measured_k}
+        if cfg.is_cache and cfg.budget is not None and cfg.budget < self.ctx.num_steps and not any(hits):
+            extra["cache_engaged"] = Unavailable(
+                f"no cache hits at K={cfg.budget} < T={self.ctx.num_steps}: the cache never engaged", "cache_engaged"
+            )
         if mine["transformer_s"] > 0:
             extra["transformer_wall_speedup"] = full["transformer_s"] / mine["transformer_s"]
         quality = fidelity_metrics(images, refs)
+        prompt_metrics = _prompt_metrics(self.spec, images, self.prompts)
+        extra.update(prompt_metrics.pop("extra_metrics"))
         record = ResultRecord(
             suite=self.suite, model=self.spec.name, scale=self.spec.scale, method=cfg.method, budget=cfg.budget,
             num_steps=self.ctx.num_steps, config_tag=cfg.config_tag, schedule=cfg.schedule,
@@ -259,7 +275,7 @@ class BenchSession:
             reference_key=self.reference_keys(), prompts=[str(p) for p in self.prompts],
             cache_hits=[int(h) for h in hits] if hits and all(h is not None for h in hits) else None,
             flops=int(mean_flops), timing=timing, knobs=dict(cfg.knobs), extra_metrics=extra,
-            **quality, **_prompt_metrics(self.spec, images, self.prompts), **provenance(self.ctx.device),
+            **quality, **prompt_metrics, **provenance(self.ctx.device),
         )
         self.images[record.config_tag] = images
         if self.artifacts_dir is not None:
@@ -291,7 +307,7 @@ def run_benchmark(
     methods: Sequence[str] | None = None,
     budgets: Sequence[int] = (25, 13, 9),
     steps: int | None = None,
-    num_prompts: int = 4,
+    num_prompts: int = 8,
     *,
     repeats: int = 5,
     num_calibration: int = 4,

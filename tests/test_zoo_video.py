@@ -18,6 +18,15 @@ CLASSES = {"wan-tiny": "WanPipeline", "hunyuan-video-tiny": "HunyuanVideoPipelin
 PROMPT = "a green 4 moving left"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread; more threads thrash on a shared 2-core runner."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module", params=sorted(MODULES))
 def tiny(request):
     name = request.param

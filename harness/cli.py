@@ -1,0 +1,258 @@
+"""`dpcache-bench`: run the benchmark on a model (`run`), list `models` and `methods`, build an HTML
+`report` from the JSON lines, and open the MLflow `ui` on the embedded store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFAULT_JSON = "results.jsonl"
+DEFAULT_REPORT = "reports/bench"
+
+
+class BenchUsageError(ValueError):
+    """Bad command-line input: reported on one line, exit status 2."""
+
+
+def _budgets(text: str) -> list[int]:
+    try:
+        values = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise BenchUsageError(f"--budgets must be comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise BenchUsageError(f"--budgets must be positive integers, got {text!r}")
+    return values
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:
+    """The terminal table: method, K, FLOPs speedup, wall speedup, PSNR, SSIM, adherence, cache hits."""
+    head = f"{'model':<12} {'method':<16} {'K':>3} {'flops x':>8} {'wall x':>7} {'PSNR':>7} {'SSIM':>7} {'adher.':>7} {'cache hits':>10}"
+    lines = [head, "-" * len(head)]
+    for r in records:
+        hits = r.cache_hits
+        hits_s = "-" if hits is None else str(sum(hits) if isinstance(hits, list) else hits)
+        lines.append(
+            f"{r.model:<12} {r.method:<16} {r.budget if r.budget is not None else '-':>3} "
+            f"{_fmt(r.flops_speedup):>8} {_fmt(r.wall_speedup):>7} {_fmt(r.psnr):>7} {_fmt(r.ssim, '.4f'):>7} "
+            f"{_fmt(r.adherence):>7} {hits_s:>10}"
+        )
+    for s in skipped:
+        lines.append(f"{s.model:<12} {s.method:<16} {s.budget if s.budget is not None else '-':>3}  skipped: {s.reason}")
+    return "\n".join(lines)
+
+
+def check_model(name: str, random_weights: bool = False) -> Any:
+    """The spec of an available model, or BenchUsageError naming the known models / why it is absent."""
+    from harness.zoo.registry import availability, get_spec
+
+    try:
+        spec = get_spec(name)
+    except KeyError as e:
+        raise BenchUsageError(str(e).strip("'\"")) from None
+    if random_weights:
+        if spec.builder is None:
+            raise BenchUsageError(f"--random-weights needs a tiny/medium model with a builder, not {name}")
+        return spec
+    ok, reason = availability(spec)
+    if not ok:
+        raise BenchUsageError(f"model {name} is not available here: {reason}")
+    return spec
+
+
+def configure_threads(threads: int | None) -> None:
+    """One torch thread per process on CPU by default (oversubscribed cores run tiny models 5x slower)."""
+    import torch
+
+    torch.set_num_threads(threads or int(os.environ.get("DPCACHE_THREADS", "1")))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from harness.methods import resolve_methods
+
+    spec = check_model(args.model, args.random_weights)
+    budgets = _budgets(args.budgets)
+    try:
+        methods = resolve_methods(args.methods if args.methods != "default" else None)
+    except ValueError as e:
+        raise BenchUsageError(str(e)) from None
+    for name, v in (("--steps", args.steps), ("--num-prompts", args.num_prompts), ("--repeats", args.repeats)):
+        if v is not None and v < 1:
+            raise BenchUsageError(f"{name} must be >= 1, got {v}")
+    steps = args.steps or spec.num_inference_steps
+    if max(budgets) > steps:
+        raise BenchUsageError(f"--budgets {args.budgets}: a budget exceeds T={steps} steps")
+    configure_threads(args.threads)
+    if args.no_progress:
+        from diffusers.utils import logging as dlog
+
+        dlog.disable_progress_bar()
+    from harness.runner import Skipped, cache_check, run_benchmark
+    from harness.tracking import Tracker
+
+    json_out = Path(args.json_out).resolve()
+    tracker = Tracker(json_out, mlflow_uri=args.mlflow_uri)
+    report_dir = Path(args.report).resolve() if args.report else None
+    artifacts = (report_dir or json_out.parent / "bench-artifacts") / "runs" / tracker.invocation_id
+    skipped: list[Skipped] = []
+    pipe = None
+    if args.random_weights:
+        import importlib
+
+        size = "medium" if spec.scale == "medium" else "tiny"
+        pipe = importlib.import_module(spec.builder).build_pipeline(seed=0, trained=False, size=size)
+    print(f"dpcache-bench: {spec.name} T={steps} methods={','.join(methods)} budgets={budgets} "
+          f"prompts={args.num_prompts} repeats={args.repeats} (invocation {tracker.invocation_id})", flush=True)
+    from harness.methods import PromptOverlapError
+
+    try:
+        records = run_benchmark(
+            spec.name, methods, budgets, steps, args.num_prompts, repeats=args.repeats,
+            num_calibration=args.calibration_prompts, tracker=tracker, cache_dir=args.cache_dir,
+            refs_dir=args.refs_dir, artifacts_dir=artifacts, skipped=skipped, progress=not args.no_progress,
+            suite="bench", pipe=pipe,
+        )
+    except PromptOverlapError as e:
+        raise BenchUsageError(str(e)) from None
+    finally:
+        tracker.close()
+    print()
+    print(table(records, skipped))
+    problems = [m for m in (cache_check(r) for r in records) if m]
+    for p in problems:
+        print(f"WARNING {p}")
+    print()
+    print(tracker.summary())
+    if report_dir is not None:
+        from harness.report import build_report
+
+        index = build_report(json_out, report_dir, invocation=tracker.invocation_id, artifacts_root=artifacts.parent)
+        print(f"dpcache: report {index}")
+    print("dpcache: browse MLflow with `dpcache-bench ui`" if tracker.mlflow_uri else "")
+    return 1 if problems else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from harness.zoo.registry import models_json
+
+    rows = models_json()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'name':<22} {'family':<14} {'scale':<7} {'T':>3} {'size':>10}  available")
+    for r in rows:
+        size = f"{r['height']}x{r['width']}" + (f"x{r['num_frames']}" if r["num_frames"] else "")
+        avail = "yes" if r["available"] else f"no: {r['reason']}"
+        print(f"{r['name']:<22} {r['family']:<14} {r['scale']:<7} {r['num_inference_steps']:>3} {size:>10}  {avail}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from baselines.base import FAMILIES
+    from harness.methods import registry
+
+    rows = []
+    for name, m in registry().items():
+        fams = [f for f in FAMILIES if m.supports(f)[0]]
+        rows.append({"name": name, "families": fams, "knob": m.knob, "description": m.description,
+                     "unsupported": {f: m.supports(f)[1] for f in FAMILIES if f not in fams}})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'method':<16} {'families':<34} {'knob':<26} description")
+    for r in rows:
+        print(f"{r['name']:<16} {','.join(r['families']):<34} {r['knob']:<26} {r['description']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from harness.report import build_report
+
+    src = Path(args.json_in)
+    if not src.is_file():
+        raise BenchUsageError(f"no result records at {src} (run `dpcache-bench run --json-out {src}` first)")
+    index = build_report(src, Path(args.out), invocation=args.invocation, artifacts_root=args.artifacts)
+    print(f"dpcache: report {index}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from harness.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.mlflow_uri)
+    if uri is None:
+        raise BenchUsageError("MLflow tracking is off; give --mlflow-uri")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()]
+    print(f"dpcache: MLflow UI on http://127.0.0.1:{args.port} over {uri}", flush=True)
+    if args.dry_run:
+        print(" ".join(cmd))
+        return 0
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dpcache-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="benchmark methods × budgets on one model; print the table")
+    r.add_argument("--model", required=True, help="a model name from `dpcache-bench models`")
+    r.add_argument("--methods", default="default", help="all | a,b,... (default: full,fewer-steps,dpcache)")
+    r.add_argument("--budgets", default="25,13,9", help="budgets K (full computations per sample)")
+    r.add_argument("--steps", type=int, default=None, help="T (default: the model's)")
+    r.add_argument("--num-prompts", type=int, default=8, help="evaluation prompts")
+    r.add_argument("--calibration-prompts", type=int, default=4, help="calibration prompts (dpcache, knob search)")
+    r.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (>= 5 for reported wall-clock)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
+    r.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///./mlflow.db; 'off')")
+    r.add_argument("--json-out", default=DEFAULT_JSON, help="JSON-lines records file")
+    r.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
+    r.add_argument("--refs-dir", default=None, help="reference store (default .dpcache-cache/references/<model>)")
+    r.add_argument("--cache-dir", default=".dpcache-cache", help="calibration / budget cache")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--random-weights", action="store_true", help="build the model's architecture with random weights (smoke tests)")
+    r.set_defaults(func=cmd_run)
+    m = sub.add_parser("models", help="every model the zoo knows, and whether it is available here")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+    me = sub.add_parser("methods", help="every method, the families it supports and its knob")
+    me.add_argument("--json", action="store_true")
+    me.set_defaults(func=cmd_methods)
+    rep = sub.add_parser("report", help="static HTML report from a JSON-lines file")
+    rep.add_argument("--json-in", default=DEFAULT_JSON)
+    rep.add_argument("--out", default=DEFAULT_REPORT)
+    rep.add_argument("--invocation", default=None, help="one run (default: every run in the file)")
+    rep.add_argument("--artifacts", default=None, help="images folder (default: next to the JSON lines)")
+    rep.set_defaults(func=cmd_report)
+    u = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the embedded store")
+    u.add_argument("--mlflow-uri", default=None)
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    u.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse already printed a one-line usage error
+        return int(e.code or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BenchUsageError as e:
+        print(f"dpcache-bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""The model context the methods run on: a loaded pipeline with its T, prompt sets, weights hash and cache
+directory, and transformer-FLOPs counting (probe work included)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CACHE_DIR = Path(".dpcache-cache")
+
+
+class PromptOverlapError(ValueError):
+    """Calibration and evaluation prompts share entries: results would be measured on training data."""
+
+
+def check_prompts_disjoint(calibration: Sequence[Any], evaluation: Sequence[Any], model: str = "") -> None:
+    """Raise `PromptOverlapError` naming the shared prompts when the two sets intersect."""
+    shared = sorted({str(p) for p in calibration} & {str(p) for p in evaluation})
+    if shared:
+        head = ", ".join(repr(s) for s in shared[:5]) + (" ..." if len(shared) > 5 else "")
+        raise PromptOverlapError(
+            f"{model or 'model'}: calibration and evaluation prompts must be disjoint, "
+            f"{len(shared)} prompt(s) are in both: {head}"
+        )
+
+
+def pipeline_weights_hash(pipe: Any, path: str | os.PathLike[str] | None = None) -> str:
+    """sha256 of what determines the outputs: the weights directory when given, else every module's state."""
+    from harness.references import weights_hash
+
+    if path is not None and Path(path).is_dir():
+        root = Path(path)
+        files = sorted(f for f in root.rglob("*") if f.is_file())
+        if sum(f.stat().st_size for f in files) > (2 << 30):  # full-scale checkpoints: names + sizes
+            h = hashlib.sha256(b"stat-fingerprint\0")
+            for f in files:
+                h.update(f"{f.relative_to(root).as_posix()}|{f.stat().st_size}\0".encode())
+            return h.hexdigest()
+        return weights_hash(root)
+    h = hashlib.sha256()
+    for name, comp in sorted(getattr(pipe, "components", {}).items()):
+        if hasattr(comp, "state_dict"):
+            h.update(name.encode() + b"\0" + weights_hash(comp).encode())
+    return h.hexdigest()
+
+
+class _CountingTransformer:
+    """Stands in for `pipe.transformer` and counts the FLOPs of every call (probe work included)."""
+
+    def __init__(self, real: Any) -> None:
+        object.__setattr__(self, "_real", real)
+        object.__setattr__(self, "flops", 0)
+        object.__setattr__(self, "calls", 0)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            out = self._real(*args, **kwargs)
+        object.__setattr__(self, "flops", self.flops + int(counter.get_total_flops()))
+        object.__setattr__(self, "calls", self.calls + 1)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._real, name, value)
+
+
+@contextlib.contextmanager
+def counting_transformer(pipe: Any) -> Iterator[_CountingTransformer]:
+    """Count the transformer's FLOPs (`.flops`, `.calls`) while the block runs; restores `pipe.transformer`."""
+    real = pipe.transformer
+    proxy = _CountingTransformer(real)
+    object.__setattr__(pipe, "transformer", proxy)
+    try:
+        yield proxy
+    finally:
+        object.__setattr__(pipe, "transformer", real)
+
+
+@dataclass
+class ModelContext:
+    """One loaded model as the methods see it: its spec, pipeline, T, prompts, seeds and cache directory."""
+
+    spec: Any
+    pipe: Any
+    num_steps: int
+    calibration_prompts: tuple[Any, ...]
+    evaluation_prompts: tuple[Any, ...]
+    weights_id: str
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    device: str = "cpu"
+    progress: bool = True
+    search_prompts: int = 2  # calibration prompts used to measure compute during a knob search
+    _full_flops: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        check_prompts_disjoint(self.calibration_prompts, self.evaluation_prompts, self.spec.name)
+        self.cache_dir = Path(self.cache_dir)
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    def kwargs(self, prompt: Any, steps: int | None = None) -> dict[str, Any]:
+        kw = self.spec.pipeline_kwargs(prompt, steps or self.num_steps)
+        kw.pop("num_inference_steps", None)
+        return kw
+
+    def call(self, prompt: Any, seed: int, steps: int | None = None) -> Any:
+        """One sample (images (1,C,H,W) or video (1,F,C,H,W), float in [0, 1], on CPU)."""
+        import torch
+
+        out = self.pipe(
+            num_inference_steps=steps or self.num_steps,
+            generator=torch.Generator("cpu").manual_seed(int(seed)),
+            output_type="pt",
+            **self.kwargs(prompt, steps),
+        )
+        x = out.images if hasattr(out, "images") else out.frames
+        x = torch.as_tensor(x).detach().float().cpu()
+        return x
+
+    def transformer_flops(self, prompt: Any, seed: int, steps: int | None = None) -> tuple[int, Any]:
+        """(transformer FLOPs, output) of one sample."""
+        with counting_transformer(self.pipe) as proxy:
+            out = self.call(prompt, seed, steps)
+        return proxy.flops, out
+
+    def full_flops(self) -> int:
+        """Transformer FLOPs of one uncached T-step sample (computed once)."""
+        if self._full_flops is None:
+            self._full_flops, _ = self.transformer_flops(self.calibration_prompts[0], 42)
+        return self._full_flops
+
+    def measured_compute(self, flops: float) -> float:
+        """Transformer FLOPs of a sample in units of full computations (K): T × flops / full-sample flops."""
+        return self.num_steps * float(flops) / self.full_flops()
+
+    def key(self, *parts: Any) -> str:
+        return "-".join([self.spec.name, self.weights_id[:12], f"T{self.num_steps}", *map(str, parts)])

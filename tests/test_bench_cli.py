@@ -1,0 +1,87 @@
+"""`dpcache-bench`: models --json, methods, a tiny run with its table and report, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+
+
+def test_models_json(capsys):
+    assert main(["models", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    names = {r["name"] for r in rows}
+    assert {"flux-tiny", "flux-dev", "wan-tiny", "dit-tiny"} <= names
+    for r in rows:
+        assert {"name", "family", "scale", "pipeline_class", "num_inference_steps", "available", "reason"} <= set(r)
+        assert r["available"] or r["reason"]
+
+
+def test_methods_lists_families_and_knobs(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("full", "fewer-steps", "dpcache"):
+        assert f"\n{name} " in out
+    assert main(["methods", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["dpcache"]["families"] == ["flux", "wan", "hunyuan-video", "dit"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--model", "nope"], "unknown model 'nope'"),
+        (["run", "--model", "flux-tiny", "--random-weights", "--budgets", "x"], "--budgets must be"),
+        (["run", "--model", "flux-tiny", "--random-weights", "--methods", "full,bogus"], "unknown method"),
+        (["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "20"], "exceeds T=10"),
+        (["run", "--model", "flux-tiny", "--random-weights", "--repeats", "0"], "--repeats must be >= 1"),
+        (["report", "--json-in", "/nonexistent/results.jsonl"], "no result records"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_option_exits_2(capsys):
+    assert main(["run", "--model", "flux-tiny", "--frobnicate"]) == 2
+
+
+def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "5",
+                   "--methods", "full,dpcache", "--num-prompts", "1", "--calibration-prompts", "1", "--repeats", "1",
+                   "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report", "rep", "--no-progress"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    header = next(line for line in out.splitlines() if line.startswith("model"))
+    for col in ("method", "K", "flops x", "wall x", "PSNR", "SSIM", "adher.", "cache hits"):
+        assert col in header
+    rows = [line.split() for line in out.splitlines() if line.startswith("flux-tiny")]
+    assert [(r[1], r[2]) for r in rows] == [("full", "10"), ("dpcache", "5")]
+    assert rows[1][-1] == "10"  # cache hits: 5 predicted steps × 2 CFG branches
+    assert "MLflow store sqlite:///" in out and "report" in out
+    pages = list((tmp_path / "rep").glob("*.html"))
+    assert len(pages) == 2 and (tmp_path / "rep" / "index.html").is_file()
+    run_page = next(p for p in pages if p.name != "index.html").read_text()
+    for needle in ("speedup-quality.png", "schedules.png", "cost-tensor.png", "images.png", "<table>"):
+        assert needle in run_page
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
+    # `report` rebuilds from the JSON lines alone
+    assert main(["report", "--json-in", "results.jsonl", "--out", "rep2"]) == 0
+    assert (tmp_path / "rep2" / "index.html").is_file()
+
+
+def test_ui_dry_run(capsys, tmp_path):
+    assert main(["ui", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "127.0.0.1" in out and "mlflow ui" in out

@@ -1,0 +1,118 @@
+"""The method registry: core methods plus whatever baselines are registered (even none), prompt
+disjointness, transformer FLOPs counting, and knob search through a fake threshold method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from harness import methods as hm
+
+
+def test_registry_has_core_methods_and_every_baseline():
+    from baselines.base import load_all
+
+    reg = hm.registry()
+    assert list(reg)[:3] == ["full", "fewer-steps", "dpcache"]
+    assert set(load_all()) <= set(reg)
+    for m in reg.values():
+        assert m.knob and isinstance(m.supports("flux"), tuple)
+
+
+def test_registry_works_with_zero_baselines(monkeypatch):
+    import baselines.base
+
+    monkeypatch.setattr(baselines.base, "load_all", lambda: {})
+    assert list(hm.registry()) == ["full", "fewer-steps", "dpcache"]
+    assert hm.resolve_methods("all") == ["full", "fewer-steps", "dpcache"]
+
+
+def test_resolve_methods():
+    assert hm.resolve_methods(None) == list(hm.CORE_METHODS)
+    assert hm.resolve_methods("dpcache,full,dpcache") == ["dpcache", "full"]
+    with pytest.raises(ValueError, match="unknown method.*nope"):
+        hm.resolve_methods("full,nope")
+
+
+def test_prompt_sets_disjoint():
+    from harness.zoo.registry import get_spec
+
+    spec = get_spec("flux-tiny")
+    hm.check_prompts_disjoint(spec.calibration_prompts, spec.evaluation_prompts)
+    with pytest.raises(hm.PromptOverlapError, match="must be disjoint.*'b'"):
+        hm.check_prompts_disjoint(["a", "b"], ["b", "c"], "m")
+
+
+@dataclass
+class _Spec:
+    name: str = "fake"
+    family: str = "flux"
+    scale: str = "tiny"
+
+
+class _FakeCtx(hm.ModelContext):
+    """Compute = 50 × (1 − 0.9·threshold) full steps, as FLOPs (one step = 100 FLOPs)."""
+
+    knob: float = 0.0
+
+    def transformer_flops(self, prompt, seed, steps=None):
+        return int(100 * self.num_steps * (1 - 0.9 * self.knob)), None
+
+    def full_flops(self):
+        return 100 * self.num_steps
+
+
+def _fake_method(ctx):
+    from baselines.base import CacheMethod
+
+    def apply(pipe, knob, num_steps, artifacts):
+        ctx.knob = knob
+
+    return CacheMethod(
+        name="fakecache", families=frozenset({"flux"}), knob="threshold", apply=apply,
+        remove=lambda pipe: None, cache_hits=lambda pipe: 7, never_skip=0.0, compute_grows_with_knob=False,
+        knob_range=(0.0, 1.0),
+    )
+
+
+def test_baseline_knob_search_matches_budget_and_caches(tmp_path):
+    ctx = _FakeCtx(_Spec(), object(), 50, ("c1", "c2"), ("e1",), "0" * 64, tmp_path)
+    bm = hm.BaselineMethod(_fake_method(ctx))
+    cfg = bm.configure(ctx, 13)
+    assert cfg.config_tag == "fakecache-K13" and cfg.is_cache and cfg.adaptive
+    assert abs(cfg.match.measured - 13) <= 0.65 and cfg.knobs["threshold"] == cfg.match.value
+    assert (tmp_path / "budgets.json").is_file()
+    with pytest.raises(hm.UnreachableBudget, match="nearest budgets"):
+        bm.configure(ctx, 2)  # below the method's floor of 5
+
+
+def test_context_refuses_overlapping_prompts(tmp_path):
+    with pytest.raises(hm.PromptOverlapError):
+        _FakeCtx(_Spec(), object(), 50, ("a", "b"), ("b",), "0" * 64, tmp_path)
+
+
+@dataclass
+class _Pipe:
+    transformer: object
+    seen: list = field(default_factory=list)
+
+
+def test_counting_transformer_counts_and_restores():
+    import torch
+
+    lin = torch.nn.Linear(8, 4, bias=False)
+    pipe = _Pipe(lin)
+    with hm.counting_transformer(pipe) as proxy:
+        pipe.transformer(torch.zeros(3, 8))
+        pipe.transformer(torch.zeros(3, 8))
+        assert pipe.transformer.in_features == 8  # attributes pass through
+    assert pipe.transformer is lin
+    assert proxy.calls == 2 and proxy.flops == 2 * (2 * 3 * 8 * 4)
+
+
+def test_core_configs_tags():
+    ctx = _FakeCtx(_Spec(), object(), 50, ("c",), ("e",), "0" * 64)
+    assert hm.FullMethod().configure(ctx).config_tag == "full-K50"
+    few = hm.FewerStepsMethod().configure(ctx, 13)
+    assert (few.config_tag, few.num_steps, few.is_cache) == ("fewer-steps-K13", 13, False)

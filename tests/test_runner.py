@@ -1,0 +1,96 @@
+"""A tiny end-to-end benchmark on the random-weight flux-tiny builder (T = 10): records complete, JSON lines
+written, references stored and reused, an unreachable MLflow server loses nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+T, BUDGET = 10, 5
+FIELDS = ("suite", "model", "scale", "method", "budget", "num_steps", "config_tag", "schedule", "full_steps",
+          "flops_speedup", "wall_speedup", "psnr", "ssim", "lpips", "adherence", "reference_key")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import torch
+
+    from harness.runner import run_benchmark
+    from harness.zoo.flux_tiny import build_pipeline
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mp.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("bench")
+    skipped = []
+    try:
+        with pytest.warns(UserWarning, match="unreachable"):
+            records = run_benchmark(
+                "flux-tiny", ["full", "fewer-steps", "dpcache"], [BUDGET, 2], T, 1, repeats=1, num_calibration=1,
+                json_out=d / "results.jsonl", mlflow_uri="http://127.0.0.1:9", cache_dir=d / "cache",
+                artifacts_dir=d / "art", pipe=build_pipeline(trained=False), skipped=skipped, progress=False,
+            )
+    finally:
+        torch.set_num_threads(threads)
+        mp.undo()
+    return d, records, skipped
+
+
+def test_records_complete(run):
+    _, records, _ = run
+    assert [r.config_tag for r in records] == ["full-K10", "fewer-steps-K5", "fewer-steps-K2", "dpcache-K5-M3-O2"]
+    for r in records:
+        d = r.to_dict()
+        for f in FIELDS:
+            assert f in d, f
+        assert r.flops and r.flops_speedup > 0 and r.wall_speedup > 0
+        assert r.timing["repeats"] == 1 and len(r.timing["method"]) == 1
+        assert r.timing["transformer_s"] > 0 and r.timing["pipeline_s"] >= r.timing["transformer_s"]
+        assert len(r.reference_key) == 1 and r.psnr is not None and r.ssim is not None
+        assert "lpips" in r.unavailable() or r.lpips is not None
+    full, few5, few2, dp = records
+    assert full.psnr == 100.0 and full.flops_speedup == 1.0
+    assert few5.flops_speedup == pytest.approx(2.0) and few2.flops_speedup == pytest.approx(5.0)
+    assert len(dp.schedule) == BUDGET and dp.schedule[:3] == [0, 1, 2]
+    assert sum(dp.cache_hits) == 2 * (T - BUDGET)  # both CFG branches predict every non-key step
+    assert 1.8 < dp.flops_speedup <= 2.0 and dp.extra_metrics["measured_k"] == pytest.approx(T / dp.flops_speedup)
+
+
+def test_unreachable_budget_reported(run):
+    _, _, skipped = run
+    assert [(s.method, s.budget) for s in skipped] == [("dpcache", 2)]
+    assert "cannot plan K=2" in skipped[0].reason and "mandatory" in skipped[0].reason
+
+
+def test_json_lines_written_despite_unreachable_mlflow(run):
+    d, records, _ = run
+    lines = [json.loads(x) for x in (d / "results.jsonl").read_text().splitlines()]
+    assert [x["config_tag"] for x in lines] == [r.config_tag for r in records]
+    assert len({x["invocation"] for x in lines}) == 1
+    assert (d / "art" / "flux-tiny" / "dpcache-K5-M3-O2" / "prompt00.png").is_file()
+    assert (d / "art" / "flux-tiny" / "cost_tensor.png").is_file()
+
+
+def test_references_and_calibration_cached(run):
+    d, records, _ = run
+    refs = list((d / "cache" / "references" / "flux-tiny").glob("*.safetensors"))
+    assert [p.stem for p in refs] == records[0].reference_key
+    assert len(list((d / "cache" / "dpcache").glob("*.safetensors"))) == 1
+    assert not list(d.rglob("*.tmp"))
+
+
+def test_cache_check_flags_a_cache_that_never_hit():
+    from harness.records import ResultRecord
+    from harness.runner import cache_check
+
+    def rec(method, budget, hits):
+        return ResultRecord(suite="s", model="m", scale="tiny", method=method, budget=budget, num_steps=50,
+                            cache_hits=hits)
+
+    assert "never engaged" in cache_check(rec("dpcache", 13, [0, 0]))
+    assert cache_check(rec("dpcache", 13, [3, 0])) is None
+    assert cache_check(rec("dpcache", 50, [0])) is None  # K = T: nothing to skip
+    assert cache_check(rec("fewer-steps", 13, None)) is None
