@@ -217,6 +217,10 @@ def test_b(gate, budget):
 
 
 def test_bench_params_ids_and_reference_store(suite):
+    # torch must be imported out here: pytester's in-process run drops modules first imported inside it,
+    # and torch segfaults when imported a second time in one process.
+    import torch  # noqa: F401
+
     suite.makepyfile(
         test_ids="""
 import pytest, torch
