@@ -45,11 +45,11 @@ def suite(pytester, monkeypatch):
 
 
 def run(pytester, *args):
-    return pytester.runpytest("-p", "harness.plugin", "--mlflow-uri", "off", *args)
+    return pytester.runpytest_subprocess("-p", "harness.plugin", "--mlflow-uri", "off", *args)
 
 
 def test_options_in_one_group_in_help(pytester):
-    res = pytester.runpytest("-p", "harness.plugin", "--help")
+    res = pytester.runpytest_subprocess("-p", "harness.plugin", "--help")
     out = res.stdout.str()
     group = out[out.index("dpcache benchmark:") :]
     group = group[: group.index("\n\n")]
@@ -71,7 +71,7 @@ def test_options_in_one_group_in_help(pytester):
 
 
 def test_markers_registered(pytester):
-    out = pytester.runpytest("-p", "harness.plugin", "--markers").stdout.str()
+    out = pytester.runpytest_subprocess("-p", "harness.plugin", "--markers").stdout.str()
     for m in ("speedup", "quality", "calibration", "schedule", "gpu", "nightly"):
         assert f"@pytest.mark.{m}:" in out
 
@@ -217,10 +217,6 @@ def test_b(gate, budget):
 
 
 def test_bench_params_ids_and_reference_store(suite):
-    # torch must be imported out here: pytester's in-process run drops modules first imported inside it,
-    # and torch segfaults when imported a second time in one process.
-    import torch  # noqa: F401
-
     suite.makepyfile(
         test_ids="""
 import pytest, torch
