@@ -31,7 +31,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         vae_channels=(16, 24, 24), text_dim=32,
     ),
     "medium": dict(
-        heads=8, head_dim=64, double=2, single=6, refiner=1, mlp_ratio=4.0, latent=16,
+        heads=8, head_dim=64, double=1, single=3, refiner=1, mlp_ratio=4.0, latent=16,
         vae_channels=(16, 32, 32), text_dim=64,
     ),
 }

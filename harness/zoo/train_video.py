@@ -39,10 +39,10 @@ MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 # fixed schedules (iterations sized for ~20 min per pipeline on one shared CPU thread)
 CONFIG: dict[str, dict[str, Any]] = {
     # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
-    "wan-tiny": dict(seed=0, vae_iters=600, vae_batch=3, vae_frames=9, vae_lr=3e-3, z_noise=0.1, latent_l2=1e-3,
+    "wan-tiny": dict(seed=0, vae_iters=1800, vae_batch=3, vae_frames=9, vae_lr=3e-3, z_noise=0.1, latent_l2=1e-3,
                      n_clips=2000, iters=1800, batch=32, lr=1e-3, drop=0.1, ema=0.998),
-    "hunyuan-video-tiny": dict(seed=0, vae_iters=600, vae_batch=4, vae_frames=5, vae_lr=3e-3, z_noise=0.1,
-                               latent_l2=1e-3, n_clips=3000, iters=2000, batch=32, lr=1e-3, drop=0.1, ema=0.998),
+    "hunyuan-video-tiny": dict(seed=0, vae_iters=1800, vae_batch=4, vae_frames=5, vae_lr=3e-3, z_noise=0.1,
+                               latent_l2=1e-3, n_clips=2000, iters=1800, batch=32, lr=1e-3, drop=0.1, ema=0.998),
 }
 
 
