@@ -11,7 +11,7 @@ from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState
 
 from dpcache.adapters import timestep_value
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
 Rows = torch.Tensor | None  # bool mask over the batch rows to compute; None = every row
 
@@ -214,6 +214,16 @@ def remove_hooks(transformer: torch.nn.Module, step_hook_name: str, block_hook_n
 def step_hook_of(transformer: torch.nn.Module, name: str) -> StepHook | None:
     """The baseline's step hook on a transformer, if applied."""
     return HookRegistry.check_if_exists_or_initialize(transformer).get_hook(name)
+
+
+def cache_hits_counter(step_hook_name: str):
+    """`cache_hits(pipe)` for a registered method: (step, branch) calls served from cache in the last run."""
+
+    def cache_hits(pipe) -> int:
+        hook = step_hook_of(transformer_of(pipe), step_hook_name)
+        return sum(hook.run_hits().values()) if hook is not None else 0
+
+    return cache_hits
 
 
 def fill_rows(computed: torch.Tensor, estimate: torch.Tensor, rows: Rows) -> torch.Tensor:

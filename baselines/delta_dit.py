@@ -10,7 +10,7 @@ from diffusers.hooks import HookRegistry
 from dpcache.adapters import block_layout
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
-from ._stack_hooks import SpanState, StepHook, attach_span, interval_full, remove_hooks, step_hook_of
+from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, interval_full, remove_hooks
 from .base import FAMILIES, CacheMethod, register
 
 _STEP_HOOK = "delta_dit_step_hook"
@@ -114,10 +114,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_delta_dit(pipe, DeltaDiTConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="delta-dit",
@@ -128,7 +124,7 @@ METHOD = register(CacheMethod(
     never_skip=1,
     apply=_apply,
     remove=remove_delta_dit,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     origin=(
         "ported from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer (FLUX: single-stream stack); "
         "Wan/DiT: back half of the blocks; the paper's front/back stage switch is not ported"

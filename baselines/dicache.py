@@ -15,10 +15,10 @@ from ._stack_hooks import (
     SpanState,
     StepHook,
     attach_span,
+    cache_hits_counter,
     fill_rows,
     rel_rows,
     remove_hooks,
-    step_hook_of,
 )
 from .base import FAMILIES, CacheMethod, register
 
@@ -209,10 +209,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_dicache(pipe, DiCacheConfig.for_family(family, num_steps, knob))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="dicache",
@@ -223,7 +219,7 @@ METHOD = register(CacheMethod(
     never_skip=0.0,
     apply=_apply,
     remove=remove_dicache,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     origin=(
         "ported from Bujiazi/DiCache (probe m=1, delta_y error, trajectory-aligned reuse; the probe's block is "
         "counted as compute, so the model needs >= 2 blocks); DiT uses FLUX's settings; Wan δ from code (0.08)"

@@ -11,7 +11,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
-from ._stack_hooks import RowRunner, StepHook, StepState, fill_rows, remove_hooks, step_hook_of
+from ._stack_hooks import RowRunner, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
 from .base import CacheMethod, register
 
 _STEP_HOOK = "easycache_step_hook"
@@ -170,10 +170,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_easycache(pipe, EasyCacheConfig.for_family(family, num_steps, knob))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 _IMAGE = "EasyCache is a video cache (authors' code: Wan2.1, HunyuanVideo); its warm-up and τ are tuned for video"
 
@@ -186,7 +182,7 @@ METHOD = register(CacheMethod(
     never_skip=0.0,
     apply=_apply,
     remove=remove_easycache,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     unsupported={"flux": _IMAGE, "dit": _IMAGE},
     origin=(
         "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "

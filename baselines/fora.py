@@ -15,9 +15,9 @@ from ._stack_hooks import (
     StepState,
     batch_rows,
     block_submodules,
+    cache_hits_counter,
     interval_full,
     remove_hooks,
-    step_hook_of,
 )
 from .base import FAMILIES, CacheMethod, register
 
@@ -123,10 +123,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_fora(pipe, FORAConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="fora",
@@ -137,6 +133,6 @@ METHOD = register(CacheMethod(
     never_skip=1,
     apply=_apply,
     remove=remove_fora,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
 ))

@@ -14,7 +14,7 @@ from diffusers.hooks import HookRegistry
 from dpcache.adapters import block_layout
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
-from ._stack_hooks import SpanState, StepHook, attach_span, remove_hooks, step_hook_of
+from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, remove_hooks
 from .base import FAMILIES, CacheMethod, Calibration, register
 
 _STEP_HOOK = "omnicache_step_hook"
@@ -186,10 +186,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_omnicache(pipe, OmniCacheConfig(num_steps, compute_steps, curvature, schedule_source=source))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="omnicache",
@@ -200,7 +196,7 @@ METHOD = register(CacheMethod(
     never_skip=1.0,
     apply=_apply,
     remove=remove_omnicache,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     calibrate=calibrate_omnicache,
     origin=(
         "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule + EMA noise "

@@ -19,10 +19,10 @@ from ._stack_hooks import (
     SpanState,
     StepHook,
     attach_span,
+    cache_hits_counter,
     fill_rows,
     rel_rows,
     remove_hooks,
-    step_hook_of,
 )
 from .base import FAMILIES, CacheMethod, Calibration, register
 
@@ -215,10 +215,6 @@ def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
     return artifacts
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="teacache",
@@ -229,7 +225,7 @@ METHOD = register(CacheMethod(
     never_skip=0.0,
     apply=_apply,
     remove=remove_teacache,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     calibrate=calibrate_teacache,
     origin=(
         "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "

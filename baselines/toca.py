@@ -17,9 +17,9 @@ from ._stack_hooks import (
     StepState,
     batch_rows,
     block_submodules,
+    cache_hits_counter,
     interval_full,
     remove_hooks,
-    step_hook_of,
 )
 from .base import FAMILIES, CacheMethod, register
 
@@ -155,10 +155,6 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_toca(pipe, ToCaConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-def _cache_hits(pipe) -> int:
-    hook = step_hook_of(transformer_of(pipe), _STEP_HOOK)
-    return sum(hook.run_hits().values()) if hook is not None else 0
-
 
 METHOD = register(CacheMethod(
     name="toca",
@@ -169,7 +165,7 @@ METHOD = register(CacheMethod(
     never_skip=1,
     apply=_apply,
     remove=remove_toca,
-    cache_hits=_cache_hits,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
     origin=(
         "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer; simplified: similarity score instead of "
         "attention-map score, constant fresh ratio 0.1; ToCa steps are partial compute (fresh tokens of MLPs)"
