@@ -60,12 +60,36 @@ def uniform_schedule(T: int, K: int, first: int = 3) -> list[int]:
     return sorted(set(range(first)) | set(rest))[:K] if K > first else list(range(K))
 
 
-def flops_of(call, steps: int) -> int:
+def flops_of(call, steps: int, transformer_class: str) -> tuple[int, int]:
+    """(whole-call FLOPs, FLOPs inside the transformer)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         call(steps)
-    return counter.get_total_flops()
+    inside = sum(counter.get_flop_counts().get(transformer_class, {}).values())
+    return counter.get_total_flops(), inside
+
+
+class TransformerTimer:
+    """Accumulates wall time spent inside the transformer's forward (transformer-only time)."""
+
+    def __init__(self, transformer):
+        self.total = 0.0
+        self._start = 0.0
+        self._handles = [
+            transformer.register_forward_pre_hook(self._pre),
+            transformer.register_forward_hook(self._post),
+        ]
+
+    def _pre(self, *args):
+        self._start = time.perf_counter()
+
+    def _post(self, *args):
+        self.total += time.perf_counter() - self._start
+
+    def take(self) -> float:
+        out, self.total = self.total, 0.0
+        return out
 
 
 def speed(args) -> dict:
@@ -82,21 +106,26 @@ def speed(args) -> dict:
     else:
         schedule = uniform_schedule(T, K)
     cfg = DPCacheConfig(num_inference_steps=T, schedule=schedule)
-    full_flops = flops_of(call, T)
+    cls = type(pipe.transformer).__name__
+    full_flops, full_tr_flops = flops_of(call, T, cls)
     apply_dpcache(pipe, cfg)
-    cached_flops = flops_of(call, T)
+    cached_flops, cached_tr_flops = flops_of(call, T, cls)
     hits = {k: v.cache_hits for k, v in dpcache_stats(pipe).items()}
     remove_dpcache(pipe)
     call(T)  # warm-up
-    full_t, cached_t = [], []
+    timer = TransformerTimer(pipe.transformer)
+    full_t, cached_t, full_tr, cached_tr = [], [], [], []
     for _ in range(args.repeats):
+        timer.take()
         start = time.perf_counter()
         call(T)
         full_t.append(time.perf_counter() - start)
+        full_tr.append(timer.take())
         apply_dpcache(pipe, cfg)
         start = time.perf_counter()
         call(T)
         cached_t.append(time.perf_counter() - start)
+        cached_tr.append(timer.take())
         remove_dpcache(pipe)
     flops_speedup = full_flops / cached_flops
     wall_speedup = statistics.median(full_t) / statistics.median(cached_t)
@@ -106,6 +135,9 @@ def speed(args) -> dict:
         "full_s": full_t, "cached_s": cached_t, "full_gflops": full_flops / 1e9,
         "cached_gflops": cached_flops / 1e9, "flops_speedup": flops_speedup, "wall_speedup": wall_speedup,
         "wall_over_flops": wall_speedup / flops_speedup, "ideal_speedup": T / K,
+        "transformer_flops_speedup": full_tr_flops / cached_tr_flops,
+        "transformer_wall_speedup": statistics.median(full_tr) / statistics.median(cached_tr),
+        "transformer_full_s": full_tr, "transformer_cached_s": cached_tr,
     }
 
 
@@ -165,7 +197,8 @@ def main() -> None:
     print(
         f"\n{result['model']} T={result['T']} K={result['K']}: flops speedup {result['flops_speedup']:.2f}x, "
         f"wall speedup {result['wall_speedup']:.2f}x (median {result['full_s_median']:.2f}s -> "
-        f"{result['cached_s_median']:.2f}s), wall/flops {result['wall_over_flops']:.1%}"
+        f"{result['cached_s_median']:.2f}s), wall/flops {result['wall_over_flops']:.1%}; transformer only: "
+        f"flops {result['transformer_flops_speedup']:.2f}x, wall {result['transformer_wall_speedup']:.2f}x"
         + (f", calibration peak RSS {result['calibrate_over_plain']:.1%} of plain" if not args.skip_memory else "")
     )
 

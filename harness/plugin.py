@@ -158,11 +158,23 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, doc in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {doc}")
     workerinput = getattr(config, "workerinput", None)
+    if workerinput:
+        _pin_worker_gpu(workerinput.get("workerid", ""), config.getoption("device", None))
     if workerinput and _WORKER_KEY in workerinput:
         invocation = workerinput[_WORKER_KEY]
     else:
         invocation = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
     config.stash[_STATE] = _State(_parse_options(config), invocation)
+
+
+def _pin_worker_gpu(worker_id: str, device: str | None) -> None:
+    """One GPU per xdist worker: worker gwN sees only GPU N (mod the GPUs listed in CUDA_VISIBLE_DEVICES,
+    or DPCACHE_NUM_GPUS). Runs before torch is imported in the worker; only with --device cuda."""
+    if not device or not device.startswith("cuda") or not worker_id.startswith("gw"):
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(int(os.environ.get("DPCACHE_NUM_GPUS", "1")))]
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(worker_id[2:]) % len(gpus)]
 
 
 @pytest.hookimpl(optionalhook=True)

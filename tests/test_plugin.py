@@ -237,3 +237,18 @@ def test_speedup(method, budget, reference_store, bench_options):
     )
     assert "K25" not in res.stdout.str()
     run(suite, "test_ids.py", "--refs-dir", "refs", "--update-references").assert_outcomes(passed=4)
+
+
+def test_each_xdist_worker_is_pinned_to_one_gpu(monkeypatch):
+    from harness.plugin import _pin_worker_gpu
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
+    _pin_worker_gpu("gw4", "cuda")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    monkeypatch.setenv("DPCACHE_NUM_GPUS", "2")
+    _pin_worker_gpu("gw3", "cuda")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    _pin_worker_gpu("gw3", "cpu")
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
