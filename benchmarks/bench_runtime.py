@@ -71,10 +71,10 @@ def flops_of(call, steps: int, transformer_class: str) -> tuple[int, int]:
 
 
 class TransformerTimer:
-    """Accumulates wall time spent inside the transformer's forward (transformer-only time)."""
+    """Wall time of every transformer forward (transformer-only time, and per-call key vs skipped)."""
 
     def __init__(self, transformer):
-        self.total = 0.0
+        self.calls: list[float] = []
         self._start = 0.0
         self._handles = [
             transformer.register_forward_pre_hook(self._pre),
@@ -85,10 +85,10 @@ class TransformerTimer:
         self._start = time.perf_counter()
 
     def _post(self, *args):
-        self.total += time.perf_counter() - self._start
+        self.calls.append(time.perf_counter() - self._start)
 
-    def take(self) -> float:
-        out, self.total = self.total, 0.0
+    def take(self) -> list[float]:
+        out, self.calls = self.calls, []
         return out
 
 
@@ -115,21 +115,29 @@ def speed(args) -> dict:
     call(T)  # warm-up
     timer = TransformerTimer(pipe.transformer)
     full_t, cached_t, full_tr, cached_tr = [], [], [], []
+    full_calls, key_calls, skip_calls = [], [], []
+    branches = None
     for _ in range(args.repeats):
         timer.take()
         start = time.perf_counter()
         call(T)
         full_t.append(time.perf_counter() - start)
-        full_tr.append(timer.take())
+        calls = timer.take()
+        full_tr.append(sum(calls))
+        full_calls += calls
+        branches = len(calls) // T
         apply_dpcache(pipe, cfg)
         start = time.perf_counter()
         call(T)
         cached_t.append(time.perf_counter() - start)
-        cached_tr.append(timer.take())
+        calls = timer.take()
+        cached_tr.append(sum(calls))
+        for i, t in enumerate(calls):
+            (key_calls if i // branches in schedule else skip_calls).append(t)
         remove_dpcache(pipe)
     flops_speedup = full_flops / cached_flops
     wall_speedup = statistics.median(full_t) / statistics.median(cached_t)
-    return {
+    out = {
         "model": f"{args.model}-{args.size}", "T": T, "K": K, "schedule": schedule, "cache_hits": hits,
         "full_s_median": statistics.median(full_t), "cached_s_median": statistics.median(cached_t),
         "full_s": full_t, "cached_s": cached_t, "full_gflops": full_flops / 1e9,
@@ -138,7 +146,17 @@ def speed(args) -> dict:
         "transformer_flops_speedup": full_tr_flops / cached_tr_flops,
         "transformer_wall_speedup": statistics.median(full_tr) / statistics.median(cached_tr),
         "transformer_full_s": full_tr, "transformer_cached_s": cached_tr,
+        # per-call decomposition: less sensitive to drift between whole runs than the ratio of medians
+        "full_call_ms_mean": 1e3 * statistics.mean(full_calls),
+        "key_call_ms_mean": 1e3 * statistics.mean(key_calls),
+        "skipped_call_ms_mean": 1e3 * statistics.mean(skip_calls),
     }
+    per_call = (T * statistics.mean(full_calls)) / (
+        K * statistics.mean(key_calls) + (T - K) * statistics.mean(skip_calls)
+    )
+    out["transformer_wall_speedup_per_call"] = per_call
+    out["per_call_over_flops"] = per_call / out["transformer_flops_speedup"]
+    return out
 
 
 def _child_peak(mode: str, args) -> int:
@@ -198,7 +216,10 @@ def main() -> None:
         f"\n{result['model']} T={result['T']} K={result['K']}: flops speedup {result['flops_speedup']:.2f}x, "
         f"wall speedup {result['wall_speedup']:.2f}x (median {result['full_s_median']:.2f}s -> "
         f"{result['cached_s_median']:.2f}s), wall/flops {result['wall_over_flops']:.1%}; transformer only: "
-        f"flops {result['transformer_flops_speedup']:.2f}x, wall {result['transformer_wall_speedup']:.2f}x"
+        f"flops {result['transformer_flops_speedup']:.2f}x, wall {result['transformer_wall_speedup']:.2f}x, "
+        f"per call {result['transformer_wall_speedup_per_call']:.2f}x = {result['per_call_over_flops']:.1%} of flops "
+        f"(key {result['key_call_ms_mean']:.1f} ms, skipped {result['skipped_call_ms_mean']:.2f} ms, "
+        f"uncached {result['full_call_ms_mean']:.1f} ms)"
         + (f", calibration peak RSS {result['calibrate_over_plain']:.1%} of plain" if not args.skip_memory else "")
     )
 
