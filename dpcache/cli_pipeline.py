@@ -119,7 +119,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DPCacheError("give either --cost FILE --budget K, or --no-cache")
     if args.cost is not None and args.budget is None:
         raise DPCacheError("--cost needs --budget K")
-    cost = None
+    cfg = None
     if args.cost is not None:
         from .cost_tensor import CostTensor
 
@@ -130,8 +130,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 f"{args.cost} was calibrated for model {cost.meta.model_id!r}, not {args.pipeline!r}; "
                 "calibrate this pipeline, or pass --any-model to use it anyway"
             )
-    cfg = None
-    if cost is not None:
         cfg = DPCacheConfig(
             num_inference_steps=args.steps,
             budget=args.budget,

@@ -6,13 +6,14 @@ import hashlib
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from harness.gates import write_json_atomic
 
 DEFAULT_TOLERANCE = 0.05
 FORMAT_VERSION = 1
@@ -130,17 +131,6 @@ def search_knob(
     return _finish(method, budget, knob, evals, tol)
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _lock(path: Path) -> FileLock:
     digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     return FileLock(str(Path(tempfile.gettempdir()) / f"dpcache-budget-{digest}.lock"), timeout=3600)
@@ -169,5 +159,5 @@ def cached_search(cache_path: str | os.PathLike[str], key: str, search: Callable
             return BudgetMatch.from_dict(data[key])
         result = search()
         data[key] = result.to_dict()
-        _atomic_write_json(p, data)
+        write_json_atomic(p, data)
         return result

@@ -249,7 +249,8 @@ def check(
     return failures
 
 
-def _atomic_write_json(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file in the same folder + os.replace: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -291,5 +292,5 @@ def update_expected(
                 if metric in TIMING_METRICS and record.timing.get(metric):
                     spec["samples"] = [round(float(s), 6) for s in record.timing[metric]]
                 entry[metric] = spec
-        _atomic_write_json(p, data)
+        write_json_atomic(p, data)
     return data
