@@ -179,8 +179,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     src = Path(args.json_in)
     if not src.is_file():
         raise BenchUsageError(f"no result records at {src} (run `dpcache-bench run --json-out {src}` first)")
-    index = build_report(src, Path(args.out), invocation=args.invocation, artifacts_root=args.artifacts)
-    print(f"dpcache: report {index}")
+    try:
+        page = build_report(src, Path(args.out), invocation=args.invocation, artifacts_root=args.artifacts)
+    except ValueError as e:
+        raise BenchUsageError(str(e)) from None
+    index = Path(args.out) / "index.html"
+    print(f"dpcache: report {page}" + (f" (all runs: {index})" if page != index else ""))
+    if args.benchmarks_md:
+        from harness.report_md import write_benchmarks_md
+
+        command = f"dpcache-bench report --json-in {args.json_in} --benchmarks-md {args.benchmarks_md}"
+        if args.invocation:
+            command += f" --invocation {args.invocation}"
+        try:
+            md = write_benchmarks_md(src, args.benchmarks_md, command=command, invocation=args.invocation)
+        except ValueError as e:
+            raise BenchUsageError(str(e)) from None
+        print(f"dpcache: benchmark table {md}")
     return 0
 
 
@@ -227,11 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("methods", help="every method, the families it supports and its knob")
     me.add_argument("--json", action="store_true")
     me.set_defaults(func=cmd_methods)
-    rep = sub.add_parser("report", help="static HTML report from a JSON-lines file")
+    rep = sub.add_parser("report", help="static HTML report (OUT/<run>/index.html) from a JSON-lines file")
     rep.add_argument("--json-in", default=DEFAULT_JSON)
-    rep.add_argument("--out", default=DEFAULT_REPORT)
+    rep.add_argument("--out", default=DEFAULT_REPORT, help="report folder: <run>/index.html per run, index.html")
     rep.add_argument("--invocation", default=None, help="one run (default: every run in the file)")
-    rep.add_argument("--artifacts", default=None, help="images folder (default: next to the JSON lines)")
+    rep.add_argument("--artifacts", default=None,
+                     help="folder of <run>/<model>/ images (default: OUT/runs, then bench-artifacts/runs)")
+    rep.add_argument("--benchmarks-md", default=None, metavar="PATH",
+                     help="also rewrite PATH (e.g. reports/BENCHMARKS.md): latest tiny-scale table per model")
     rep.set_defaults(func=cmd_report)
     u = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the embedded store")
     u.add_argument("--mlflow-uri", default=None)

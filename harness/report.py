@@ -1,159 +1,237 @@
-"""Static HTML report from the JSON-lines records: one page per run (speedup-vs-quality plot, schedule strips,
-cost-tensor heatmap, per-prompt image grids, a table) plus an index.html — matplotlib PNGs, no server."""
+"""Static HTML report from the JSON-lines records: `<out>/<run>/index.html` per run, `<out>/index.html`."""
 
 from __future__ import annotations
 
-import html
 import json
+import re
 import shutil
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-COLUMNS = ("method", "budget", "flops_speedup", "wall_speedup", "psnr", "ssim", "lpips", "adherence")
+from harness.report_data import (
+    Record,
+    by_model,
+    is_video,
+    latest_per_config,
+    load_records,
+    methods_of,
+    tag,
+    write_text_atomic,
+)
+from harness.report_html import esc, figure, image_grid, index_page, missing, page, results_table
+from harness.report_plots import method_styles, plottable, schedule_strips, speedup_quality_plot
+
+__all__ = ["build_report", "build_run", "load_records", "write_index"]
+
+SUMMARY = "run.json"
+MAX_GRID_PROMPTS = 16
+_PROMPT_FILE = re.compile(r"prompt(\d+)")
 
 
-def load_records(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Records of a JSON-lines file grouped by invocation (file order kept; unreadable lines skipped)."""
-    runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for line in Path(path).read_text().splitlines():
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+def _date(invocation: str) -> str | None:
+    m = re.match(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})", invocation)
+    return f"{m[1]}-{m[2]}-{m[3]} {m[4]}:{m[5]}:{m[6]}" if m else None
+
+
+def _prompt_images(config_dir: Path) -> dict[int, list[Path]]:
+    """Saved images of one config by prompt index: `promptNN.png` (an image or a video's middle frame), or
+    several files per prompt (`promptNN_fMM.png`: frames, shown as a strip)."""
+    out: dict[int, list[Path]] = defaultdict(list)
+    if config_dir.is_dir():
+        for f in sorted(config_dir.glob("prompt*.png")):
+            m = _PROMPT_FILE.match(f.name)
+            if m:
+                out[int(m[1])].append(f)
+    return dict(out)
+
+
+def _copy(src: Path, run_dir: Path, rel: str) -> str:
+    dst = run_dir / rel
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    return rel
+
+
+def _speed_section(recs: list[Record], run_dir: Path, mdir: str, model: str) -> str:
+    png = speedup_quality_plot(recs, run_dir / mdir / "speedup_quality.png", title=model)
+    _, left_out = plottable(recs)
+    out = "<h3>Speedup vs quality</h3>"
+    if png is None:
+        return out + missing(
+            "nothing to plot: no record other than the reference has both a speedup and a PSNR"
+        )
+    caption = (
+        "One curve per method over its budgets K. Dashed staircase and ringed points: the Pareto front "
+        "over all methods (no other point has both a higher speedup and a higher PSNR). The full-step "
+        "reference (1×, PSNR capped at 100 dB) is not drawn."
+    )
+    if left_out:
+        caption += " Not drawn: " + "; ".join(left_out) + "."
+    return out + figure(f"{mdir}/{png.name}", f"{model}: speedup vs PSNR with the Pareto front", esc(caption))
+
+
+def _schedule_section(recs: list[Record], run_dir: Path, mdir: str, model: str) -> str:
+    png = schedule_strips(recs, run_dir / mdir / "schedules.png")
+    out = "<h3>DPCache schedules</h3>"
+    if png is None:
+        return out + missing("no record of this model has a step schedule (DPCache did not run)")
+    return out + figure(
+        f"{mdir}/{png.name}",
+        f"{model}: computed and predicted steps per budget",
+        "One strip per budget: coloured cells run the full transformer, grey cells are predicted "
+        "from the cache.",
+    )
+
+
+def _cost_section(model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
+    out = "<h3>Cost tensor</h3>"
+    src = model_art / "cost_tensor.png" if model_art is not None else None
+    if src is None or not src.is_file():
+        where = f"no cost_tensor.png in {src.parent}" if src is not None else "no images folder for this run"
+        return out + missing(
+            f"cost-tensor heatmap not available: {where} (saved by `dpcache-bench run` "
+            "when DPCache is among the methods)"
+        )
+    rel = _copy(src, run_dir, f"{mdir}/cost_tensor.png")
+    return out + figure(
+        rel,
+        f"{model}: cost tensor heatmap and path cost vs K",
+        esc(
+            "Left: log10 min_a C[a, i, j], the calibrated cost of predicting steps i+1…j from key "
+            "step i. Right: the optimal path cost against the budget K, per solver."
+        ),
+    )
+
+
+def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
+    out = "<h3>Per-prompt images</h3>"
+    found = {tag(r): _prompt_images(model_art / tag(r)) for r in recs} if model_art is not None else {}
+    if not any(found.values()):
+        return out + missing(
+            "no per-prompt images saved for this run (they are saved by `dpcache-bench run`; "
+            "suite runs keep only the JSON lines)"
+        )
+    copied: dict[str, dict[int, list[str]]] = {}
+    for t, files in found.items():
+        copied[t] = {
+            i: [_copy(f, run_dir, f"{mdir}/img/{_safe(t)}/{f.name}") for f in fs]
+            for i, fs in sorted(files.items())[:MAX_GRID_PROMPTS]
+        }
+    full = next((r for r in recs if r["method"] == "full"), None)
+    ref_col = (
+        f"reference (full, K={full.get('budget') if full else 'T'})",
+        full,
+        copied.get(tag(full), {}) if full else {},
+    )
+    budgets = sorted({r.get("budget") for r in recs if r["method"] != "full"}, key=lambda b: -(b or 0))
+    prompts = next((r.get("prompts") for r in recs if r.get("prompts")), []) or []
+    video = is_video(model)
+    grids = []
+    for k in budgets:
+        cols = [
+            (r["method"], r, copied.get(tag(r), {}))
+            for r in recs
+            if r["method"] != "full" and r.get("budget") == k
+        ]
+        if any(files for _, _, files in cols):
+            grids.append(image_grid(k, [ref_col, *cols], [str(p) for p in prompts], video))
+    if not grids:
+        return out + missing("no images saved for the methods of this run")
+    n = max((len(v) for v in found.values()), default=0)
+    note = (
+        f'<p class="note">Rows: the first {MAX_GRID_PROMPTS} of {n} prompts</p>'
+        if n > MAX_GRID_PROMPTS
+        else ""
+    )
+    return out + note + '<div class="grids">' + "".join(grids) + "</div>"
+
+
+def _header(invocation: str, records: list[Record]) -> str:
+    first = records[0]
+    versions = first.get("versions") or {}
+    facts = [
+        f"{len(records)} record(s)",
+        f"suite {', '.join(sorted({str(r.get('suite')) for r in records}))}",
+    ]
+    if _date(invocation):
+        facts.append(f"started {_date(invocation)}")
+    if first.get("git_sha"):
+        facts.append(f"git {str(first['git_sha'])[:12]}")
+    facts += [f"{k} {versions[k]}" for k in ("torch", "diffusers") if k in versions]
+    facts.append(f"device {first.get('device') or '?'}")
+    models = by_model(records)
+    nav = " ".join(f'<a href="#{esc(_safe(m))}">{esc(m)}</a>' for m in models)
+    return (
+        f'<p class="meta"><a href="../index.html">← all runs</a></p>'
+        f'<h1>dpcache benchmark — run {esc(invocation)}</h1><p class="meta">{esc(" · ".join(facts))}</p>'
+        f"<nav>{nav}</nav>"
+    )
+
+
+def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: Path | None) -> Path:
+    """Write `run_dir/index.html` (and its images next to it) for one invocation's records; `artifacts` is
+    the run's images folder (`<artifacts>/<model>/<config_tag>/promptNN.png`, `<model>/cost_tensor.png`)."""
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    parts = [_header(invocation, records)]
+    for model, all_recs in by_model(records).items():
+        recs = latest_per_config(all_recs)
+        mdir = _safe(model)
+        (run_dir / mdir).mkdir(parents=True, exist_ok=True)
+        model_art = artifacts / model if artifacts is not None and (artifacts / model).is_dir() else None
+        colours = {m: c for m, (c, _) in method_styles(methods_of(all_recs)).items()}
+        r0 = recs[0]
+        facts = [
+            f"scale {r0.get('scale', '?')}",
+            f"T = {r0.get('num_steps', '?')} steps",
+            f"{len(r0.get('prompts') or [])} evaluation prompts",
+            f"methods {', '.join(methods_of(recs))}",
+        ]
+        parts.append(
+            f'<section id="{esc(mdir)}"><h2>{esc(model)}</h2><p class="meta">{esc(" · ".join(facts))}</p>'
+        )
+        parts.append(_speed_section(recs, run_dir, mdir, model))
+        parts.append(_schedule_section(recs, run_dir, mdir, model))
+        parts.append(_cost_section(model_art, run_dir, mdir, model))
+        parts.append(_images_section(recs, model_art, run_dir, mdir, model))
+        dup = len(all_recs) - len(recs)
+        note = (
+            f'<p class="note">{dup} repeated record(s) of the same config: plots use the last one.</p>'
+            if dup
+            else ""
+        )
+        parts.append(f"<h3>Results</h3>{note}{results_table(all_recs, colours)}</section>")
+    index = write_text_atomic(run_dir / "index.html", page(f"dpcache run {invocation}", "\n".join(parts)))
+    summary = {
+        "invocation": invocation,
+        "dir": run_dir.name,
+        "date": _date(invocation),
+        "records": len(records),
+        "models": list(by_model(records)),
+        "methods": methods_of(records),
+        "suites": sorted({str(r.get("suite")) for r in records if r.get("suite")}),
+    }
+    write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return index
+
+
+def write_index(out_dir: str | Path) -> Path:
+    """`<out_dir>/index.html` listing every run folder in `out_dir` (those with a run.json), newest first."""
+
+    out = Path(out_dir)
+    runs = []
+    for f in out.glob(f"*/{SUMMARY}"):
         try:
-            rec = json.loads(line)
-        except ValueError:
+            runs.append(json.loads(f.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
             continue
-        if isinstance(rec, dict):
-            runs[str(rec.get("invocation", "unknown"))].append(rec)
-    return dict(runs)
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def speedup_quality_plot(records: list[dict[str, Any]], png: Path) -> Path:
-    """FLOPs speedup (x) vs PSNR (y), one line per method (the full-step reference, PSNR capped at 100 dB,
-    is left out so the methods' differences stay visible)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    by_method: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
-    for r in records:
-        if r.get("flops_speedup") is not None and r.get("psnr") is not None and r["psnr"] < 99.99:
-            by_method[r["method"]].append((r["flops_speedup"], r["psnr"], r.get("budget")))
-    for method, pts in sorted(by_method.items()):
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        for x, y, k in pts:
-            ax.annotate(f"K{k}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set(xlabel="FLOPs speedup (x)", ylabel="PSNR vs full-step reference (dB)", title=records[0]["model"])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
-
-
-def schedule_strips(records: list[dict[str, Any]], png: Path) -> Path | None:
-    """One step strip per record with a schedule: filled cells are full-compute steps."""
-    rows = [r for r in records if r.get("schedule")]
-    if not rows:
-        return None
-    plt = _plt()
-    t = max(r["num_steps"] for r in rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, t * 0.14), 0.35 * len(rows) + 0.8))
-    for y, r in enumerate(rows):
-        keys = set(r["schedule"])
-        ax.bar(range(t), [0.8] * t, bottom=y - 0.4, width=0.9,
-               color=["#1f77b4" if i in keys else "#e6e6e6" for i in range(t)])
-    ax.set_yticks(range(len(rows)), [r["config_tag"] for r in rows], fontsize=7)
-    ax.set_xlabel("step (0 = noisiest)")
-    ax.set_xlim(-0.5, t - 0.5)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
-
-
-def image_grid(records: list[dict[str, Any]], model_dir: Path, png: Path) -> Path | None:
-    """Rows = configs, columns = prompts, from the per-prompt PNGs the runner saved."""
-    from PIL import Image
-
-    rows = []
-    for r in records:
-        files = sorted((model_dir / r["config_tag"]).glob("prompt*.png"))
-        if files:
-            rows.append([Image.open(f).convert("RGB") for f in files])
-    if not rows:
-        return None
-    h = max(im.height for row in rows for im in row)
-    w = max(im.width for row in rows for im in row)
-    scale = max(1, 96 // max(h, 1))
-    cols = max(len(row) for row in rows)
-    grid = Image.new("RGB", (cols * w * scale, len(rows) * h * scale), "white")
-    for y, row in enumerate(rows):
-        for x, im in enumerate(row):
-            grid.paste(im.resize((w * scale, h * scale), Image.NEAREST), (x * w * scale, y * h * scale))
-    grid.save(png)
-    return png
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape("-" if v is None else str(v))
-
-
-def _table(records: list[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in (*COLUMNS, "cache hits", "schedule"))
-    body = []
-    for r in records:
-        hits = r.get("cache_hits")
-        hits = sum(hits) if isinstance(hits, list) else hits
-        cells = [_cell(r.get(c)) for c in COLUMNS] + [_cell(hits), _cell(r.get("schedule"))]
-        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _run_page(invocation: str, records: list[dict[str, Any]], out: Path, artifacts: Path | None) -> Path:
-    parts = [f"<h1>dpcache benchmark run {html.escape(invocation)}</h1>"]
-    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in records:
-        by_model[r["model"]].append(r)
-    img_dir = out / invocation
-    img_dir.mkdir(parents=True, exist_ok=True)
-    for model, recs in by_model.items():
-        parts.append(f"<h2>{html.escape(model)}</h2>")
-        sp = speedup_quality_plot(recs, img_dir / f"{model}-speedup-quality.png")
-        parts.append(f'<img src="{invocation}/{sp.name}" alt="speedup vs quality">')
-        strips = schedule_strips(recs, img_dir / f"{model}-schedules.png")
-        if strips:
-            parts.append(f'<h3>schedules</h3><img src="{invocation}/{strips.name}" alt="schedules">')
-        model_dir = artifacts / invocation / model if artifacts else None
-        if model_dir is not None and (model_dir / "cost_tensor.png").is_file():
-            shutil.copyfile(model_dir / "cost_tensor.png", img_dir / f"{model}-cost-tensor.png")
-            parts.append(f'<h3>cost tensor</h3><img src="{invocation}/{model}-cost-tensor.png" alt="cost tensor">')
-        grid = image_grid(recs, model_dir, img_dir / f"{model}-images.png") if model_dir else None
-        if grid:
-            tags = ", ".join(html.escape(r["config_tag"]) for r in recs if (model_dir / r["config_tag"]).is_dir())
-            parts.append(f'<h3>per-prompt images</h3><p>rows: {tags}</p><img src="{invocation}/{grid.name}">')
-        parts.append(_table(recs))
-        unavailable = sorted({f"{k}: {v}" for r in recs for k, v in (r.get("unavailable") or {}).items()})
-        if unavailable:
-            parts.append("<h3>unavailable metrics</h3><ul>" + "".join(f"<li>{html.escape(u)}</li>" for u in unavailable) + "</ul>")
-    page = out / f"{invocation}.html"
-    page.write_text(_html(f"run {invocation}", "\n".join(parts)))
-    return page
-
-
-def _html(title: str, body: str) -> str:
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;font-size:12px}img{max-width:100%}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{body}</body></html>\n"
+    runs.sort(key=lambda s: str(s.get("invocation")), reverse=True)
+    return write_text_atomic(out / "index.html", index_page(runs))
 
 
 def build_report(
@@ -163,10 +241,10 @@ def build_report(
     invocation: str | None = None,
     artifacts_root: str | Path | None = None,
 ) -> Path:
-    """Write `<out_dir>/<invocation>.html` per run (or only `invocation`) and `<out_dir>/index.html`.
-
-    Images come from `artifacts_root/<invocation>/<model>/` (default: `<out_dir>/runs`, then
-    `<json dir>/bench-artifacts/runs`)."""
+    """Write `<out_dir>/<invocation>/index.html` for every run in the JSON lines (or only `invocation`) and
+    `<out_dir>/index.html` listing all runs in `out_dir`; returns the run page when one run was built,
+    else the index. Images come from `artifacts_root/<invocation>/<model>/` (default: `<out_dir>/runs`,
+    then `<json dir>/bench-artifacts/runs`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = load_records(json_path)
@@ -174,16 +252,14 @@ def build_report(
         if invocation not in runs:
             raise ValueError(f"no records of invocation {invocation!r} in {json_path}")
         runs = {invocation: runs[invocation]}
-    candidates = [Path(artifacts_root)] if artifacts_root else [out / "runs", Path(json_path).parent / "bench-artifacts" / "runs"]
+    candidates: Sequence[Path] = (
+        [Path(artifacts_root)]
+        if artifacts_root
+        else [out / "runs", Path(json_path).parent / "bench-artifacts" / "runs"]
+    )
     pages = []
     for inv, recs in runs.items():
-        art = next((c for c in candidates if (c / inv).is_dir()), None)
-        pages.append((inv, recs, _run_page(inv, recs, out, art)))
-    items = "".join(
-        f'<li><a href="{p.name}">{html.escape(inv)}</a>: {len(recs)} record(s), models '
-        f"{html.escape(', '.join(sorted({r['model'] for r in recs})))}</li>"
-        for inv, recs, p in pages
-    )
-    index = out / "index.html"
-    index.write_text(_html("dpcache benchmark", f"<h1>dpcache benchmark runs</h1><ul>{items}</ul>"))
-    return index
+        art = next((c / inv for c in candidates if (c / inv).is_dir()), None)
+        pages.append(build_run(inv, recs, out / _safe(inv), art))
+    index = write_index(out)
+    return pages[0] if len(pages) == 1 else index

@@ -70,10 +70,10 @@ def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
     assert [(r[1], r[2]) for r in rows] == [("full", "10"), ("dpcache", "5")]
     assert rows[1][-1] == "10"  # cache hits: 5 predicted steps × 2 CFG branches
     assert "MLflow store sqlite:///" in out and "report" in out
-    pages = list((tmp_path / "rep").glob("*.html"))
-    assert len(pages) == 2 and (tmp_path / "rep" / "index.html").is_file()
-    run_page = next(p for p in pages if p.name != "index.html").read_text()
-    for needle in ("speedup-quality.png", "schedules.png", "cost-tensor.png", "images.png", "<table>"):
+    pages = list((tmp_path / "rep").glob("*/index.html"))  # rep/<invocation>/index.html + rep/index.html
+    assert len(pages) == 1 and (tmp_path / "rep" / "index.html").is_file()
+    run_page = pages[0].read_text()
+    for needle in ("speedup_quality.png", "schedules.png", "cost_tensor.png", "img/full-K10/prompt0", "<table>"):
         assert needle in run_page
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
     # `report` rebuilds from the JSON lines alone
