@@ -33,8 +33,15 @@ class CacheMethod:
         families: model families it applies to; `unsupported` says why for the others.
         knob: name of the budget knob (`threshold`, `interval` …) the harness searches so the measured
             compute matches the budget K.
-        knob_values: the discrete values of an integer knob (intervals), searched exhaustively; or None.
-        knob_range: (lo, hi) of a continuous knob, bisected; or None.
+        knob_values: the discrete values of an integer knob (intervals): bisected over the sorted values when
+            `knob_monotone`, else searched exhaustively; or None.
+        knob_range: (lo, hi) of a continuous knob, bisected; or None. It should reach the method's saturation
+            (the knob value beyond which nothing more is skipped), so the least compute it reports is the
+            method's own floor, not the range's.
+        knob_scale: with `knob_range`: bisect `asinh(knob / knob_scale)` (linear below the scale, logarithmic
+            above), so a range up to saturation (1e3) still resolves small thresholds; None = linear.
+        knob_monotone: compute is monotone in the knob (False for fixed-pattern methods whose call counter
+            makes a larger interval skip fewer steps at some T: their values are searched exhaustively).
         compute_grows_with_knob: True if a larger knob means more full computations (intervals are the
             opposite: a larger interval means fewer).
         never_skip: a knob value at which the method computes every step (output == uncached).
@@ -44,6 +51,10 @@ class CacheMethod:
         calibrate: optional `calibrate(pipe, calibration) -> artifacts dict` (JSON-serialisable).
         unsupported: family -> reason, for families not in `families`.
         origin: where the method comes from (paper, code, diffusers hook) and what is interpretation.
+        budget_limit: why the method's compute cannot go below (or above) what its knob range reaches — its
+            warm-up, caps, probe or the part of the model it never skips; quoted when a budget is unreachable.
+        config_id: the method's fixed settings besides the knob (what changes its compute at a given knob);
+            part of the budget-cache key, so change it whenever those settings change.
     """
 
     name: str
@@ -59,6 +70,10 @@ class CacheMethod:
     calibrate: Callable[[Any, Calibration], dict] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)
     origin: str = ""
+    knob_scale: float | None = None
+    knob_monotone: bool = True
+    budget_limit: str = ""
+    config_id: str = ""
 
     def supports(self, family: str) -> tuple[bool, str]:
         if family in self.families:

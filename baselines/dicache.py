@@ -55,6 +55,12 @@ class DiCacheConfig:
         warmup_inclusive: FLUX's script computes steps `<= int(0.2 T)`, the video scripts steps `< int(0.2 T)`.
         force_last_step: FLUX's script also computes the last step.
         gamma_clip: [1, 1.5] (FLUX, HunyuanVideo) or [1, 2] (Wan).
+
+    Budget knob: `rel_l1_thresh`, searched over (0, 1e3) — saturating: every step after the warm-up skips.
+    Least compute (`BUDGET_LIMIT`): the warm-up steps (`int(0.2 T) + 1` for FLUX's and DiT's settings) and the
+    forced last step compute in full, and every other step still runs the probe, so a sample costs at least
+    `W + L + (T − W − L)·c` full steps (c = the probe's share of a step). Measured at T = 50: flux-tiny K ≥ 21.8,
+    dit-tiny K ≥ 21.8 (c ≈ 0.26): K = 13 and K = 9 are beyond the authors' warm-up there.
     """
 
     num_inference_steps: int = 30
@@ -210,11 +216,20 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
 
 
 
+BUDGET_LIMIT = (
+    "DiCache computes its warm-up (steps <= int(0.2·T) for FLUX/DiT, < int(0.2·T) for video) and FLUX's forced "
+    "last step in full and runs its probe block at every other step, so a sample costs at least "
+    "W + L + (T-W-L)·c full steps (c = the probe's share of a step); the threshold range (0, 1e3) saturates"
+)
+
 METHOD = register(CacheMethod(
     name="dicache",
     families=frozenset(FAMILIES),
     knob="rel_l1_thresh",
-    knob_range=(0.0, 5.0),
+    knob_range=(0.0, 1e3),
+    knob_scale=0.01,
+    budget_limit=BUDGET_LIMIT,
+    config_id="m1;warm0.2;family-defaults",
     compute_grows_with_knob=False,
     never_skip=0.0,
     apply=_apply,

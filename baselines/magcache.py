@@ -17,6 +17,17 @@ from .base import FAMILIES, CacheMethod, Calibration, register
 
 _HOOKS = (_MAG_CACHE_LEADER_BLOCK_HOOK, _MAG_CACHE_BLOCK_HOOK)
 
+# Per family: (max_skip_steps K, retention_ratio R) from the authors' scripts (`Zehong-Ma/MagCache`); their
+# thresholds are what the bench searches.
+FAMILY_DEFAULTS = {
+    "flux": (5, 0.1),  # MagCache4FLUX/magcache_flux.py: E024K5R01 (their FLUX.1-dev setting)
+    "hunyuan-video": (6, 0.2),  # MagCache4HunyuanVideo/magcache_sample_video.py: E024K6R02
+    "wan": (3, 0.2),  # diffusers' MagCacheConfig defaults (the authors' Wan script takes K, R from its CLI)
+    "dit": (5, 0.1),  # no authors' DiT script: FLUX's image settings (as DiCache here)
+}
+_FAMILY_OF = {"FluxTransformer2DModel": "flux", "WanTransformer3DModel": "wan",
+              "HunyuanVideoTransformer3DModel": "hunyuan-video", "DiTTransformer2DModel": "dit"}
+
 
 @dataclass
 class MagCacheBenchConfig:
@@ -31,7 +42,18 @@ class MagCacheBenchConfig:
         num_inference_steps: T of the pipeline (the ratios are interpolated to it).
         mag_ratios: `γ_t` per step, from `calibrate_magcache` (per model; `FLUX_MAG_RATIOS` for FLUX.1-dev).
         threshold: the budget knob (diffusers default 0.06); larger skips more; any negative value never skips.
-        max_skip_steps: diffusers default 3. retention_ratio: diffusers default 0.2.
+            The bench searches (0, 1e3), which saturates: every step the caps allow is skipped.
+        max_skip_steps (K) / retention_ratio (R): diffusers' defaults 3 / 0.2; the bench uses the authors' setting
+            for the model family (`FAMILY_DEFAULTS`, `for_family`): FLUX K = 5, R = 0.1 (their FLUX.1-dev script,
+            "E024K5R01"; it also forces the 11th of 28 steps, which diffusers' hook does not), HunyuanVideo K = 6,
+            R = 0.2, Wan diffusers' 3 / 0.2, DiT FLUX's (no authors' DiT script).
+
+    Least compute (`BUDGET_LIMIT`): the first `W = round(R·T)` steps compute, then at most K skips follow each
+    computed step, so a sample costs at least `W + floor((T − W)/(K + 1))` full steps (plus the embedding and
+    output layers, which run at skipped steps too) whatever the threshold — at T = 50: 5 + 7 = 12 for FLUX/DiT
+    (measured: flux-tiny K ≥ 12.3, threshold 0.23 → 13.3; dit-tiny K ≥ 12.5, reached at saturation: K = 13 is
+    reached, K = 9 is not), 10 + 10 = 20 with diffusers' defaults (Wan; diffusers' defaults gave flux-tiny
+    K ≥ 20.3).
 
     The schedule depends only on the calibrated ratios, not on the sample, so a batch behaves like its samples
     run alone; every cache context (CFG branch) has its own accumulators and residual.
@@ -42,6 +64,13 @@ class MagCacheBenchConfig:
     threshold: float = 0.06
     max_skip_steps: int = 3
     retention_ratio: float = 0.2
+
+    @classmethod
+    def for_family(cls, family: str, num_inference_steps: int, mag_ratios: Sequence[float],
+                   threshold: float = 0.06) -> MagCacheBenchConfig:
+        """The authors' K and R for a model family (`FAMILY_DEFAULTS`)."""
+        k, r = FAMILY_DEFAULTS[family]
+        return cls(num_inference_steps, mag_ratios, threshold, max_skip_steps=k, retention_ratio=r)
 
     def diffusers_config(self) -> MagCacheConfig:
         return MagCacheConfig(
@@ -113,14 +142,24 @@ def _calibrate(pipe: Any, calibration: Calibration) -> dict:
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
     if not artifacts or "mag_ratios" not in artifacts:
         raise ValueError("MagCache needs calibrated `mag_ratios` (run the method's calibrate first)")
-    apply_magcache(pipe, MagCacheBenchConfig(num_steps, artifacts["mag_ratios"], threshold=float(knob)))
+    family = _FAMILY_OF.get(type(pipe.transformer).__name__, "wan")
+    apply_magcache(pipe, MagCacheBenchConfig.for_family(family, num_steps, artifacts["mag_ratios"], float(knob)))
 
+
+BUDGET_LIMIT = (
+    "MagCache computes its first round(retention_ratio·T) steps and at least one step in every max_skip_steps+1 "
+    "after them (the authors' FLUX/DiT setting K=5, R=0.1: 12 of 50 steps; diffusers' K=3, R=0.2: 20 of 50), "
+    "whatever the threshold; the threshold range (0, 1e3) saturates"
+)
 
 METHOD = register(CacheMethod(
     name="magcache",
     families=frozenset(FAMILIES),
     knob="threshold",
-    knob_range=(0.0, 1.0),
+    knob_range=(0.0, 1e3),
+    knob_scale=0.01,
+    budget_limit=BUDGET_LIMIT,
+    config_id="family-KR:" + ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(FAMILY_DEFAULTS.items())),
     compute_grows_with_knob=False,
     never_skip=-1.0,
     apply=_apply,
@@ -128,5 +167,6 @@ METHOD = register(CacheMethod(
     cache_hits=_wrapped.cache_hits,
     calibrate=_calibrate,
     origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
-           "diffusers' calibrate=True mode; DiT through apply_mag_cache",
+           "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
+           "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
 ))

@@ -29,6 +29,11 @@ class PABBenchConfig:
         timestep_skip_range: diffusers default (100, 800) for every attention type; outside it always computes,
             so at T steps only the steps whose timestep falls inside can be skipped (caps the reachable budget).
 
+    Least compute (`METHOD.budget_limit`): PAB broadcasts attention outputs only — MLPs, norms, embedding and
+    output layers run at every step — and only inside the timestep window, so even N ≥ T (every in-window call
+    after the first reuses) saves at most the attention share of the in-window steps. Measured at T = 50 (N = 50): flux-tiny
+    K ≥ 42.5, dit-tiny K ≥ 38.9. K = 13 and K = 9 are far beyond PAB's design (it is an attention cache).
+
     Adapter (the hook's rule is untouched): diffusers keeps one state per attention module, so with CFG run as
     two calls (Flux true CFG, Wan, HunyuanVideo) the uncond call would count as the next iteration and reuse the
     cond call's attention. Here the hook's state is kept per cache context (`_wrapped.per_context_hook`), and
@@ -80,7 +85,13 @@ METHOD = register(CacheMethod(
     name="pab",
     families=frozenset(FAMILIES),
     knob="block_skip_range",
-    knob_values=(1, 2, 3, 4, 5, 6, 8),
+    knob_values=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 50),
+    knob_monotone=False,
+    budget_limit="PAB reuses attention outputs only (MLPs, norms, embedding and output layers always run) and only "
+                 "inside its timestep window (100, 800), so its saving is bounded by the attention share of the "
+                 "in-window steps; the values up to N=50 (every in-window call after the first reuses) reach that "
+                 "bound",
+    config_id="pyramid-N/2N/3N;window100-800;per-context",
     compute_grows_with_knob=False,
     never_skip=1,
     apply=_apply,

@@ -62,6 +62,12 @@ class SeaCacheBenchConfig:
 
     Args:
         threshold: the budget knob (diffusers default 0.25); 0 never skips (`distance >= 0` always computes).
+            The bench searches (0, 1e3), which saturates: every step the caps allow is skipped.
+
+    Least compute (`BUDGET_LIMIT`): with diffusers' defaults the first and the last step compute and at most
+    `max_consecutive_cached = 2` reuses follow each computed step, so a sample costs at least
+    `2 + ceil((T − 2)/3)` full steps — at T = 50, 18 (measured on flux-tiny: K ≥ 18.3 — the embedding and output
+    layers run at skipped steps too). K = 13 and K = 9 are beyond diffusers' SeaCache defaults, whatever the threshold.
 
     What the harness adds: WanPipeline passes `step_index`/`sigma`/`num_inference_steps` in `cache_context`;
     FluxPipeline and HunyuanVideoPipeline pass none (SeaCache would silently run fail-open, never skipping), so
@@ -106,11 +112,20 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     apply_seacache(pipe, SeaCacheBenchConfig(threshold=float(knob)))
 
 
+BUDGET_LIMIT = (
+    "SeaCache (diffusers defaults) computes the first retention_steps=1 and last cache_end_steps=1 steps and at "
+    "most max_consecutive_cached=2 reuses follow a computed step, so a sample costs at least 2 + ceil((T-2)/3) full "
+    "steps; the threshold range (0, 1e3) saturates"
+)
+
 METHOD = register(CacheMethod(
     name="seacache",
     families=frozenset({"flux", "wan", "hunyuan-video"}),
     knob="threshold",
-    knob_range=(0.0, 2.0),
+    knob_range=(0.0, 1e3),
+    knob_scale=0.01,
+    budget_limit=BUDGET_LIMIT,
+    config_id="diffusers-sea;r1;e1;c2;o1",
     compute_grows_with_knob=False,
     never_skip=0.0,
     apply=_apply,

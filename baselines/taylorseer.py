@@ -1,4 +1,4 @@
-"""TaylorSeer through diffusers' own hook (fixed interval, Taylor forecast of attention outputs), with the bench knob."""
+"""TaylorSeer through diffusers' own hook (fixed interval, Taylor forecast of attention and MLP outputs), with the bench knob."""
 
 from __future__ import annotations
 
@@ -12,8 +12,23 @@ from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 from . import _wrapped
 from .base import FAMILIES, CacheMethod, register
 
-# diffusers' default patterns (`^blocks.*attn`, …) are matched with re.fullmatch, so they miss attention modules
-# named `attn1` / `attn2` (Wan's blocks, DiT's BasicTransformerBlock): the same patterns, with an optional digit.
+# What TaylorSeer forecasts, as diffusers `cache_identifiers` / `skip_predict_identifiers` (re.fullmatch on module
+# names). The authors (`Shenyi-Z/TaylorSeer`, TaylorSeer-FLUX) forecast every block's attention and MLP outputs —
+# double-stream `img_attn`, `img_mlp`, `txt_attn`, `txt_mlp`; single-stream the fused `linear2` output ("total") —
+# and recompute only the cheap modulation on forecast steps. diffusers' default patterns cover attention only (and,
+# matched with fullmatch, miss `attn1` / `attn2`: Wan's blocks, DiT's BasicTransformerBlock), which leaves the MLPs —
+# most of a tiny FLUX step — running at every step. Here:
+# * forecast (active): each block's attention (`attn`, `attn1`, `attn2`) and MLPs (`ff`, `ff_context`, Wan's
+#   `ffn`) in the double-stream / single-stack blocks, and the single-stream blocks' `proj_out` (= "total");
+# * inactive (diffusers' "skip" mode: computed on full steps, zeros of the recorded shape on forecast steps): the
+#   single-stream blocks' `attn` and `proj_mlp`, whose outputs only feed the forecast `proj_out`.
+FORECAST_IDENTIFIERS = (
+    r"^blocks\.\d+\.(attn\d?|ffn|ff)",
+    r"^transformer_blocks\.\d+\.(attn\d?|ff|ff_context)",
+    r"^single_transformer_blocks\.\d+\.proj_out",
+)
+INACTIVE_IDENTIFIERS = (r"^single_transformer_blocks\.\d+\.(attn|proj_mlp)",)
+# diffusers' attention-only patterns with `attn1`/`attn2` (the bench's former setting; `forecast_mlp=False`).
 ATTENTION_IDENTIFIERS = (
     r"^blocks.*attn\d?",
     r"^transformer_blocks.*attn\d?",
@@ -26,34 +41,51 @@ class TaylorSeerBenchConfig:
     """TaylorSeer (Liu et al., arXiv 2503.06923) as benchmarked: diffusers' `TaylorSeerCacheConfig`.
 
     Rule (diffusers `taylorseer_cache.py`): steps `< disable_cache_before_step` compute; afterwards a step computes
-    when `(step − disable_cache_before_step − 1) % cache_interval == 0`; at the other steps every hooked attention
-    module returns its order-`max_order` Taylor forecast (finite differences over the previous computed steps)
-    instead of running. MLPs and norms always run — diffusers forecasts attention outputs only.
+    when `(step − disable_cache_before_step − 1) % cache_interval == 0` (and every step `>= disable_cache_after_step`
+    when set); at the other steps every hooked module returns its order-`max_order` Taylor forecast (finite
+    differences over the previous computed steps) instead of running.
 
     Args:
-        cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips).
-        disable_cache_before_step: warm-up steps, all computed (diffusers default 3).
+        cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
+            searches N = 1 … 50: N ≥ T − disable_cache_before_step − 1 computes only the warm-up and step
+            `disable_cache_before_step + 1` (the diffusers rule allows any N).
+        disable_cache_before_step: warm-up steps, all computed (diffusers default 3, kept).
+        disable_cache_after_step: diffusers default None (no cool-down; the paper has none), kept.
         max_order: Taylor order; 2 as in the paper's reported FLUX settings (N=4/O=2, N=7/O=2); diffusers' default is 1.
         taylor_factors_dtype: storage dtype of the factors; float32 here (diffusers' default bf16 would add a
             rounding error of its own to these fp32 models).
+        forecast_mlp: True (the authors' method): attention and MLP outputs are forecast (`FORECAST_IDENTIFIERS`,
+            `INACTIVE_IDENTIFIERS`); False: diffusers' attention-only default (`ATTENTION_IDENTIFIERS`), whose
+            forecast steps still run every MLP — on flux-tiny that bounds the compute at K ≥ 36.8 of 50.
 
-    Differences from diffusers' defaults, both stated above: the attention patterns also match `attn1`/`attn2`
-    (`ATTENTION_IDENTIFIERS`), and `max_order` / dtype. State is per cache context and per module; the schedule
-    is fixed, so a batch behaves like its samples run alone.
+    Least compute (`BUDGET_LIMIT`): the warm-up steps and step `before + 1` (the rule's first refresh) compute, and
+    forecast steps still run the norms / timestep modulation and the embedding and output layers, so a sample
+    costs at least `before + 1 + (T − before − 1)·m` full steps (m = that share of a step, a few %). Measured at
+    T = 50: flux-tiny K ≥ 4.8 (N = 50), N = 5 → 13.6, N = 10 → 8.7 (K = 13 and K = 9 reached); dit-tiny K ≥ 5.1,
+    N = 5 → 13.9, N = 6 → 11.9, N = 10 → 9.0 — K = 9 is reached, K = 13 falls between two intervals (an integer
+    interval moves the compute in steps of a few K; the nearest budgets are reported).
+
+    Differences from diffusers' defaults, all stated above: the module patterns, `max_order`, dtype. State is per
+    cache context and per module; the schedule is fixed, so a batch behaves like its samples run alone.
     """
 
     cache_interval: int = 5
     disable_cache_before_step: int = 3
+    disable_cache_after_step: int | None = None
     max_order: int = 2
     taylor_factors_dtype: torch.dtype = torch.float32
+    forecast_mlp: bool = True
 
     def diffusers_config(self) -> TaylorSeerCacheConfig:
+        active = FORECAST_IDENTIFIERS if self.forecast_mlp else ATTENTION_IDENTIFIERS
         return TaylorSeerCacheConfig(
             cache_interval=self.cache_interval,
             disable_cache_before_step=self.disable_cache_before_step,
+            disable_cache_after_step=self.disable_cache_after_step,
             max_order=self.max_order,
             taylor_factors_dtype=self.taylor_factors_dtype,
-            cache_identifiers=list(ATTENTION_IDENTIFIERS),
+            cache_identifiers=list(active),
+            skip_predict_identifiers=list(INACTIVE_IDENTIFIERS) if self.forecast_mlp else None,
         )
 
 
@@ -76,16 +108,25 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     apply_taylorseer(pipe, TaylorSeerBenchConfig(cache_interval=int(knob)))
 
 
+BUDGET_LIMIT = (
+    "TaylorSeer computes its disable_cache_before_step=3 warm-up steps and step 4 (its first refresh), and its "
+    "forecast steps still run the norms, timestep modulation, embedding and output layers; the interval values "
+    "1..50 reach that floor"
+)
+
 METHOD = register(CacheMethod(
     name="taylorseer",
     families=frozenset(FAMILIES),
     knob="cache_interval",
-    knob_values=(1, 2, 3, 4, 5, 6, 7, 8),
+    knob_values=tuple(range(1, 51)),
+    budget_limit=BUDGET_LIMIT,
+    config_id="attn+mlp;before3;after-none;O2;f32",
     compute_grows_with_knob=False,
     never_skip=1,
     apply=_apply,
     remove=remove_taylorseer,
     cache_hits=_wrapped.cache_hits,
-    origin="diffusers 0.42 TaylorSeerCacheConfig hook, wrapped; attention patterns widened to attn1/attn2, "
-           "max_order 2 (paper), float32 factors; DiT through apply_taylorseer_cache in a default cache context",
+    origin="diffusers 0.42 TaylorSeerCacheConfig hook, wrapped; forecasts attention and MLP outputs as the authors "
+           "do (diffusers' default: attention only), max_order 2 (paper), float32 factors; DiT through "
+           "apply_taylorseer_cache in a default cache context",
 ))

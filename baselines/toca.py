@@ -45,9 +45,15 @@ class ToCaConfig:
     cache-age bonus (`soft_fresh_weight`, 0 in their ToCa mode) are not ported: the fresh ratio is constant.
 
     Args:
-        interval: N, a full step every N steps. 1 never skips.
+        interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any
+            N; N ≥ T − 3 computes only the warm-up). The authors report N up to 12 (ToCa N=12 on FLUX).
         fresh_ratio: share of tokens recomputed per token-wise module on ToCa steps (authors: 0.1).
         first_enhance: the first steps always full (authors' ToCa mode: 3).
+
+    Least compute (`METHOD.budget_limit`): the `first_enhance` steps, plus every ToCa step's partial work (the fresh
+    tokens' MLP rows, the norms, modulation, embedding and output layers) — at T = 50 on flux-tiny K ≥ 6.8
+    (N = 50), dit-tiny K ≥ 7.0. K = 13 and K = 9 are reached on both (flux-tiny N = 6 → 13.3, N = 18 → 8.7;
+    dit-tiny N = 6 → 13.4, N = 18 → 8.8); K = 9 needs intervals beyond the former 1 … 10.
     """
 
     interval: int = 5
@@ -160,7 +166,11 @@ METHOD = register(CacheMethod(
     name="toca",
     families=frozenset(FAMILIES),
     knob="interval",
-    knob_values=tuple(range(1, 11)),
+    knob_values=tuple(range(1, 51)),
+    budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
+                 "fresh_ratio=0.1 of the tokens of each MLP plus the norms, modulation, embedding and output layers; "
+                 "the interval values 1..50 reach that floor",
+    config_id="fe3;fresh0.1;similarity",
     compute_grows_with_knob=False,
     never_skip=1,
     apply=_apply,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -16,7 +17,7 @@ from filelock import FileLock
 from harness.gates import write_json_atomic
 
 DEFAULT_TOLERANCE = 0.05
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `limit` in the unreachable message; cache keys carry the knob signature
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,9 @@ def _within(measured: float, budget: float, tol: float) -> bool:
     return abs(measured - budget) <= tol * budget
 
 
-def _finish(method: str, budget: float, knob: str, evals: dict[float, float], tol: float) -> BudgetMatch:
+def _finish(
+    method: str, budget: float, knob: str, evals: dict[float, float], tol: float, limit: str = ""
+) -> BudgetMatch:
     pairs = sorted(evals.items())
     best_v, best_m = min(pairs, key=lambda p: (abs(p[1] - budget), p[0]))
     if _within(best_m, budget, tol):
@@ -65,12 +68,33 @@ def _finish(method: str, budget: float, knob: str, evals: dict[float, float], to
         nearest.append(max(below, key=lambda p: p[1]))
     if above:
         nearest.append(min(above, key=lambda p: p[1]))
-    hit = ", ".join(f"K={m:.3g} at {knob}={v:.6g}" for v, m in nearest)
-    msg = (
-        f"{method} cannot reach budget K={budget:g} within {tol:.0%}: the nearest budgets it can hit are "
-        f"{hit or 'none'} (measured compute over {len(pairs)} knob values)"
-    )
+    if below and above:
+        hit = ", ".join(f"K={m:.3g} at {knob}={v:.6g}" for v, m in nearest)
+        msg = (
+            f"{method} cannot reach budget K={budget:g} within {tol:.0%}: the nearest budgets it can hit are "
+            f"{hit} (measured compute over {len(pairs)} knob values)"
+        )
+    else:  # the budget lies beyond everything the whole knob range reaches: the method's own bound
+        (v, m), side = nearest[0], ("least" if above else "most")
+        msg = (
+            f"{method} cannot reach budget K={budget:g} within {tol:.0%}: the nearest budgets it can hit are K={m:.3g} "
+            f"at {knob}={v:.6g}, the {side} compute its whole knob range reaches (measured compute over {len(pairs)} "
+            f"knob values)"
+        )
+        if limit:
+            msg += f" — {limit}"
     return BudgetMatch(method, budget, knob, best_v, best_m, False, tol, pairs, nearest, msg)
+
+
+def _warp(scale: float | None) -> tuple[Callable[[float], float], Callable[[float], float]]:
+    """(to, back): the coordinate bisection halves. Linear, or `asinh(v / scale)` — linear below `scale`,
+    logarithmic above it — so one range can span a threshold's useful values and its saturation (1e3 …)."""
+    if scale is None:
+        return (lambda v: v), (lambda u: u)
+    s = float(scale)
+    if not s > 0:
+        raise ValueError(f"knob_scale must be positive, got {scale}")
+    return (lambda v: math.asinh(v / s)), (lambda u: s * math.sinh(u))
 
 
 def search_knob(
@@ -84,12 +108,19 @@ def search_knob(
     compute_grows_with_knob: bool = False,
     tol: float = DEFAULT_TOLERANCE,
     max_evals: int = 16,
+    knob_scale: float | None = None,
+    monotone: bool = True,
+    limit: str = "",
 ) -> BudgetMatch:
     """Find the knob value whose measured compute (`measure(value)`, in full computations) matches `budget`.
 
-    Discrete knobs (`knob_values`) are searched exhaustively; a continuous knob (`knob_range`) is bisected,
-    assuming compute is monotone in the knob (increasing iff `compute_grows_with_knob`). Stops as soon as
-    the measured compute is within `tol` (relative) of the budget; reports the nearest budgets otherwise.
+    A continuous knob (`knob_range`) is bisected, assuming compute is monotone in the knob (increasing iff
+    `compute_grows_with_knob`); with `knob_scale` the bisection halves `asinh(knob / knob_scale)` instead of the
+    knob, so a wide range (a threshold up to its saturation) costs few evaluations. Discrete knobs (`knob_values`)
+    are bisected over their sorted values when `monotone`, else searched exhaustively. Stops as soon as the
+    measured compute is within `tol` (relative) of the budget; reports the nearest budgets otherwise, and when
+    the budget lies beyond what the whole knob range reaches, says so with `limit` (why the method's compute
+    is bounded there).
     """
     if budget <= 0:
         raise ValueError(f"budget must be positive, got {budget}")
@@ -101,26 +132,52 @@ def search_knob(
             evals[v] = float(measure(v))
         return evals[v]
 
+    def done() -> BudgetMatch:
+        return _finish(method, budget, knob, evals, tol, limit)
+
     if knob_values is not None:
-        if not list(knob_values):
+        values = sorted(float(v) for v in knob_values)
+        if not values:
             raise ValueError(f"{method}: knob_values is empty")
-        for v in knob_values:
-            ev(v)
-        return _finish(method, budget, knob, evals, tol)
+        if not monotone:
+            for v in values:
+                ev(v)
+            return done()
+        # index bisection; `small`/`large`: the indices giving less / more compute
+        small, large = (0, len(values) - 1) if compute_grows_with_knob else (len(values) - 1, 0)
+        for end in (small, large):
+            if _within(ev(values[end]), budget, tol):
+                return done()
+        if not (evals[values[small]] < budget < evals[values[large]]):
+            return done()
+        while abs(small - large) > 1:
+            mid = (small + large) // 2
+            m = ev(values[mid])
+            if _within(m, budget, tol):
+                for near in (mid - 1, mid + 1):  # a neighbour may be closer still (the exhaustive search's pick)
+                    if 0 <= near < len(values):
+                        ev(values[near])
+                break
+            if m < budget:
+                small = mid
+            else:
+                large = mid
+        return done()
     if knob_range is None:
         raise ValueError(f"{method}: give knob_range (continuous) or knob_values (discrete)")
     lo, hi = float(knob_range[0]), float(knob_range[1])
     if not lo < hi:
         raise ValueError(f"{method}: knob_range must be (lo, hi) with lo < hi, got {knob_range}")
+    to, back = _warp(knob_scale)
     # `small`/`large`: the knob ends giving less / more compute.
     small, large = (lo, hi) if compute_grows_with_knob else (hi, lo)
     for end in (small, large):
         if _within(ev(end), budget, tol):
-            return _finish(method, budget, knob, evals, tol)
+            return done()
     if not (evals[small] < budget < evals[large]):
-        return _finish(method, budget, knob, evals, tol)
+        return done()
     while len(evals) < max_evals:
-        mid = (small + large) / 2
+        mid = back((to(small) + to(large)) / 2)
         m = ev(mid)
         if _within(m, budget, tol):
             break
@@ -128,7 +185,42 @@ def search_knob(
             small = mid
         else:
             large = mid
-    return _finish(method, budget, knob, evals, tol)
+    return done()
+
+
+def search_method(method: Any, measure: Callable[[float], float], budget: float,
+                  tol: float = DEFAULT_TOLERANCE) -> BudgetMatch:
+    """`search_knob` with the knob description of a `baselines.base.CacheMethod`."""
+    return search_knob(
+        measure,
+        budget,
+        method=method.name,
+        knob=method.knob,
+        knob_range=method.knob_range,
+        knob_values=method.knob_values,
+        compute_grows_with_knob=method.compute_grows_with_knob,
+        tol=tol,
+        knob_scale=getattr(method, "knob_scale", None),
+        monotone=getattr(method, "knob_monotone", True),
+        limit=getattr(method, "budget_limit", ""),
+    )
+
+
+def knob_signature(method: Any) -> str:
+    """A short hash of everything that decides a method's knob search (knob, range / values, scale, direction,
+    monotonicity, its fixed settings `config_id`, the search format): part of the budget-cache key, so a search
+    cached under an older knob range or method setting is never reused."""
+    desc = {
+        "format": FORMAT_VERSION,
+        "knob": method.knob,
+        "range": None if method.knob_range is None else [float(v) for v in method.knob_range],
+        "values": None if method.knob_values is None else [float(v) for v in method.knob_values],
+        "grows": bool(method.compute_grows_with_knob),
+        "scale": getattr(method, "knob_scale", None),
+        "monotone": getattr(method, "knob_monotone", True),
+        "config": getattr(method, "config_id", ""),
+    }
+    return "s" + hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _lock(path: Path) -> FileLock:
@@ -146,16 +238,21 @@ def load_cache(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
     return data if isinstance(data, dict) else {}
 
 
+def _current(entry: Any) -> bool:
+    """A cached search written by this format (older entries are searched again and overwritten)."""
+    return isinstance(entry, dict) and entry.get("format") == FORMAT_VERSION
+
+
 def cached_search(cache_path: str | os.PathLike[str], key: str, search: Callable[[], BudgetMatch]) -> BudgetMatch:
     """`search()` once per `key`: the result is stored in the JSON file `cache_path` (atomic write under a
     lock, so parallel workers neither collide nor repeat the search) and reused afterwards."""
     p = Path(cache_path)
     found = load_cache(p).get(key)
-    if found is not None:
+    if _current(found):
         return BudgetMatch.from_dict(found)
     with _lock(p):
         data = load_cache(p)
-        if key in data:
+        if _current(data.get(key)):
             return BudgetMatch.from_dict(data[key])
         result = search()
         data[key] = result.to_dict()

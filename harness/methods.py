@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.budget import BudgetMatch, cached_search, search_knob
+from harness.budget import BudgetMatch, cached_search, knob_signature, search_method
 from harness.context import (  # noqa: F401  (re-exported: the registry's public surface)
     DEFAULT_CACHE_DIR,
     ModelContext,
@@ -94,12 +94,19 @@ class DPCacheMethod(BenchMethod):
     def __init__(self, first_full_steps: int = DPCACHE_FIRST_FULL, order: int = DPCACHE_ORDER) -> None:
         self.first_full_steps, self.order = first_full_steps, order
 
+    def settings(self, ctx: ModelContext) -> tuple[int, int]:
+        """(first_full_steps, last_full_steps) for this model: the spec's released settings (Wan I2V: 4, 1)
+        override this method's defaults (FLUX's released 3, 0)."""
+        own = getattr(ctx.spec, "dpcache", None) or {}
+        return int(own.get("first_full_steps", self.first_full_steps)), int(own.get("last_full_steps", 0))
+
     def supports(self, family: str) -> tuple[bool, str]:
         return True, ""
 
     def cost_path(self, ctx: ModelContext) -> Path:
-        n = len(ctx.calibration_prompts)
-        return ctx.cache_dir / "dpcache" / f"{ctx.key('taylor', f'o{self.order}', f'n{n}')}.safetensors"
+        n, (first, last) = len(ctx.calibration_prompts), self.settings(ctx)
+        tag = ctx.key("taylor", f"o{self.order}", f"n{n}", *([f"m{first}l{last}"] if (first, last) != (3, 0) else []))
+        return ctx.cache_dir / "dpcache" / f"{tag}.safetensors"
 
     def cost_tensor(self, ctx: ModelContext) -> Any:
         """The model's cost tensor: calibrated once per model + T + predictor, then reused from disk."""
@@ -122,7 +129,8 @@ class DPCacheMethod(BenchMethod):
                 model_id=ctx.spec.name,
                 prompt_to_kwargs=lambda p: ctx.kwargs(p),
                 work_dir=path.parent / f"{path.stem}.parts",
-                first_full_steps=self.first_full_steps,
+                first_full_steps=self.settings(ctx)[0],
+                last_full_steps=self.settings(ctx)[1],
                 progress=ctx.progress,
                 out=path,
             )
@@ -133,7 +141,8 @@ class DPCacheMethod(BenchMethod):
     def schedule(self, ctx: ModelContext, budget: int) -> list[int]:
         from dpcache import plan
 
-        return list(plan(self.cost_tensor(ctx), budget, first_full_steps=self.first_full_steps).key_steps)
+        first, last = self.settings(ctx)
+        return list(plan(self.cost_tensor(ctx), budget, first_full_steps=first, last_full_steps=last).key_steps)
 
     def configure(self, ctx: ModelContext, budget: int) -> Configured:
         from dpcache import DPCacheConfig, apply_dpcache, dpcache_stats, remove_dpcache
@@ -143,21 +152,24 @@ class DPCacheMethod(BenchMethod):
             steps = self.schedule(ctx, budget)
         except DPCacheError as e:
             raise UnreachableBudget(f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
+        first, last = self.settings(ctx)
         cfg = DPCacheConfig(
             num_inference_steps=ctx.num_steps,
             schedule=steps,
-            first_full_steps=self.first_full_steps,
+            first_full_steps=first,
+            last_full_steps=last,
             order=self.order,
         )
+        tag_knobs = {"M": first, "O": self.order} | ({"L": last} if last else {})
         return Configured(
             "dpcache",
             budget,
             ctx.num_steps,
-            config_tag("dpcache", budget, M=self.first_full_steps, O=self.order),
+            config_tag("dpcache", budget, **tag_knobs),
             apply=lambda: apply_dpcache(ctx.pipe, cfg),
             remove=lambda: remove_dpcache(ctx.pipe),
             cache_hits=lambda: sum(s.cache_hits for s in dpcache_stats(ctx.pipe).values()),
-            knobs={"M": self.first_full_steps, "O": self.order},
+            knobs=tag_knobs,
             schedule=steps,
             is_cache=True,
         )
@@ -222,19 +234,9 @@ class BaselineMethod(BenchMethod):
         artifacts = self.artifacts(ctx)
         m = self.method
         n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
-        key = ctx.key(self.name, f"K{budget}", f"n{n}")
+        key = ctx.key(self.name, knob_signature(m), f"K{budget}", f"n{n}")
         return cached_search(
-            ctx.cache_dir / "budgets.json",
-            key,
-            lambda: search_knob(
-                self._measure(ctx, artifacts),
-                budget,
-                method=self.name,
-                knob=m.knob,
-                knob_range=m.knob_range,
-                knob_values=m.knob_values,
-                compute_grows_with_knob=m.compute_grows_with_knob,
-            ),
+            ctx.cache_dir / "budgets.json", key, lambda: search_method(m, self._measure(ctx, artifacts), budget)
         )
 
     def configure(self, ctx: ModelContext, budget: int) -> Configured:

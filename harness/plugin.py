@@ -20,6 +20,7 @@ MARKERS = {
     "quality": "quality of a method at a budget against the stored full-step reference",
     "calibration": "calibration of a model (cost tensor built, metadata checked)",
     "schedule": "schedules planned per budget (snapshot)",
+    "runtime": "what users hit in practice: another step count, a batch of two, guidance branches",
     "gpu": "needs a CUDA device (skipped without one)",
     "nightly": "long-running, full-scale (nightly GPU workflow)",
 }

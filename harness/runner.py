@@ -46,18 +46,25 @@ def cache_check(record: ResultRecord) -> str | None:
 
 
 def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
-    """Prompt adherence by the zoo classifier: per prompt, the fraction of the attributes it names (digit,
-    colour, background) that the image shows; plus each attribute's and the all-three fraction as extras."""
-    if spec.scale == "full" or spec.family not in ("flux", "dit"):
-        why = "the zoo's prompt-adherence classifier reads the tiny digit-scene models only"
+    """Prompt adherence by the zoo's checks: per prompt, the fraction of the attributes it names (digit,
+    colour, background; for video digit, colour, direction of motion) that the output shows; plus each
+    attribute's and the all-three fraction as extras."""
+    if spec.scale != "tiny":
+        why = "the zoo's prompt-adherence checks read the tiny digit-scene models only"
         return Unavailable(why, "adherence"), {}
+    video = images.dim() == 5
     try:
-        from harness.zoo.classifier import prompt_adherence
+        if video:  # digit / colour / direction of motion, read by the zoo's video checks
+            from harness.zoo.measure_video import adherence as video_adherence
 
-        res = prompt_adherence(images, list(prompts))
+            res = video_adherence(list(images), [str(p) for p in prompts])
+        else:
+            from harness.zoo.classifier import prompt_adherence
+
+            res = prompt_adherence(images, list(prompts))
     except FileNotFoundError as e:
         return Unavailable(str(e), "adherence"), {}
-    attrs = ("digit", "colour", "background")
+    attrs = ("digit", "colour", "direction") if video else ("digit", "colour", "background")
     per = [sum(float(r[a]) for a in attrs if a in r) / sum(1 for a in attrs if a in r) for r in res["per_prompt"]]
     extras = {f"adherence_{k}": float(res[k]) for k in (*attrs, "all") if res.get(k) is not None}
     return MetricResult("adherence", sum(per) / len(per), tuple(per), {"criterion": "attribute fraction"}), extras
@@ -289,6 +296,12 @@ class BenchSession:
 
         d = self.artifacts_dir / record.model / record.config_tag
         d.mkdir(parents=True, exist_ok=True)
+        if images.dim() == 5:  # video: a strip of up to five evenly spaced frames per prompt
+            f = images.shape[1]
+            for j in sorted({round(x * (f - 1) / 4) for x in range(5)}):
+                for i, arr in enumerate(_to_uint8_images(images[:, j])):
+                    Image.fromarray(arr).save(d / f"prompt{i:02d}_f{j:02d}.png")
+            return
         for i, arr in enumerate(_to_uint8_images(images)):
             Image.fromarray(arr).save(d / f"prompt{i:02d}.png")
 

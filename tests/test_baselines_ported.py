@@ -174,3 +174,15 @@ def test_registry_lists_ported_methods():
         assert name in methods
     assert methods["easycache"].supports("flux")[0] is False
     assert "video" in methods["easycache"].supports("dit")[1]
+
+
+def test_budget_knobs_reach_each_methods_own_floor():
+    """Issue #5: interval knobs go up to T = 50 (the rules allow any interval), DiCache's threshold up to its
+    saturation, and each method states why its compute is bounded (quoted when a budget is unreachable)."""
+    for name in ("dicache", "fora", "toca", "delta-dit"):
+        m = get_method(name)
+        assert m.budget_limit and m.config_id, name
+        if m.knob_range is not None:
+            assert m.knob_range[1] >= 1e3 and m.knob_scale, name
+        else:
+            assert list(m.knob_values) == list(range(1, 51)) and m.knob_monotone, name

@@ -150,3 +150,32 @@ def test_cfg_branches_keep_separate_state(method, family):
     assert per_branch["cond"], per_branch
     assert per_branch["cond"] == per_branch["uncond"], per_branch
     assert torch.isfinite(out).all()
+
+
+def test_budget_knobs_reach_each_methods_own_floor():
+    """Issue #5: the knob ranges go as far as each method's rule allows (thresholds up to saturation, intervals up
+    to T = 50), and a method says why its compute is bounded (quoted when a budget is unreachable)."""
+    for name in METHODS:
+        m = get_method(name)
+        assert m.budget_limit and m.config_id, name
+        if m.knob_range is not None:
+            assert m.knob_range[1] >= 1e3 and m.knob_scale, name
+        else:
+            assert max(m.knob_values) >= 50, name
+
+
+@pytest.mark.parametrize("family", ["flux", "dit"])
+def test_taylorseer_forecasts_mlps_as_the_authors_do(family):
+    """On a forecast step no block MLP runs (the authors forecast attention and MLP outputs; diffusers' default
+    patterns would forecast attention only). interval 2, warm-up 3, T = 10: steps 0, 1, 2, 4, 6, 8 compute."""
+    pipe = _family(family)[0]
+    block = _wrapped.block_modules(pipe.transformer)[0]
+    counter = {"n": 0}
+    handle = _wrapped.first_linear(block.ff).register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    try:
+        with _Applied("taylorseer", family, 2) as (_, call):
+            call(generators(0), T)
+    finally:
+        handle.remove()
+    branches = 1 if family == "dit" else 2
+    assert counter["n"] == 6 * branches

@@ -52,11 +52,12 @@ def test_out_of_range_budget_is_unreachable():
 
 def test_exhaustive_discrete_knob():
     measure = lambda i: float(math.ceil(T / i))  # noqa: E731  interval i: one full step in i
-    r = search_knob(measure, 13, knob="interval", knob_values=[1, 2, 3, 4, 5, 6])
+    r = search_knob(measure, 13, knob="interval", knob_values=[1, 2, 3, 4, 5, 6], monotone=False)
     assert r.reachable and r.value == 4 and r.measured == 13
     assert len(r.evaluations) == 6
-    bad = search_knob(measure, 21, knob="interval", knob_values=[1, 2, 3, 4])
-    assert not bad.reachable and sorted(m for _, m in bad.nearest) == [17.0, 25.0]
+    for monotone in (False, True):  # a gap between two values: both neighbours are reported
+        bad = search_knob(measure, 21, knob="interval", knob_values=[1, 2, 3, 4], monotone=monotone)
+        assert not bad.reachable and sorted(m for _, m in bad.nearest) == [17.0, 25.0]
 
 
 def test_bad_arguments():
@@ -82,3 +83,66 @@ def test_cached_search_runs_once_and_writes_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["m-K13"]["reachable"] is True
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_scaled_bisection_resolves_small_thresholds_in_a_wide_range():
+    """A threshold whose useful values are ~0.01..0.3 but which saturates only near 1e3: the asinh-warped bisection
+    still lands within 5% of K in the evaluation budget; the linear one over the same range does not."""
+
+    def sat(v: float) -> float:  # 50 at 0, K=13 near 0.075, floor 12 at saturation (v >= 500)
+        return max(12.0, 50.0 - 500.0 * min(v, 0.076)) if v < 500 else 12.0
+
+    r = search_knob(sat, 13, knob_range=(0.0, 1e3), knob_scale=0.01)
+    assert r.reachable and abs(r.measured - 13) <= 0.65 and len(r.evaluations) <= 16
+    assert not search_knob(sat, 13, knob_range=(0.0, 1e3)).reachable
+
+
+def test_unreachable_below_the_floor_names_the_limit_and_the_least_compute():
+    r = search_knob(lambda v: 20.0 if v > 0 else 50.0, 9, method="capped", knob="threshold",
+                    knob_range=(0.0, 1e3), knob_scale=0.01, limit="warm-up and skip cap")
+    assert not r.reachable and [m for _, m in r.nearest] == [20.0]
+    assert "nearest budgets it can hit are K=20 at threshold=1000, the least compute its whole knob range" in r.message
+    assert r.message.endswith("warm-up and skip cap")
+    gap = search_knob(lambda v: 20.0 if v < 0.5 else 10.0, 15, knob_range=(0.0, 1.0), limit="never shown")
+    assert "never shown" not in gap.message  # a gap inside the range is not the method's bound
+
+
+def test_monotone_discrete_knob_is_bisected():
+    measure_calls = []
+
+    def measure(i):
+        measure_calls.append(i)
+        return float(math.ceil(T / i))
+
+    r = search_knob(measure, 9, knob="interval", knob_values=range(1, 51))
+    assert r.reachable and abs(r.measured - 9) <= 0.45 and len(measure_calls) <= 8
+    r = search_knob(measure, 0.5, knob="interval", knob_values=range(1, 51), limit="interval cap")
+    assert not r.reachable and r.nearest == [(50.0, 1.0)] and "interval cap" in r.message
+    calls = []
+    exhaustive = search_knob(lambda i: calls.append(i) or float(math.ceil(T / i)), 9, knob_values=range(1, 11),
+                             monotone=False)
+    assert len(calls) == 10 and exhaustive.reachable
+
+
+def test_knob_signature_changes_with_the_knob_range_and_settings():
+    from dataclasses import replace
+
+    from baselines.base import get_method
+    from harness.budget import knob_signature
+
+    m = get_method("magcache")
+    sig = knob_signature(m)
+    assert sig == knob_signature(replace(m))
+    assert sig != knob_signature(replace(m, knob_range=(0.0, 1.0)))
+    assert sig != knob_signature(replace(m, knob_scale=None))
+    assert sig != knob_signature(replace(m, config_id="other"))
+    assert len({knob_signature(x) for x in __import__("baselines.base").base.load_all().values()}) > 1
+
+
+def test_cached_search_ignores_entries_of_an_older_format(tmp_path):
+    path = tmp_path / "budgets.json"
+    stale = search_knob(smooth, 13, method="fake", knob="threshold", knob_range=(0.0, 1.0)).to_dict()
+    stale["format"], stale["value"] = 1, 123.0
+    path.write_text(json.dumps({"m-K13": stale}))
+    r = cached_search(path, "m-K13", lambda: search_knob(smooth, 13, knob_range=(0.0, 1.0)))
+    assert r.value != 123.0 and json.loads(path.read_text())["m-K13"]["format"] == 2

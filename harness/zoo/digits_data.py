@@ -32,6 +32,10 @@ BACKGROUND_NAMES: list[str] = COLOUR_NAMES + list(TEXTURES)
 DIGIT_NAMES: list[str] = [str(d) for d in range(10)]
 PROMPT_WORDS: list[str] = ["a", "on", "background", *COLOUR_NAMES, *TEXTURES, *DIGIT_NAMES]
 IMAGE_SIZE = 32
+# What the generators train on: the same scenes with the digit drawn larger (18–24 px rather than
+# 14–22) from the more typical half of each class's glyphs. The VAE and classifier train on the wider
+# default distribution, so they read everything a generator can draw.
+GENERATOR_SCENES: dict = {"digit_sizes": (18, 25), "typical_only": True}
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,18 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1)
+def _typical() -> np.ndarray:
+    """Indices of the half of each class's glyphs closest (L2) to the class mean."""
+    images, targets = _digits()
+    keep = []
+    for d in range(10):
+        idx = np.flatnonzero(targets == d)
+        dist = ((images[idx] - images[idx].mean(0)) ** 2).sum((1, 2))
+        keep.append(idx[dist <= np.median(dist)])
+    return np.sort(np.concatenate(keep))
+
+
 @functools.cache
 def _texture(name: str) -> np.ndarray:
     import skimage.data
@@ -141,10 +157,16 @@ def _stroke_mask(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(1.2 - dist, 0, 1) * 0.8
 
 
-def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE, index: int | None = None) -> np.ndarray:
-    """One (size, size, 3) float32 image in [0, 1] showing ``scene``; randomness from ``rng``."""
+def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE, index: int | None = None,
+           digit_sizes: tuple[int, int] = (14, 23), typical_only: bool = False) -> np.ndarray:
+    """One (size, size, 3) float32 image in [0, 1] showing ``scene``; randomness from ``rng``.
+
+    The digit's side is drawn from ``digit_sizes`` (half-open, pixels at size 32, scaled with ``size``);
+    ``typical_only`` draws the glyph from the typical half of its class (see ``GENERATOR_SCENES``).
+    """
     images, targets = _digits()
-    candidates = np.flatnonzero(targets == scene.digit)
+    pool = _typical() if typical_only else np.arange(len(targets))
+    candidates = pool[targets[pool] == scene.digit]
     idx = int(candidates[rng.integers(len(candidates))]) if index is None else index
     img = _background(scene.background, rng, size)
     for _ in range(int(rng.integers(1, 3))):
@@ -152,7 +174,8 @@ def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE, index
         col = np.asarray(COLOURS[other[int(rng.integers(len(other)))]], np.float32)
         m = _stroke_mask(rng, size)[..., None]
         img = img * (1 - m) + col * m
-    dsize = int(rng.integers(14, 23))
+    lo, hi = (max(4, round(v * size / IMAGE_SIZE)) for v in digit_sizes)
+    dsize = min(size, int(rng.integers(lo, hi)))
     glyph = _resize(images[idx], dsize)
     alpha = np.clip((glyph - 0.15) * 1.8, 0, 1)[..., None]
     y = int(rng.integers(0, size - dsize + 1))
@@ -163,8 +186,12 @@ def render(scene: Scene, rng: np.random.Generator, size: int = IMAGE_SIZE, index
     return np.clip(img, 0, 1).astype(np.float32)
 
 
-def sample_scenes(n: int, seed: int, size: int = IMAGE_SIZE, texture_prob: float = 0.35) -> tuple[np.ndarray, list[Scene]]:
-    """``n`` random scenes: images (n, size, size, 3) in [0, 1] and their Scene labels."""
+def sample_scenes(n: int, seed: int, size: int = IMAGE_SIZE, texture_prob: float = 0.35,
+                  **render_kw) -> tuple[np.ndarray, list[Scene]]:
+    """``n`` random scenes: images (n, size, size, 3) in [0, 1] and their Scene labels.
+
+    ``render_kw`` go to ``render`` (e.g. ``**GENERATOR_SCENES``).
+    """
     rng = np.random.default_rng(seed)
     out = np.empty((n, size, size, 3), np.float32)
     scenes: list[Scene] = []
@@ -177,6 +204,6 @@ def sample_scenes(n: int, seed: int, size: int = IMAGE_SIZE, texture_prob: float
             bgs = [c for c in COLOUR_NAMES if c != colour]
             bg = bgs[int(rng.integers(len(bgs)))]
         s = Scene(digit, colour, bg)
-        out[i] = render(s, rng, size)
+        out[i] = render(s, rng, size, **render_kw)
         scenes.append(s)
     return out, scenes

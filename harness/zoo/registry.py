@@ -73,6 +73,7 @@ class ModelSpec:
     static_prompts: tuple[tuple, tuple] | None = None
     scheduler_class: str | None = None  # swap the stored scheduler for this class (same config)
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
+    dpcache: dict[str, Any] = field(default_factory=dict)  # released DPCache settings (first/last full steps)
 
     @property
     def path(self) -> str | None:
@@ -169,7 +170,8 @@ def _specs() -> list[ModelSpec]:
         ModelSpec("wan2.1-i2v-14b-720p", "wan", "full", "WanImageToVideoPipeline", 50, 3.0, 832, 832, num_frames=81,
                   input_kind="text+image", hub_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
                   dir_name="Wan2.1-I2V-14B-720P-Diffusers", dtype="bfloat16",
-                  static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION)),
+                  static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION),
+                  dpcache={"first_full_steps": 4, "last_full_steps": 1}),
         ModelSpec("hunyuan-video", "hunyuan-video", "full", "HunyuanVideoPipeline", 50, 6.0, 720, 1280,
                   num_frames=129, hub_id="hunyuanvideo-community/HunyuanVideo", dir_name="HunyuanVideo",
                   dtype="bfloat16", static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION)),

@@ -1,12 +1,12 @@
 """Reproducible CPU training of the tiny image pipelines: ``python -m harness.zoo.train NAME``.
 
 NAME is ``vae`` (the shared AutoencoderKL, saved under ``harness/zoo/weights/vae-tiny``),
-``flux-tiny`` (rectified flow on the FluxPipeline's packed latents, prompt dropout for CFG; the committed
-weights are stage 1 plus ``python -m harness.zoo.train flux-tiny --resume``, 1800 + 900 iterations) or
-``dit-tiny`` (DiT's DDPM objective with v-prediction — ε did not converge in the CPU budget — and
-10% null-class dropout for CFG). Text encoders stay frozen
-at their seeded random initialisation. Fixed seed, fixed iteration count, one thread: rerunning gives
-the same weights. The transformers keep an EMA of their weights, which is what gets saved.
+``flux-tiny`` (rectified flow on the FluxPipeline's packed latents, prompt dropout for CFG, 6000
+iterations) or ``dit-tiny`` (DiT's DDPM objective with v-prediction — ε did not converge in the CPU
+budget — and 10% null-class dropout for CFG, 6000 iterations). Both train on
+``digits_data.GENERATOR_SCENES``. Text encoders stay frozen at their seeded random initialisation.
+Fixed seed, fixed iteration count, one thread: rerunning gives the same weights. The
+transformers keep an EMA of their weights, which is what gets saved.
 """
 
 from __future__ import annotations
@@ -88,9 +88,9 @@ def load_vae(seed: int = 0):
 
 
 @torch.no_grad()
-def encode_scenes(vae, n: int, seed: int) -> tuple[torch.Tensor, list[digits_data.Scene]]:
+def encode_scenes(vae, n: int, seed: int, **render_kw) -> tuple[torch.Tensor, list[digits_data.Scene]]:
     """Posterior means of ``n`` fresh scenes (unscaled latents)."""
-    images, scenes = digits_data.sample_scenes(n, seed=seed)
+    images, scenes = digits_data.sample_scenes(n, seed=seed, **render_kw)
     x = to_tensor(images)
     z = torch.cat([vae.encode(x[i : i + 512]).latent_dist.mean for i in range(0, n, 512)])
     return z, scenes
@@ -116,7 +116,7 @@ def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
     return peak * min(1.0, (it + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * it / iters)) * 0.9 + 0.1)
 
 
-def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 24000, lr: float = 1e-3,
+def train_flux(seed: int = 0, iters: int = 6000, batch: int = 64, n_data: int = 40000, lr: float = 1e-3,
                resume: bool = False) -> dict:
     """Rectified flow for flux-tiny on the pipeline's own packed latents and prompt embeddings.
 
@@ -137,7 +137,7 @@ def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 
         pipe.register_modules(transformer=pipe.transformer)
         seed, lr = seed + 7, lr * 0.5
     sf, shift = vae.config.scaling_factor, vae.config.shift_factor
-    z, scenes = encode_scenes(vae, n_data, seed=seed + 200)
+    z, scenes = encode_scenes(vae, n_data, seed=seed + 200, **digits_data.GENERATOR_SCENES)
     z = (z - shift) * sf
     b, c, h, w = z.shape
     packed = pipe._pack_latents(z, b, c, h, w)
@@ -181,7 +181,7 @@ def train_flux(seed: int = 0, iters: int = 1800, batch: int = 64, n_data: int = 
     return {"train_seconds": time.time() - t0, "iters": iters, "batch": batch, "final_loss": float(np.mean(losses[-200:]))}
 
 
-def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 24000, lr: float = 1e-3) -> dict:
+def train_dit(seed: int = 0, iters: int = 6000, batch: int = 64, n_data: int = 40000, lr: float = 1e-3) -> dict:
     """DiT's DDPM objective (v-prediction, see dit_tiny.PREDICTION_TYPE) on labels 0–9, 10% null-class dropout."""
     from harness.zoo import dit_tiny
 
@@ -190,7 +190,7 @@ def train_dit(seed: int = 0, iters: int = 1400, batch: int = 64, n_data: int = 2
     pipe = dit_tiny.build_pipeline(seed=seed)
     pipe.vae = vae
     pipe.register_modules(vae=vae)
-    z, scenes = encode_scenes(vae, n_data, seed=seed + 300)
+    z, scenes = encode_scenes(vae, n_data, seed=seed + 300, **digits_data.GENERATOR_SCENES)
     z = z * vae.config.scaling_factor
     labels = torch.tensor([s.digit for s in scenes])
     ac = pipe.scheduler.alphas_cumprod.float()
@@ -248,7 +248,6 @@ def main(argv: list[str] | None = None) -> None:
         train_vae(**kw)
         info: dict = {}
     elif args.name == "flux-tiny":
-        # the committed flux-tiny = stage 1 (1800 iterations) then `--resume` (900 more)
         info = train_flux(**({"iters": 900} | kw), resume=True) if args.resume else train_flux(**kw)
         info["stage"] = 2 if args.resume else 1
     elif args.name == "dit-tiny":
