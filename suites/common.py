@@ -163,6 +163,24 @@ def gate_record(session: Any, gate: Any, record: Any, metrics: tuple[str, ...]) 
          metrics=metrics, log=first)
 
 
+def suite_hooks(suite: Suite) -> tuple[Any, Any, Any]:
+    """A suite conftest's three members, bound to `suite`: `pytest_generate_tests`,
+    `pytest_collection_modifyitems` and the session fixture `suite_session`."""
+
+    def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+        generate_tests(suite, metafunc)
+
+    def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+        group_items(suite, config, items)
+
+    @pytest.fixture(scope="session", name="suite_session")
+    def suite_session(bench_options: Any, pytestconfig: pytest.Config) -> Any:
+        """The suite model's `BenchSession`; skips with the registry's reason when its weights are absent."""
+        return open_session(suite, bench_options, pytestconfig)
+
+    return pytest_generate_tests, pytest_collection_modifyitems, suite_session
+
+
 def load_schedules(suite: Suite) -> dict[str, Any]:
     path = suite.schedules_file
     return json.loads(path.read_text()) if path.is_file() else {}

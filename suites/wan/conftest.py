@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-from suites.common import Suite, generate_tests, group_items, open_session
+from suites.common import Suite, suite_hooks
 
 SUITE = Suite(
     "wan",
@@ -19,15 +17,4 @@ SUITE = Suite(
 )
 
 
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    generate_tests(SUITE, metafunc)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    group_items(SUITE, config, items)
-
-
-@pytest.fixture(scope="session")
-def suite_session(bench_options, pytestconfig):
-    """The suite model's `BenchSession`; skips with the registry's reason when its weights are absent."""
-    return open_session(SUITE, bench_options, pytestconfig)
+pytest_generate_tests, pytest_collection_modifyitems, suite_session = suite_hooks(SUITE)
