@@ -189,7 +189,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     return f"dpcache: scale={o.scale} budgets={o.budgets or 'suite'} methods={o.methods or 'suite'} steps={o.steps or 'suite'}"
 
 
+@pytest.hookimpl(trylast=True)  # after the suites' conftests have added their xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _regroup_for_xdist(config, items)
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if not gpu_items:
         return
@@ -299,6 +301,23 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         return failures
 
     return _gate
+
+
+def _regroup_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make `--dist loadgroup` group again under pytest ≥ 9.2: xdist 3.8 appends `@<group>` to
+    `item._nodeid`, which pytest 9.2 no longer reads (node ids live in `item._id`), so every group was
+    silently scattered over the workers (each then loaded and sampled the same model again)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # older pytest: xdist's own suffix works
+        return
+    for item in items:
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        if names and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

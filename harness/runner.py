@@ -61,6 +61,8 @@ def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dic
         else:
             from harness.zoo.classifier import prompt_adherence
 
+            if spec.input_kind == "class_label":  # DiT is asked for the digit only: colour is its own choice
+                prompts = [int(spec.pipeline_kwargs(p)["class_labels"][0]) for p in prompts]
             res = prompt_adherence(images, list(prompts))
     except FileNotFoundError as e:
         return Unavailable(str(e), "adherence"), {}

@@ -170,6 +170,9 @@ def suite_hooks(suite: Suite) -> tuple[Any, Any, Any]:
     def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         generate_tests(suite, metafunc)
 
+    # tryfirst: xdist's worker turns the xdist_group marker into the `@group` node-id suffix in this same
+    # hook; conftests load before xdist's worker plugin, so without it the marker would come too late
+    @pytest.hookimpl(tryfirst=True)
     def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
         group_items(suite, config, items)
 
