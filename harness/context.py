@@ -85,6 +85,14 @@ def counting_transformer(pipe: Any) -> Iterator[_CountingTransformer]:
         object.__setattr__(pipe, "transformer", real)
 
 
+def output_tensor(out: Any) -> Any:
+    """A pipeline output (`output_type="pt"`) as a float CPU tensor: images (N,C,H,W) or video (N,F,C,H,W)."""
+    import torch
+
+    x = out.images if hasattr(out, "images") else out.frames
+    return torch.as_tensor(x).detach().float().cpu()
+
+
 @dataclass
 class ModelContext:
     """One loaded model as the methods see it: its spec, pipeline, T, prompts, seeds and cache directory."""
@@ -124,9 +132,7 @@ class ModelContext:
             output_type="pt",
             **self.kwargs(prompt, steps),
         )
-        x = out.images if hasattr(out, "images") else out.frames
-        x = torch.as_tensor(x).detach().float().cpu()
-        return x
+        return output_tensor(out)
 
     def transformer_flops(self, prompt: Any, seed: int, steps: int | None = None) -> tuple[int, Any]:
         """(transformer FLOPs, output) of one sample."""

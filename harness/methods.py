@@ -121,6 +121,7 @@ class DPCacheMethod(BenchMethod):
         with FileLock(str(path) + ".lock", timeout=7200):
             if path.is_file():
                 return CostTensor.load(path)
+            first, last = self.settings(ctx)
             return calibrate(
                 ctx.pipe,
                 list(ctx.calibration_prompts),
@@ -129,8 +130,8 @@ class DPCacheMethod(BenchMethod):
                 model_id=ctx.spec.name,
                 prompt_to_kwargs=lambda p: ctx.kwargs(p),
                 work_dir=path.parent / f"{path.stem}.parts",
-                first_full_steps=self.settings(ctx)[0],
-                last_full_steps=self.settings(ctx)[1],
+                first_full_steps=first,
+                last_full_steps=last,
                 progress=ctx.progress,
                 out=path,
             )

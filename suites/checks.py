@@ -100,9 +100,10 @@ def batch_call(ctx: Any, prompts: list[Any], seeds: list[int], steps: int | None
         if "negative_prompt" in kw:
             kw["negative_prompt"] = [kw["negative_prompt"]] * len(prompts)
     gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+    from harness.context import output_tensor
+
     out = ctx.pipe(num_inference_steps=steps or ctx.num_steps, generator=gens, output_type="pt", **kw)
-    x = out.images if hasattr(out, "images") else out.frames
-    return torch.as_tensor(x).detach().float().cpu()
+    return output_tensor(out)
 
 
 def _dpcache(session: Any, budget: int) -> Any:
