@@ -88,7 +88,9 @@ class RowRunner:
         bound = self.signature.bind(*args, **kwargs)
         for name, value in bound.arguments.items():
             if (
-                isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == self.batch_size
+                isinstance(value, torch.Tensor)
+                and value.dim() > 0
+                and value.shape[0] == self.batch_size
                 and not any(r in name for r in self._RESERVED)
             ):
                 bound.arguments[name] = value[idx]
@@ -112,7 +114,9 @@ class BlockIO:
 
     def split(self, output) -> tuple[torch.Tensor, torch.Tensor | None]:
         if isinstance(output, tuple):
-            return output[self.meta.return_hidden_states_index], output[self.meta.return_encoder_hidden_states_index]
+            return output[self.meta.return_hidden_states_index], output[
+                self.meta.return_encoder_hidden_states_index
+            ]
         return output, None
 
     def build(self, hidden: torch.Tensor, encoder: torch.Tensor | None):
@@ -241,7 +245,8 @@ def block_submodules(block: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
     """A block's compute-heavy children: attention modules and token-wise MLP / projection modules, by name
     (FLUX / HunyuanVideo double and single blocks, Wan blocks, DiT's BasicTransformerBlock)."""
     return [
-        (name, child) for name, child in block.named_children()
+        (name, child)
+        for name, child in block.named_children()
         if name in ATTENTION_CHILDREN + TOKENWISE_CHILDREN and child is not None
     ]
 

@@ -53,8 +53,13 @@ class WrappedRun:
       (counted by a forward hook on the probe's first Linear, so it is the real computation that is counted).
     """
 
-    def __init__(self, pipe: Any, probes: Sequence[torch.nn.Module], step_metadata: bool = False,
-                 reset: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        probes: Sequence[torch.nn.Module],
+        step_metadata: bool = False,
+        reset: Callable[[], None] | None = None,
+    ) -> None:
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.step_metadata = step_metadata
@@ -197,7 +202,9 @@ def uninstall(pipe: Any, hook_names: Iterable[str] = ()) -> None:
     registry.invalidate_child_registries_cache()
 
 
-def apply_config(transformer: torch.nn.Module, config: Any, apply_fn: Callable[[torch.nn.Module, Any], None]) -> None:
+def apply_config(
+    transformer: torch.nn.Module, config: Any, apply_fn: Callable[[torch.nn.Module, Any], None]
+) -> None:
     """`transformer.enable_cache(config)` where the model has it, else diffusers' `apply_*` (DiT)."""
     if hasattr(transformer, "enable_cache"):
         transformer.enable_cache(config)
@@ -226,7 +233,9 @@ def per_context_hook(hook_cls: type, state_cls: type) -> type:
             return self._contexts.get_state()
 
         @state.setter
-        def state(self, value) -> None:  # the parent's initialize_hook assigns a fresh state: per context instead
+        def state(
+            self, value
+        ) -> None:  # the parent's initialize_hook assigns a fresh state: per context instead
             pass
 
         def reset_state(self, module):

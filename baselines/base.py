@@ -93,8 +93,20 @@ def register(method: CacheMethod) -> CacheMethod:
 
 
 _MODULES = (
-    "dicache", "omnicache", "teacache", "taylorseer", "fora", "toca", "delta_dit", "magcache",
-    "firstblockcache", "pab", "fastercache", "seacache", "easycache", "dbcache",
+    "dicache",
+    "omnicache",
+    "teacache",
+    "taylorseer",
+    "fora",
+    "toca",
+    "delta_dit",
+    "magcache",
+    "firstblockcache",
+    "pab",
+    "fastercache",
+    "seacache",
+    "easycache",
+    "dbcache",
 )
 
 

@@ -13,12 +13,16 @@ import torch
 from . import _wrapped
 from .base import FAMILIES, CacheMethod, register
 
-CACHE_DIT_VERSION = "1.5.3"  # pinned in pyproject's `harness` extra; installs next to torch 2.13 / diffusers 0.42.1
+CACHE_DIT_VERSION = (
+    "1.5.3"  # pinned in pyproject's `harness` extra; installs next to torch 2.13 / diffusers 0.42.1
+)
 _SEQUENTIAL_CFG = {"FluxPipeline", "WanPipeline", "HunyuanVideoPipeline"}
 
 
 def _cache_dit():
-    os.environ.setdefault("CACHE_DIT_LOG_LEVEL", "error")  # it logs its config and pattern checks on every enable
+    os.environ.setdefault(
+        "CACHE_DIT_LOG_LEVEL", "error"
+    )  # it logs its config and pattern checks on every enable
     import cache_dit
 
     for name in list(logging.root.manager.loggerDict):
@@ -74,11 +78,17 @@ class DBCacheBenchConfig:
         if warmup is None:
             warmup = max(1, round(8 * self.num_inference_steps / 50))
         return _cache_dit().DBCacheConfig(
-            Fn_compute_blocks=self.Fn_compute_blocks, Bn_compute_blocks=self.Bn_compute_blocks,
-            residual_diff_threshold=self.residual_diff_threshold, max_warmup_steps=warmup,
-            max_cached_steps=self.max_cached_steps, max_continuous_cached_steps=self.max_continuous_cached_steps,
-            num_inference_steps=self.num_inference_steps, enable_separate_cfg=separate_cfg,
-            steps_computation_mask=None if self.steps_computation_mask is None else list(self.steps_computation_mask),
+            Fn_compute_blocks=self.Fn_compute_blocks,
+            Bn_compute_blocks=self.Bn_compute_blocks,
+            residual_diff_threshold=self.residual_diff_threshold,
+            max_warmup_steps=warmup,
+            max_cached_steps=self.max_cached_steps,
+            max_continuous_cached_steps=self.max_continuous_cached_steps,
+            num_inference_steps=self.num_inference_steps,
+            enable_separate_cfg=separate_cfg,
+            steps_computation_mask=None
+            if self.steps_computation_mask is None
+            else list(self.steps_computation_mask),
         )
 
 
@@ -99,7 +109,10 @@ class _Snapshot:
     def restore(self, transformer: torch.nn.Module) -> None:
         transformer._modules.clear()
         transformer._modules.update(self.modules)
-        for attr, value in self.attrs.items():  # an earlier diffusers hook may have left an instance `forward`
+        for (
+            attr,
+            value,
+        ) in self.attrs.items():  # an earlier diffusers hook may have left an instance `forward`
             if value is not _MISSING:
                 setattr(transformer, attr, value)
             elif attr in vars(transformer):
@@ -141,19 +154,21 @@ BUDGET_LIMIT = (
     "(c = share of those blocks); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(CacheMethod(
-    name="dbcache",
-    families=frozenset(FAMILIES),
-    knob="residual_diff_threshold",
-    knob_range=(0.0, 1e3),
-    knob_scale=0.01,
-    budget_limit=BUDGET_LIMIT,
-    config_id="cache-dit-1.5.3;F1B0;W8@50;caps-1",
-    compute_grows_with_knob=False,
-    never_skip=0.0,
-    apply=_apply,
-    remove=remove_dbcache,
-    cache_hits=_wrapped.cache_hits,
-    origin=f"cache-dit {CACHE_DIT_VERSION} (pip package) DBCache, used as is (F1B0: Fn=1 for the tiny models, "
-           "warm-up scaled to T); harness adds only hit accounting and run resets",
-))
+METHOD = register(
+    CacheMethod(
+        name="dbcache",
+        families=frozenset(FAMILIES),
+        knob="residual_diff_threshold",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        budget_limit=BUDGET_LIMIT,
+        config_id="cache-dit-1.5.3;F1B0;W8@50;caps-1",
+        compute_grows_with_knob=False,
+        never_skip=0.0,
+        apply=_apply,
+        remove=remove_dbcache,
+        cache_hits=_wrapped.cache_hits,
+        origin=f"cache-dit {CACHE_DIT_VERSION} (pip package) DBCache, used as is (F1B0: Fn=1 for the tiny models, "
+        "warm-up scaled to T); harness adds only hit accounting and run resets",
+    )
+)

@@ -83,7 +83,9 @@ def delta_span(transformer: torch.nn.Module, span_blocks: int | None = None) -> 
     blocks = block_layout(transformer).blocks
     n = span_blocks if span_blocks is not None else max(1, len(blocks) // 2)
     if not 0 < n < len(blocks):
-        raise ValueError(f"Δ-DiT span of {n} blocks must leave at least one front block (model has {len(blocks)})")
+        raise ValueError(
+            f"Δ-DiT span of {n} blocks must leave at least one front block (model has {len(blocks)})"
+        )
     return blocks[-n:]
 
 
@@ -120,23 +122,24 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_delta_dit(pipe, DeltaDiTConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-
-METHOD = register(CacheMethod(
-    name="delta-dit",
-    families=frozenset(FAMILIES),
-    knob="interval",
-    knob_values=tuple(range(1, 51)),
-    budget_limit="Δ-DiT only ever skips its span (FLUX: the single-stream stack; single-stack models: the back "
-                 "half): the front blocks, embedding and output layers run at every step, so a sample costs at least "
-                 "1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
-    config_id="fe1;span-single-or-back-half",
-    compute_grows_with_knob=False,
-    never_skip=1,
-    apply=_apply,
-    remove=remove_delta_dit,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    origin=(
-        "ported from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer (FLUX: single-stream stack); "
-        "Wan/DiT: back half of the blocks; the paper's front/back stage switch is not ported"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="delta-dit",
+        families=frozenset(FAMILIES),
+        knob="interval",
+        knob_values=tuple(range(1, 51)),
+        budget_limit="Δ-DiT only ever skips its span (FLUX: the single-stream stack; single-stack models: the back "
+        "half): the front blocks, embedding and output layers run at every step, so a sample costs at least "
+        "1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
+        config_id="fe1;span-single-or-back-half",
+        compute_grows_with_knob=False,
+        never_skip=1,
+        apply=_apply,
+        remove=remove_delta_dit,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        origin=(
+            "ported from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer (FLUX: single-stream stack); "
+            "Wan/DiT: back half of the blocks; the paper's front/back stage switch is not ported"
+        ),
+    )
+)

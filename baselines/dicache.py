@@ -72,11 +72,15 @@ class DiCacheConfig:
     gamma_clip: tuple[float, float] = (1.0, 1.5)
 
     @classmethod
-    def for_family(cls, family: str, num_inference_steps: int, rel_l1_thresh: float | None = None) -> DiCacheConfig:
+    def for_family(
+        cls, family: str, num_inference_steps: int, rel_l1_thresh: float | None = None
+    ) -> DiCacheConfig:
         """The authors' settings for a model family (FLUX's for DiT, which they did not release)."""
         delta, clip, inclusive, last = FAMILY_DEFAULTS[family]
         thresh = delta if rel_l1_thresh is None else rel_l1_thresh
-        return cls(num_inference_steps, thresh, warmup_inclusive=inclusive, force_last_step=last, gamma_clip=clip)
+        return cls(
+            num_inference_steps, thresh, warmup_inclusive=inclusive, force_last_step=last, gamma_clip=clip
+        )
 
 
 class DiCacheState(SpanState):
@@ -124,8 +128,11 @@ class DiCacheHook(StepHook):
         probe = state.span_in  # the probe output p_t: the input of the first block after the probe
         state.probe_residual = probe - state.x_in
         forced = (
-            state.step < self.warmup_steps or (c.force_last_step and state.step == self.num_steps - 1)
-            or state.prev_probe is None or state.prev_probe.shape != probe.shape or state.counts is None
+            state.step < self.warmup_steps
+            or (c.force_last_step and state.step == self.num_steps - 1)
+            or state.prev_probe is None
+            or state.prev_probe.shape != probe.shape
+            or state.counts is None
         )
         compute = None
         if forced:
@@ -134,7 +141,9 @@ class DiCacheHook(StepHook):
             state.accumulated = state.accumulated + rel_rows(probe, state.prev_probe)
             if c.rel_l1_thresh > 0:
                 compute = (state.accumulated >= c.rel_l1_thresh) | (state.counts == 0)
-                state.accumulated = torch.where(compute, torch.zeros_like(state.accumulated), state.accumulated)
+                state.accumulated = torch.where(
+                    compute, torch.zeros_like(state.accumulated), state.accumulated
+                )
         state.prev_probe = probe
         return compute
 
@@ -189,15 +198,19 @@ def apply_dicache(module: torch.nn.Module | object, config: DiCacheConfig) -> No
     transformer = transformer_of(module)
     blocks = block_layout(transformer).blocks
     if len(blocks) <= config.probe_depth:
-        raise ValueError(f"DiCache's probe of {config.probe_depth} block(s) needs a deeper model ({len(blocks)} blocks)")
+        raise ValueError(
+            f"DiCache's probe of {config.probe_depth} block(s) needs a deeper model ({len(blocks)} blocks)"
+        )
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(_STEP_HOOK) is not None:
         raise RuntimeError("DiCache is already applied to this transformer; call remove_dicache first")
     manager = ContextStateManager(DiCacheState)
     hook = DiCacheHook(manager, config)
     registry.register_hook(hook, _STEP_HOOK)
-    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(DiCacheInputHook(manager), _BLOCK_HOOK)
-    attach_span(manager, blocks[config.probe_depth:], _BLOCK_HOOK, hook.decide, hook.finish)
+    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
+        DiCacheInputHook(manager), _BLOCK_HOOK
+    )
+    attach_span(manager, blocks[config.probe_depth :], _BLOCK_HOOK, hook.decide, hook.finish)
     refresh_hook_tree(transformer)
 
 
@@ -206,14 +219,17 @@ def remove_dicache(module: torch.nn.Module | object) -> None:
     remove_hooks(transformer_of(module), _STEP_HOOK, _BLOCK_HOOK)
 
 
-_FAMILY_OF = {"FluxTransformer2DModel": "flux", "WanTransformer3DModel": "wan",
-              "HunyuanVideoTransformer3DModel": "hunyuan-video", "DiTTransformer2DModel": "dit"}
+_FAMILY_OF = {
+    "FluxTransformer2DModel": "flux",
+    "WanTransformer3DModel": "wan",
+    "HunyuanVideoTransformer3DModel": "hunyuan-video",
+    "DiTTransformer2DModel": "dit",
+}
 
 
 def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
     family = _FAMILY_OF.get(type(transformer_of(pipe)).__name__, "flux")
     apply_dicache(pipe, DiCacheConfig.for_family(family, num_steps, knob))
-
 
 
 BUDGET_LIMIT = (
@@ -222,21 +238,23 @@ BUDGET_LIMIT = (
     "W + L + (T-W-L)·c full steps (c = the probe's share of a step); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(CacheMethod(
-    name="dicache",
-    families=frozenset(FAMILIES),
-    knob="rel_l1_thresh",
-    knob_range=(0.0, 1e3),
-    knob_scale=0.01,
-    budget_limit=BUDGET_LIMIT,
-    config_id="m1;warm0.2;family-defaults",
-    compute_grows_with_knob=False,
-    never_skip=0.0,
-    apply=_apply,
-    remove=remove_dicache,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    origin=(
-        "ported from Bujiazi/DiCache (probe m=1, delta_y error, trajectory-aligned reuse; the probe's block is "
-        "counted as compute, so the model needs >= 2 blocks); DiT uses FLUX's settings; Wan δ from code (0.08)"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="dicache",
+        families=frozenset(FAMILIES),
+        knob="rel_l1_thresh",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        budget_limit=BUDGET_LIMIT,
+        config_id="m1;warm0.2;family-defaults",
+        compute_grows_with_knob=False,
+        never_skip=0.0,
+        apply=_apply,
+        remove=remove_dicache,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        origin=(
+            "ported from Bujiazi/DiCache (probe m=1, delta_y error, trajectory-aligned reuse; the probe's block is "
+            "counted as compute, so the model needs >= 2 blocks); DiT uses FLUX's settings; Wan δ from code (0.08)"
+        ),
+    )
+)

@@ -46,7 +46,9 @@ class EasyCacheConfig:
     warmup_steps: int = 10
 
     @classmethod
-    def for_family(cls, family: str, num_inference_steps: int, thresh: float | None = None) -> EasyCacheConfig:
+    def for_family(
+        cls, family: str, num_inference_steps: int, thresh: float | None = None
+    ) -> EasyCacheConfig:
         """The authors' settings, the warm-up scaled from 50 steps to `num_inference_steps` (at least 1)."""
         tau, warm = FAMILY_DEFAULTS[family]
         warmup = max(1, round(warm * num_inference_steps / 50))
@@ -84,8 +86,11 @@ class EasyCacheHook(StepHook):
     def _decide(self, state: EasyCacheState, x: torch.Tensor):
         c = self.config
         forced = (
-            state.step < c.warmup_steps or state.step >= self.num_steps - 1 or c.thresh <= 0
-            or state.delta is None or state.delta.shape != x.shape
+            state.step < c.warmup_steps
+            or state.step >= self.num_steps - 1
+            or c.thresh <= 0
+            or state.delta is None
+            or state.delta.shape != x.shape
         )
         compute = None
         if forced:
@@ -126,7 +131,9 @@ class EasyCacheHook(StepHook):
     def _update(state: EasyCacheState, x: torch.Tensor, v: torch.Tensor, rows) -> None:
         """At computed rows: the rate k against the previous computed step, then the new Δ and reference."""
         if state.computed_output is not None and state.computed_output.shape == v.shape:
-            rate = _mean_rows(v - state.computed_output) / _mean_rows(x - state.computed_input).clamp_min(1e-12)
+            rate = _mean_rows(v - state.computed_output) / _mean_rows(x - state.computed_input).clamp_min(
+                1e-12
+            )
         else:
             rate = torch.full((v.shape[0],), float("nan"), device=v.device)
         if rows is None or state.rate is None:
@@ -170,22 +177,25 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_easycache(pipe, EasyCacheConfig.for_family(family, num_steps, knob))
 
 
+_IMAGE = (
+    "EasyCache is a video cache (authors' code: Wan2.1, HunyuanVideo); its warm-up and τ are tuned for video"
+)
 
-_IMAGE = "EasyCache is a video cache (authors' code: Wan2.1, HunyuanVideo); its warm-up and τ are tuned for video"
-
-METHOD = register(CacheMethod(
-    name="easycache",
-    families=frozenset({"wan", "hunyuan-video"}),
-    knob="thresh",
-    knob_range=(0.0, 5.0),
-    compute_grows_with_knob=False,
-    never_skip=0.0,
-    apply=_apply,
-    remove=remove_easycache,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    unsupported={"flux": _IMAGE, "dit": _IMAGE},
-    origin=(
-        "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
-        "(authors: the conditional branch decides for both)"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="easycache",
+        families=frozenset({"wan", "hunyuan-video"}),
+        knob="thresh",
+        knob_range=(0.0, 5.0),
+        compute_grows_with_knob=False,
+        never_skip=0.0,
+        apply=_apply,
+        remove=remove_easycache,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        unsupported={"flux": _IMAGE, "dit": _IMAGE},
+        origin=(
+            "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
+            "(authors: the conditional branch decides for both)"
+        ),
+    )
+)

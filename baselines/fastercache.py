@@ -78,8 +78,10 @@ def apply_fastercache(pipe: Any, config: FasterCacheBenchConfig) -> None:
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # "purely experimental" warning on every apply
     try:
-        with mock.patch.object(_fc, "FasterCacheBlockHook", _PerContextBlockHook), \
-                mock.patch.object(_fc, "FasterCacheDenoiserHook", _PerContextDenoiserHook):
+        with (
+            mock.patch.object(_fc, "FasterCacheBlockHook", _PerContextBlockHook),
+            mock.patch.object(_fc, "FasterCacheDenoiserHook", _PerContextDenoiserHook),
+        ):
             _wrapped.apply_config(transformer, diffusers_config, apply_faster_cache)
     finally:
         diffusers_logging.set_verbosity(level)
@@ -98,21 +100,23 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     apply_fastercache(pipe, FasterCacheBenchConfig(spatial_attention_block_skip_range=int(knob)))
 
 
-METHOD = register(CacheMethod(
-    name="fastercache",
-    families=frozenset(FAMILIES),
-    knob="spatial_attention_block_skip_range",
-    knob_values=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 50),
-    knob_monotone=False,
-    budget_limit="FasterCache (attention part) reuses spatial self-attention outputs only (MLPs, norms, embedding "
-                 "and output layers always run) and only inside its timestep window (-1, 681), so its saving is "
-                 "bounded by the self-attention share of the in-window steps; the values up to N=50 reach that bound",
-    config_id="attention-part;window-1-681;w0.5;per-context",
-    compute_grows_with_knob=False,
-    never_skip=1,
-    apply=_apply,
-    remove=remove_fastercache,
-    cache_hits=_wrapped.cache_hits,
-    origin="diffusers 0.42 FasterCacheConfig hooks, wrapped; attention-reuse part only (is_guidance_distilled=True) "
-           "because its CFG part needs [uncond, cond]-batched CFG; thin adapter keeps hook state per cache context",
-))
+METHOD = register(
+    CacheMethod(
+        name="fastercache",
+        families=frozenset(FAMILIES),
+        knob="spatial_attention_block_skip_range",
+        knob_values=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 50),
+        knob_monotone=False,
+        budget_limit="FasterCache (attention part) reuses spatial self-attention outputs only (MLPs, norms, embedding "
+        "and output layers always run) and only inside its timestep window (-1, 681), so its saving is "
+        "bounded by the self-attention share of the in-window steps; the values up to N=50 reach that bound",
+        config_id="attention-part;window-1-681;w0.5;per-context",
+        compute_grows_with_knob=False,
+        never_skip=1,
+        apply=_apply,
+        remove=remove_fastercache,
+        cache_hits=_wrapped.cache_hits,
+        origin="diffusers 0.42 FasterCacheConfig hooks, wrapped; attention-reuse part only (is_guidance_distilled=True) "
+        "because its CFG part needs [uncond, cond]-batched CFG; thin adapter keeps hook state per cache context",
+    )
+)

@@ -65,19 +65,21 @@ BUDGET_LIMIT = (
     "1 + (T-1)·c0 full steps (c0 = block 0's share of a step); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(CacheMethod(
-    name="firstblockcache",
-    families=frozenset(FAMILIES),
-    knob="threshold",
-    knob_range=(0.0, 1e3),
-    knob_scale=0.01,
-    budget_limit=BUDGET_LIMIT,
-    config_id="diffusers-fbc",
-    compute_grows_with_knob=False,
-    never_skip=-1.0,
-    apply=_apply,
-    remove=remove_firstblockcache,
-    cache_hits=_wrapped.cache_hits,
-    origin="diffusers 0.42 FirstBlockCacheConfig hook (ParaAttention's First Block Cache), wrapped unchanged; "
-           "DiT gets it through apply_first_block_cache in a default cache context",
-))
+METHOD = register(
+    CacheMethod(
+        name="firstblockcache",
+        families=frozenset(FAMILIES),
+        knob="threshold",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        budget_limit=BUDGET_LIMIT,
+        config_id="diffusers-fbc",
+        compute_grows_with_knob=False,
+        never_skip=-1.0,
+        apply=_apply,
+        remove=remove_firstblockcache,
+        cache_hits=_wrapped.cache_hits,
+        origin="diffusers 0.42 FirstBlockCacheConfig hook (ParaAttention's First Block Cache), wrapped unchanged; "
+        "DiT gets it through apply_first_block_cache in a default cache context",
+    )
+)

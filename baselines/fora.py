@@ -69,7 +69,9 @@ class FORAStepHook(StepHook):
         self.config = config
 
     def forward_step(self, module: torch.nn.Module, state: FORAState, args: tuple, kwargs: dict):
-        state.full = interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        state.full = (
+            interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        )
         if not state.full:
             state.hits += batch_rows(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -114,7 +116,9 @@ def apply_fora(module: torch.nn.Module | object, config: FORAConfig) -> None:
     key = 0
     for block in block_layout(transformer).blocks:
         for _, child in block_submodules(block):
-            HookRegistry.check_if_exists_or_initialize(child).register_hook(FORAModuleHook(manager, key), _MODULE_HOOK)
+            HookRegistry.check_if_exists_or_initialize(child).register_hook(
+                FORAModuleHook(manager, key), _MODULE_HOOK
+            )
             key += 1
     refresh_hook_tree(transformer)
 
@@ -128,19 +132,20 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_fora(pipe, FORAConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-
-METHOD = register(CacheMethod(
-    name="fora",
-    families=frozenset(FAMILIES),
-    knob="interval",
-    knob_values=tuple(range(1, 51)),
-    budget_limit="FORA computes its first_enhance=1 step in full, and cached steps still run the norms, modulation, "
-                 "embedding and output layers; the interval values 1..50 reach that floor",
-    config_id="fe1;attn+mlp",
-    compute_grows_with_knob=False,
-    never_skip=1,
-    apply=_apply,
-    remove=remove_fora,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
-))
+METHOD = register(
+    CacheMethod(
+        name="fora",
+        families=frozenset(FAMILIES),
+        knob="interval",
+        knob_values=tuple(range(1, 51)),
+        budget_limit="FORA computes its first_enhance=1 step in full, and cached steps still run the norms, modulation, "
+        "embedding and output layers; the interval values 1..50 reach that floor",
+        config_id="fe1;attn+mlp",
+        compute_grows_with_knob=False,
+        never_skip=1,
+        apply=_apply,
+        remove=remove_fora,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
+    )
+)

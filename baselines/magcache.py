@@ -25,8 +25,12 @@ FAMILY_DEFAULTS = {
     "wan": (3, 0.2),  # diffusers' MagCacheConfig defaults (the authors' Wan script takes K, R from its CLI)
     "dit": (5, 0.1),  # no authors' DiT script: FLUX's image settings (as DiCache here)
 }
-_FAMILY_OF = {"FluxTransformer2DModel": "flux", "WanTransformer3DModel": "wan",
-              "HunyuanVideoTransformer3DModel": "hunyuan-video", "DiTTransformer2DModel": "dit"}
+_FAMILY_OF = {
+    "FluxTransformer2DModel": "flux",
+    "WanTransformer3DModel": "wan",
+    "HunyuanVideoTransformer3DModel": "hunyuan-video",
+    "DiTTransformer2DModel": "dit",
+}
 
 
 @dataclass
@@ -66,16 +70,20 @@ class MagCacheBenchConfig:
     retention_ratio: float = 0.2
 
     @classmethod
-    def for_family(cls, family: str, num_inference_steps: int, mag_ratios: Sequence[float],
-                   threshold: float = 0.06) -> MagCacheBenchConfig:
+    def for_family(
+        cls, family: str, num_inference_steps: int, mag_ratios: Sequence[float], threshold: float = 0.06
+    ) -> MagCacheBenchConfig:
         """The authors' K and R for a model family (`FAMILY_DEFAULTS`)."""
         k, r = FAMILY_DEFAULTS[family]
         return cls(num_inference_steps, mag_ratios, threshold, max_skip_steps=k, retention_ratio=r)
 
     def diffusers_config(self) -> MagCacheConfig:
         return MagCacheConfig(
-            threshold=self.threshold, max_skip_steps=self.max_skip_steps, retention_ratio=self.retention_ratio,
-            num_inference_steps=self.num_inference_steps, mag_ratios=list(self.mag_ratios),
+            threshold=self.threshold,
+            max_skip_steps=self.max_skip_steps,
+            retention_ratio=self.retention_ratio,
+            num_inference_steps=self.num_inference_steps,
+            mag_ratios=list(self.mag_ratios),
         )
 
 
@@ -101,7 +109,9 @@ def calibrate_magcache(pipe: Any, num_steps: int, run_prompts) -> dict:
     """
     transformer = pipe.transformer
     probes = _wrapped.block_modules(transformer)
-    _wrapped.apply_config(transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_steps), apply_mag_cache)
+    _wrapped.apply_config(
+        transformer, MagCacheConfig(calibrate=True, num_inference_steps=num_steps), apply_mag_cache
+    )
     _wrapped.install(pipe, probes)
     tail = probes[-1]
     hook = HookRegistry.check_if_exists_or_initialize(tail).get_hook(_MAG_CACHE_BLOCK_HOOK)
@@ -124,8 +134,12 @@ def calibrate_magcache(pipe: Any, num_steps: int, run_prompts) -> dict:
             per_step[i % num_steps].append(r)
     if any(not v for v in per_step):
         raise RuntimeError(f"MagCache calibration saw fewer than {num_steps} steps per run")
-    return {"mag_ratios": [sum(v) / len(v) for v in per_step], "num_steps": num_steps,
-            "contexts": sorted(runs), "source": "diffusers MagCacheConfig(calibrate=True)"}
+    return {
+        "mag_ratios": [sum(v) / len(v) for v in per_step],
+        "num_steps": num_steps,
+        "contexts": sorted(runs),
+        "source": "diffusers MagCacheConfig(calibrate=True)",
+    }
 
 
 def _calibrate(pipe: Any, calibration: Calibration) -> dict:
@@ -143,7 +157,9 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     if not artifacts or "mag_ratios" not in artifacts:
         raise ValueError("MagCache needs calibrated `mag_ratios` (run the method's calibrate first)")
     family = _FAMILY_OF.get(type(pipe.transformer).__name__, "wan")
-    apply_magcache(pipe, MagCacheBenchConfig.for_family(family, num_steps, artifacts["mag_ratios"], float(knob)))
+    apply_magcache(
+        pipe, MagCacheBenchConfig.for_family(family, num_steps, artifacts["mag_ratios"], float(knob))
+    )
 
 
 BUDGET_LIMIT = (
@@ -152,21 +168,23 @@ BUDGET_LIMIT = (
     "whatever the threshold; the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(CacheMethod(
-    name="magcache",
-    families=frozenset(FAMILIES),
-    knob="threshold",
-    knob_range=(0.0, 1e3),
-    knob_scale=0.01,
-    budget_limit=BUDGET_LIMIT,
-    config_id="family-KR:" + ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(FAMILY_DEFAULTS.items())),
-    compute_grows_with_knob=False,
-    never_skip=-1.0,
-    apply=_apply,
-    remove=remove_magcache,
-    cache_hits=_wrapped.cache_hits,
-    calibrate=_calibrate,
-    origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
-           "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
-           "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
-))
+METHOD = register(
+    CacheMethod(
+        name="magcache",
+        families=frozenset(FAMILIES),
+        knob="threshold",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        budget_limit=BUDGET_LIMIT,
+        config_id="family-KR:" + ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(FAMILY_DEFAULTS.items())),
+        compute_grows_with_knob=False,
+        never_skip=-1.0,
+        apply=_apply,
+        remove=remove_magcache,
+        cache_hits=_wrapped.cache_hits,
+        calibrate=_calibrate,
+        origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
+        "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
+        "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
+    )
+)

@@ -62,9 +62,13 @@ class OmniCacheConfig:
         """The full-compute steps, sorted."""
         T, K = self.num_inference_steps, min(max(int(self.compute_steps), 1), self.num_inference_steps)
         if self.curvature is None or len(self.curvature) != T:
-            return tuple(sorted({int(round(v)) for v in np.linspace(0, T - 1, K)} | {0}))[:K] if K > 1 else (0,)
+            return (
+                tuple(sorted({int(round(v)) for v in np.linspace(0, T - 1, K)} | {0}))[:K] if K > 1 else (0,)
+            )
         w = np.asarray(self.curvature, dtype=np.float64)
-        w = np.maximum(w, 0) + 1e-3 * max(float(w.mean()), 1e-12)  # a floor, so straight stretches still get steps
+        w = np.maximum(w, 0) + 1e-3 * max(
+            float(w.mean()), 1e-12
+        )  # a floor, so straight stretches still get steps
         cum = np.cumsum(w)
         picks = {0} | {int(np.searchsorted(cum, (j + 0.5) * cum[-1] / K)) for j in range(K)}
         picks = sorted(min(p, T - 1) for p in picks)
@@ -166,9 +170,13 @@ def calibrate_omnicache(pipe, calibration: Calibration) -> dict:
     kappa = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
     idx = np.flatnonzero(counts)
     kappa = np.interp(np.arange(T), idx, kappa[idx])  # the end steps take their neighbour's curvature
-    artifacts = {"method": "omnicache", "model": calibration.model_name, "num_steps": T,
-                 "curvature": [float(v) for v in kappa],
-                 "recipe": "mean|R_{t+1} - 2R_t + R_{t-1}| / mean|R_t| of the whole-stack residual, full compute"}
+    artifacts = {
+        "method": "omnicache",
+        "model": calibration.model_name,
+        "num_steps": T,
+        "curvature": [float(v) for v in kappa],
+        "recipe": "mean|R_{t+1} - 2R_t + R_{t-1}| / mean|R_t| of the whole-stack residual, full compute",
+    }
     out_dir = Path(calibration.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"omnicache-{calibration.model_name}-T{T}.json").write_text(json.dumps(artifacts))
@@ -186,20 +194,21 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_omnicache(pipe, OmniCacheConfig(num_steps, compute_steps, curvature, schedule_source=source))
 
 
-
-METHOD = register(CacheMethod(
-    name="omnicache",
-    families=frozenset(FAMILIES),
-    knob="compute_fraction",
-    knob_range=(0.0, 1.0),
-    compute_grows_with_knob=True,
-    never_skip=1.0,
-    apply=_apply,
-    remove=remove_omnicache,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    calibrate=calibrate_omnicache,
-    origin=(
-        "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule + EMA noise "
-        "filter of the reused whole-stack residual are our interpretation of the paper's description"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="omnicache",
+        families=frozenset(FAMILIES),
+        knob="compute_fraction",
+        knob_range=(0.0, 1.0),
+        compute_grows_with_knob=True,
+        never_skip=1.0,
+        apply=_apply,
+        remove=remove_omnicache,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        calibrate=calibrate_omnicache,
+        origin=(
+            "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule + EMA noise "
+            "filter of the reused whole-stack residual are our interpretation of the paper's description"
+        ),
+    )
+)

@@ -20,7 +20,12 @@ from diffusers.utils.torch_utils import unwrap_module
 from . import _wrapped
 from .base import CacheMethod, register
 
-_HOOKS = (_SEA_CACHE_POST_NORM_HOOK, _SEA_CACHE_BLOCK_HOOK, _SEA_CACHE_LEADER_BLOCK_HOOK, _SEA_CACHE_ROOT_HOOK)
+_HOOKS = (
+    _SEA_CACHE_POST_NORM_HOOK,
+    _SEA_CACHE_BLOCK_HOOK,
+    _SEA_CACHE_LEADER_BLOCK_HOOK,
+    _SEA_CACHE_ROOT_HOOK,
+)
 DIT_REASON = (
     "SeaCache's SEA filter is built on the flow-matching interpolation x_t = (1−σ)x_0 + σ·ε with the scheduler's "
     "σ ∈ [0, 1]; DiT samples with DDIM (variance-preserving ᾱ_t), which has no such σ — mapping one would be our "
@@ -30,7 +35,11 @@ DIT_REASON = (
 
 def flux_raw_vision(module: torch.nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor] | None:
     """FLUX's packed latent tokens (B, h·w, 4C) unpacked to one (C, 1, 2h, 2w) latent per sample."""
-    bound = inspect.signature(unwrap_module(module).__class__.forward).bind_partial(module, *args, **kwargs).arguments
+    bound = (
+        inspect.signature(unwrap_module(module).__class__.forward)
+        .bind_partial(module, *args, **kwargs)
+        .arguments
+    )
     hidden, img_ids = bound.get("hidden_states"), bound.get("img_ids")
     if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or img_ids is None:
         return None
@@ -86,9 +95,13 @@ class SeaCacheBenchConfig:
 
     def diffusers_config(self, raw_vision_callback=None) -> SeaCacheConfig:
         return SeaCacheConfig(
-            threshold=self.threshold, residual_order=self.residual_order, retention_steps=self.retention_steps,
-            cache_end_steps=self.cache_end_steps, max_consecutive_cached=self.max_consecutive_cached,
-            power_exp=self.power_exp, raw_vision_callback=raw_vision_callback,
+            threshold=self.threshold,
+            residual_order=self.residual_order,
+            retention_steps=self.retention_steps,
+            cache_end_steps=self.cache_end_steps,
+            max_consecutive_cached=self.max_consecutive_cached,
+            power_exp=self.power_exp,
+            raw_vision_callback=raw_vision_callback,
         )
 
 
@@ -118,20 +131,22 @@ BUDGET_LIMIT = (
     "steps; the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(CacheMethod(
-    name="seacache",
-    families=frozenset({"flux", "wan", "hunyuan-video"}),
-    knob="threshold",
-    knob_range=(0.0, 1e3),
-    knob_scale=0.01,
-    budget_limit=BUDGET_LIMIT,
-    config_id="diffusers-sea;r1;e1;c2;o1",
-    compute_grows_with_knob=False,
-    never_skip=0.0,
-    apply=_apply,
-    remove=remove_seacache,
-    cache_hits=_wrapped.cache_hits,
-    unsupported={"dit": DIT_REASON},
-    origin="diffusers 0.42 SeaCacheConfig hook, wrapped unchanged; step/sigma metadata from the scheduler and a "
-           "latent callback for Flux and HunyuanVideo (their pipelines pass neither)",
-))
+METHOD = register(
+    CacheMethod(
+        name="seacache",
+        families=frozenset({"flux", "wan", "hunyuan-video"}),
+        knob="threshold",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        budget_limit=BUDGET_LIMIT,
+        config_id="diffusers-sea;r1;e1;c2;o1",
+        compute_grows_with_knob=False,
+        never_skip=0.0,
+        apply=_apply,
+        remove=remove_seacache,
+        cache_hits=_wrapped.cache_hits,
+        unsupported={"dit": DIT_REASON},
+        origin="diffusers 0.42 SeaCacheConfig hook, wrapped unchanged; step/sigma metadata from the scheduler and a "
+        "latent callback for Flux and HunyuanVideo (their pipelines pass neither)",
+    )
+)

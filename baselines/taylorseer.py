@@ -114,19 +114,21 @@ BUDGET_LIMIT = (
     "1..50 reach that floor"
 )
 
-METHOD = register(CacheMethod(
-    name="taylorseer",
-    families=frozenset(FAMILIES),
-    knob="cache_interval",
-    knob_values=tuple(range(1, 51)),
-    budget_limit=BUDGET_LIMIT,
-    config_id="attn+mlp;before3;after-none;O2;f32",
-    compute_grows_with_knob=False,
-    never_skip=1,
-    apply=_apply,
-    remove=remove_taylorseer,
-    cache_hits=_wrapped.cache_hits,
-    origin="diffusers 0.42 TaylorSeerCacheConfig hook, wrapped; forecasts attention and MLP outputs as the authors "
-           "do (diffusers' default: attention only), max_order 2 (paper), float32 factors; DiT through "
-           "apply_taylorseer_cache in a default cache context",
-))
+METHOD = register(
+    CacheMethod(
+        name="taylorseer",
+        families=frozenset(FAMILIES),
+        knob="cache_interval",
+        knob_values=tuple(range(1, 51)),
+        budget_limit=BUDGET_LIMIT,
+        config_id="attn+mlp;before3;after-none;O2;f32",
+        compute_grows_with_knob=False,
+        never_skip=1,
+        apply=_apply,
+        remove=remove_taylorseer,
+        cache_hits=_wrapped.cache_hits,
+        origin="diffusers 0.42 TaylorSeerCacheConfig hook, wrapped; forecasts attention and MLP outputs as the authors "
+        "do (diffusers' default: attention only), max_order 2 (paper), float32 factors; DiT through "
+        "apply_taylorseer_cache in a default cache context",
+    )
+)

@@ -116,8 +116,10 @@ class TeaCacheHook(StepHook):
         m = modulated_input(block, args, kwargs).float()
         rows = m.shape[0]
         forced = (
-            state.step < c.first_full_steps or state.step >= self.num_steps - c.last_full_steps
-            or state.prev_indicator is None or state.prev_indicator.shape != m.shape
+            state.step < c.first_full_steps
+            or state.step >= self.num_steps - c.last_full_steps
+            or state.prev_indicator is None
+            or state.prev_indicator.shape != m.shape
         )
         if forced:
             state.accumulated = torch.zeros(rows, device=m.device)
@@ -128,7 +130,9 @@ class TeaCacheHook(StepHook):
             state.accumulated = state.accumulated + _polyval(c.coefficients, x)
             compute = state.accumulated >= c.rel_l1_thresh if c.rel_l1_thresh > 0 else None
             if compute is not None:
-                state.accumulated = torch.where(compute, torch.zeros_like(state.accumulated), state.accumulated)
+                state.accumulated = torch.where(
+                    compute, torch.zeros_like(state.accumulated), state.accumulated
+                )
         state.prev_indicator = m
         return compute
 
@@ -205,30 +209,37 @@ def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
     if len(xs) <= degree:
         raise ValueError(f"TeaCache calibration needs more than {degree} step pairs, got {len(xs)}")
     artifacts = {
-        "method": "teacache", "model": calibration.model_name, "num_steps": calibration.num_steps,
-        "degree": degree, "points": len(xs), "coefficients": [float(c) for c in np.polyfit(xs, ys, degree)],
+        "method": "teacache",
+        "model": calibration.model_name,
+        "num_steps": calibration.num_steps,
+        "degree": degree,
+        "points": len(xs),
+        "coefficients": [float(c) for c in np.polyfit(xs, ys, degree)],
         "recipe": "np.polyfit(rel-L1 of block-0 modulated input, rel-L1 of the stack output) over full runs",
     }
     out_dir = Path(calibration.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"teacache-{calibration.model_name}-T{calibration.num_steps}.json").write_text(json.dumps(artifacts))
+    (out_dir / f"teacache-{calibration.model_name}-T{calibration.num_steps}.json").write_text(
+        json.dumps(artifacts)
+    )
     return artifacts
 
 
-
-METHOD = register(CacheMethod(
-    name="teacache",
-    families=frozenset(FAMILIES),
-    knob="rel_l1_thresh",
-    knob_range=(0.0, 5.0),
-    compute_grows_with_knob=False,
-    never_skip=0.0,
-    apply=_apply,
-    remove=remove_teacache,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    calibrate=calibrate_teacache,
-    origin=(
-        "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
-        "calibrate (degree 4, authors' recipe), else identity; indicator for Wan/DiT is the block-0 modulated input"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="teacache",
+        families=frozenset(FAMILIES),
+        knob="rel_l1_thresh",
+        knob_range=(0.0, 5.0),
+        compute_grows_with_knob=False,
+        never_skip=0.0,
+        apply=_apply,
+        remove=remove_teacache,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        calibrate=calibrate_teacache,
+        origin=(
+            "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
+            "calibrate (degree 4, authors' recipe), else identity; indicator for Wan/DiT is the block-0 modulated input"
+        ),
+    )
+)

@@ -80,7 +80,9 @@ class ToCaStepHook(StepHook):
         self.config = config
 
     def forward_step(self, module: torch.nn.Module, state: ToCaState, args: tuple, kwargs: dict):
-        state.full = interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        state.full = (
+            interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        )
         if not state.full:
             state.hits += batch_rows(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
@@ -115,8 +117,10 @@ class ToCaModuleHook(ModelHook):
         idx = score.topk(fresh, dim=1).indices.unsqueeze(-1)  # (B, k, 1)
         fresh_x = x.gather(1, idx.expand(-1, -1, x.shape[-1]))
         rest = args[1:]
-        fresh_out = self.fn_ref.original_forward(fresh_x, *rest, **kwargs) if args else (
-            self.fn_ref.original_forward(*args, **{**kwargs, "hidden_states": fresh_x})
+        fresh_out = (
+            self.fn_ref.original_forward(fresh_x, *rest, **kwargs)
+            if args
+            else (self.fn_ref.original_forward(*args, **{**kwargs, "hidden_states": fresh_x}))
         )
         output = cached.scatter(1, idx.expand(-1, -1, cached.shape[-1]), fresh_out.to(cached.dtype))
         state.outputs[self.key] = output
@@ -161,23 +165,24 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_toca(pipe, ToCaConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-
-METHOD = register(CacheMethod(
-    name="toca",
-    families=frozenset(FAMILIES),
-    knob="interval",
-    knob_values=tuple(range(1, 51)),
-    budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
-                 "fresh_ratio=0.1 of the tokens of each MLP plus the norms, modulation, embedding and output layers; "
-                 "the interval values 1..50 reach that floor",
-    config_id="fe3;fresh0.1;similarity",
-    compute_grows_with_knob=False,
-    never_skip=1,
-    apply=_apply,
-    remove=remove_toca,
-    cache_hits=cache_hits_counter(_STEP_HOOK),
-    origin=(
-        "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer; simplified: similarity score instead of "
-        "attention-map score, constant fresh ratio 0.1; ToCa steps are partial compute (fresh tokens of MLPs)"
-    ),
-))
+METHOD = register(
+    CacheMethod(
+        name="toca",
+        families=frozenset(FAMILIES),
+        knob="interval",
+        knob_values=tuple(range(1, 51)),
+        budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
+        "fresh_ratio=0.1 of the tokens of each MLP plus the norms, modulation, embedding and output layers; "
+        "the interval values 1..50 reach that floor",
+        config_id="fe3;fresh0.1;similarity",
+        compute_grows_with_knob=False,
+        never_skip=1,
+        apply=_apply,
+        remove=remove_toca,
+        cache_hits=cache_hits_counter(_STEP_HOOK),
+        origin=(
+            "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer; simplified: similarity score instead of "
+            "attention-map score, constant fresh ratio 0.1; ToCa steps are partial compute (fresh tokens of MLPs)"
+        ),
+    )
+)

@@ -138,14 +138,25 @@ def speed(args) -> dict:
     flops_speedup = full_flops / cached_flops
     wall_speedup = statistics.median(full_t) / statistics.median(cached_t)
     out = {
-        "model": f"{args.model}-{args.size}", "T": T, "K": K, "schedule": schedule, "cache_hits": hits,
-        "full_s_median": statistics.median(full_t), "cached_s_median": statistics.median(cached_t),
-        "full_s": full_t, "cached_s": cached_t, "full_gflops": full_flops / 1e9,
-        "cached_gflops": cached_flops / 1e9, "flops_speedup": flops_speedup, "wall_speedup": wall_speedup,
-        "wall_over_flops": wall_speedup / flops_speedup, "ideal_speedup": T / K,
+        "model": f"{args.model}-{args.size}",
+        "T": T,
+        "K": K,
+        "schedule": schedule,
+        "cache_hits": hits,
+        "full_s_median": statistics.median(full_t),
+        "cached_s_median": statistics.median(cached_t),
+        "full_s": full_t,
+        "cached_s": cached_t,
+        "full_gflops": full_flops / 1e9,
+        "cached_gflops": cached_flops / 1e9,
+        "flops_speedup": flops_speedup,
+        "wall_speedup": wall_speedup,
+        "wall_over_flops": wall_speedup / flops_speedup,
+        "ideal_speedup": T / K,
         "transformer_flops_speedup": full_tr_flops / cached_tr_flops,
         "transformer_wall_speedup": statistics.median(full_tr) / statistics.median(cached_tr),
-        "transformer_full_s": full_tr, "transformer_cached_s": cached_tr,
+        "transformer_full_s": full_tr,
+        "transformer_cached_s": cached_tr,
         # per-call decomposition: less sensitive to drift between whole runs than the ratio of medians
         "full_call_ms_mean": 1e3 * statistics.mean(full_calls),
         "key_call_ms_mean": 1e3 * statistics.mean(key_calls),
@@ -161,8 +172,20 @@ def speed(args) -> dict:
 
 def _child_peak(mode: str, args) -> int:
     """Run one full-step sample ('plain') or one calibration prompt ('calibrate') in a fresh process."""
-    cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--size", args.size,
-           "--steps", str(args.steps), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        "--model",
+        args.model,
+        "--size",
+        args.size,
+        "--steps",
+        str(args.steps),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1])
 
@@ -199,7 +222,9 @@ def main() -> None:
     if args.child:
         child(args.child, args)
         return
-    bundled = os.path.join(os.path.dirname(__file__), "..", "dpcache", "data", "official", "flux_dev_T50_cost.safetensors")
+    bundled = os.path.join(
+        os.path.dirname(__file__), "..", "dpcache", "data", "official", "flux_dev_T50_cost.safetensors"
+    )
     if args.cost is None and args.steps == 50:
         args.cost = bundled  # the released FLUX.1-dev tensor: the paper's schedule shape
     if args.cost:
@@ -209,8 +234,11 @@ def main() -> None:
     result = speed(args)
     if not args.skip_memory:
         plain, cal = _child_peak("plain", args), _child_peak("calibrate", args)
-        result.update(peak_rss_plain_mb=plain / 2**20, peak_rss_calibrate_mb=cal / 2**20,
-                      calibrate_over_plain=cal / plain)
+        result.update(
+            peak_rss_plain_mb=plain / 2**20,
+            peak_rss_calibrate_mb=cal / 2**20,
+            calibrate_over_plain=cal / plain,
+        )
     print(json.dumps(result, indent=2))
     print(
         f"\n{result['model']} T={result['T']} K={result['K']}: flops speedup {result['flops_speedup']:.2f}x, "
@@ -220,7 +248,11 @@ def main() -> None:
         f"per call {result['transformer_wall_speedup_per_call']:.2f}x = {result['per_call_over_flops']:.1%} of flops "
         f"(key {result['key_call_ms_mean']:.1f} ms, skipped {result['skipped_call_ms_mean']:.2f} ms, "
         f"uncached {result['full_call_ms_mean']:.1f} ms)"
-        + (f", calibration peak RSS {result['calibrate_over_plain']:.1%} of plain" if not args.skip_memory else "")
+        + (
+            f", calibration peak RSS {result['calibrate_over_plain']:.1%} of plain"
+            if not args.skip_memory
+            else ""
+        )
     )
 
 

@@ -152,7 +152,9 @@ def calibrate(
     seeds = list(seeds) if seeds is not None else [42 + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-    model_id = model_id or getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
+    model_id = (
+        model_id or getattr(getattr(pipe, "config", None), "_name_or_path", None) or type(pipe).__name__
+    )
     prompt_to_kwargs = prompt_to_kwargs or (lambda p: {"prompt": p})
     parts = Path(work_dir) if work_dir is not None else None
     if parts is not None:
@@ -179,7 +181,9 @@ def calibrate(
                 "a different number of times than the step count (is the context name right?)"
             )
         dtype = str(feats[0].dtype).replace("torch.", "")
-        cost = cost_tensor_one(feats, predictor, max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device)
+        cost = cost_tensor_one(
+            feats, predictor, max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device
+        )
         del feats
         if part is not None:
             _save_atomic_npz(part, cost)

@@ -67,7 +67,12 @@ def _parse_sets(items: list[str]) -> dict:
 
 def _call_kwargs(args: argparse.Namespace) -> dict:
     kwargs = call_defaults(args.pipeline)
-    for flag, key in (("height", "height"), ("width", "width"), ("frames", "num_frames"), ("guidance", "guidance_scale")):
+    for flag, key in (
+        ("height", "height"),
+        ("width", "width"),
+        ("frames", "num_frames"),
+        ("guidance", "guidance_scale"),
+    ):
         if getattr(args, flag, None) is not None:
             kwargs[key] = getattr(args, flag)
     kwargs.update(_parse_sets(args.set))
@@ -152,7 +157,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(map(str, files))} in {seconds:.2f} s")
     if schedule is not None:
         for name, run in dpcache_stats(pipe).items():
-            print(f"  {name}: {len(run.computed_steps)} key steps {run.computed_steps}, {run.cache_hits} predicted")
+            print(
+                f"  {name}: {len(run.computed_steps)} key steps {run.computed_steps}, {run.cache_hits} predicted"
+            )
     return 0
 
 
@@ -196,7 +203,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=42, help="seed (calibration: prompt i uses seed + i)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="torch dtype for the pipeline, e.g. bfloat16")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra pipeline call argument (JSON value)")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="extra pipeline call argument (JSON value)"
+    )
 
 
 def register_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -219,7 +228,9 @@ def register_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, default=None, help="K, the number of key steps")
     p.add_argument("--solver", choices=["exact", "official"], default="exact")
     p.add_argument("--no-cache", action="store_true", help="run every step at full compute")
-    p.add_argument("--any-model", action="store_true", help="accept a cost tensor calibrated on another model")
+    p.add_argument(
+        "--any-model", action="store_true", help="accept a cost tensor calibrated on another model"
+    )
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--width", type=int, default=None)
     p.add_argument("--frames", type=int, default=None)

@@ -171,7 +171,9 @@ class DPCacheStepHook(ModelHook):
         if 0 < done < self.num_steps:
             if strict:
                 raise ScheduleMismatchError(self._mismatch(done))
-            logger.warning("DPCache: a run of context %r stopped after %d of %d steps", name, done, self.num_steps)
+            logger.warning(
+                "DPCache: a run of context %r stopped after %d of %d steps", name, done, self.num_steps
+            )
 
     def begin_run(self, num_steps: int) -> None:
         """Called when the pipeline sets its timesteps: a new run of `num_steps` steps starts."""

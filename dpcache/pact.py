@@ -123,7 +123,9 @@ def build_cost_tensor(
     samples = [features] if isinstance(features[0], torch.Tensor) else list(features)
     lengths = {len(s) for s in samples}
     if len(lengths) != 1:
-        raise ValueError(f"every calibration sample must have the same number of steps, got {sorted(lengths)}")
+        raise ValueError(
+            f"every calibration sample must have the same number of steps, got {sorted(lengths)}"
+        )
     per_sample = [
         cost_tensor_one(s, predictor, max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device)
         for s in samples

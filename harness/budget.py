@@ -154,7 +154,8 @@ def search_knob(
             mid = (small + large) // 2
             m = ev(values[mid])
             if _within(m, budget, tol):
-                for near in (mid - 1, mid + 1):  # a neighbour may be closer still (the exhaustive search's pick)
+                # a neighbour may be closer still (the exhaustive search's pick)
+                for near in (mid - 1, mid + 1):
                     if 0 <= near < len(values):
                         ev(values[near])
                 break
@@ -188,8 +189,9 @@ def search_knob(
     return done()
 
 
-def search_method(method: Any, measure: Callable[[float], float], budget: float,
-                  tol: float = DEFAULT_TOLERANCE) -> BudgetMatch:
+def search_method(
+    method: Any, measure: Callable[[float], float], budget: float, tol: float = DEFAULT_TOLERANCE
+) -> BudgetMatch:
     """`search_knob` with the knob description of a `baselines.base.CacheMethod`."""
     return search_knob(
         measure,
@@ -204,6 +206,55 @@ def search_method(method: Any, measure: Callable[[float], float], budget: float,
         monotone=getattr(method, "knob_monotone", True),
         limit=getattr(method, "budget_limit", ""),
     )
+
+
+def search_schedule_size(
+    measure: Callable[[int], float | None],
+    budget: int,
+    num_steps: int,
+    k_min: int = 1,
+    tol: float = DEFAULT_TOLERANCE,
+    method: str = "dpcache",
+) -> BudgetMatch:
+    """The number of key steps k whose measured compute is closest to `budget` (a fixed-schedule method).
+
+    A cache that skips only the transformer blocks still runs the rest of the transformer (embedders,
+    refiners, output norm) at every step, so k key steps cost `k + (T - k) * o` full computations, `o` the
+    share of a step outside the blocks. One measurement at k = K estimates `o`; the search jumps to
+    `k = (K - T o) / (1 - o)` and walks ±1 while that brings the measured compute closer to K.
+    `measure(k)` returns None for a k that cannot be planned (treated as the end of the range).
+    """
+    evals: dict[int, float] = {}
+    unplannable: set[int] = set()
+
+    def ev(k: int) -> float | None:
+        if k in unplannable or not k_min <= k <= num_steps:
+            return None
+        if k not in evals:
+            m = measure(k)
+            if m is None:
+                unplannable.add(k)
+                return None
+            evals[k] = float(m)
+        return evals[k]
+
+    k = max(k_min, min(budget, num_steps))
+    m = ev(k)
+    if m is None:
+        raise ValueError(f"{method}: K={k} key steps cannot be planned")
+    if k < num_steps and m > k:
+        o = min(0.99, (m - k) / (num_steps - k))
+        guess = max(k_min, min(budget, round((budget - num_steps * o) / (1 - o))))
+        while guess < k and ev(guess) is None:
+            guess += 1
+        k = guess
+    for step in (-1, 1):
+        while (nxt := ev(k + step)) is not None and abs(nxt - budget) < abs(evals[k] - budget):
+            k += step
+    limit = (
+        f"{min(evals)} key steps are the fewest this schedule allows (fixed full steps, finite-cost paths)"
+    )
+    return _finish(method, budget, "key steps", {float(a): b for a, b in evals.items()}, tol, limit)
 
 
 def knob_signature(method: Any) -> str:
@@ -243,7 +294,9 @@ def _current(entry: Any) -> bool:
     return isinstance(entry, dict) and entry.get("format") == FORMAT_VERSION
 
 
-def cached_search(cache_path: str | os.PathLike[str], key: str, search: Callable[[], BudgetMatch]) -> BudgetMatch:
+def cached_search(
+    cache_path: str | os.PathLike[str], key: str, search: Callable[[], BudgetMatch]
+) -> BudgetMatch:
     """`search()` once per `key`: the result is stored in the JSON file `cache_path` (atomic write under a
     lock, so parallel workers neither collide nor repeat the search) and reused afterwards."""
     p = Path(cache_path)

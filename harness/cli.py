@@ -46,7 +46,9 @@ def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:
             f"{_fmt(r.adherence):>7} {hits_s:>10}"
         )
     for s in skipped:
-        lines.append(f"{s.model:<12} {s.method:<16} {s.budget if s.budget is not None else '-':>3}  skipped: {s.reason}")
+        lines.append(
+            f"{s.model:<12} {s.method:<16} {s.budget if s.budget is not None else '-':>3}  skipped: {s.reason}"
+        )
     return "\n".join(lines)
 
 
@@ -84,7 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         methods = resolve_methods(args.methods if args.methods != "default" else None)
     except ValueError as e:
         raise BenchUsageError(str(e)) from None
-    for name, v in (("--steps", args.steps), ("--num-prompts", args.num_prompts), ("--repeats", args.repeats)):
+    for name, v in (
+        ("--steps", args.steps),
+        ("--num-prompts", args.num_prompts),
+        ("--repeats", args.repeats),
+    ):
         if v is not None and v < 1:
             raise BenchUsageError(f"{name} must be >= 1, got {v}")
     steps = args.steps or spec.num_inference_steps
@@ -109,16 +115,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         size = "medium" if spec.scale == "medium" else "tiny"
         pipe = importlib.import_module(spec.builder).build_pipeline(seed=0, trained=False, size=size)
-    print(f"dpcache-bench: {spec.name} T={steps} methods={','.join(methods)} budgets={budgets} "
-          f"prompts={args.num_prompts} repeats={args.repeats} (invocation {tracker.invocation_id})", flush=True)
+    print(
+        f"dpcache-bench: {spec.name} T={steps} methods={','.join(methods)} budgets={budgets} "
+        f"prompts={args.num_prompts} repeats={args.repeats} (invocation {tracker.invocation_id})",
+        flush=True,
+    )
     from harness.methods import PromptOverlapError
 
     try:
         records = run_benchmark(
-            spec.name, methods, budgets, steps, args.num_prompts, repeats=args.repeats,
-            num_calibration=args.calibration_prompts, tracker=tracker, cache_dir=args.cache_dir,
-            refs_dir=args.refs_dir, artifacts_dir=artifacts, skipped=skipped, progress=not args.no_progress,
-            suite="bench", pipe=pipe,
+            spec.name,
+            methods,
+            budgets,
+            steps,
+            args.num_prompts,
+            repeats=args.repeats,
+            num_calibration=args.calibration_prompts,
+            tracker=tracker,
+            cache_dir=args.cache_dir,
+            refs_dir=args.refs_dir,
+            artifacts_dir=artifacts,
+            skipped=skipped,
+            progress=not args.no_progress,
+            suite="bench",
+            pipe=pipe,
         )
     except PromptOverlapError as e:
         raise BenchUsageError(str(e)) from None
@@ -134,7 +154,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report_dir is not None:
         from harness.report import build_report
 
-        index = build_report(json_out, report_dir, invocation=tracker.invocation_id, artifacts_root=artifacts.parent)
+        index = build_report(
+            json_out, report_dir, invocation=tracker.invocation_id, artifacts_root=artifacts.parent
+        )
         print(f"dpcache: report {index}")
     print("dpcache: browse MLflow with `dpcache-bench ui`" if tracker.mlflow_uri else "")
     return 1 if problems else 0
@@ -151,7 +173,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for r in rows:
         size = f"{r['height']}x{r['width']}" + (f"x{r['num_frames']}" if r["num_frames"] else "")
         avail = "yes" if r["available"] else f"no: {r['reason']}"
-        print(f"{r['name']:<22} {r['family']:<14} {r['scale']:<7} {r['num_inference_steps']:>3} {size:>10}  {avail}")
+        print(
+            f"{r['name']:<22} {r['family']:<14} {r['scale']:<7} {r['num_inference_steps']:>3} {size:>10}  {avail}"
+        )
     return 0
 
 
@@ -162,8 +186,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for name, m in registry().items():
         fams = [f for f in FAMILIES if m.supports(f)[0]]
-        rows.append({"name": name, "families": fams, "knob": m.knob, "description": m.description,
-                     "unsupported": {f: m.supports(f)[1] for f in FAMILIES if f not in fams}})
+        rows.append(
+            {
+                "name": name,
+                "families": fams,
+                "knob": m.knob,
+                "description": m.description,
+                "unsupported": {f: m.supports(f)[1] for f in FAMILIES if f not in fams},
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -205,9 +236,23 @@ def cmd_ui(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.mlflow_uri)
     if uri is None:
         raise BenchUsageError("MLflow tracking is off; give --mlflow-uri")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(args.port),
+    ]
     if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()]
+        cmd += [
+            "--default-artifact-root",
+            (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri(),
+        ]
     print(f"dpcache: MLflow UI on http://127.0.0.1:{args.port} over {uri}", flush=True)
     if args.dry_run:
         print(" ".join(cmd))
@@ -225,16 +270,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budgets", default="25,13,9", help="budgets K (full computations per sample)")
     r.add_argument("--steps", type=int, default=None, help="T (default: the model's)")
     r.add_argument("--num-prompts", type=int, default=8, help="evaluation prompts")
-    r.add_argument("--calibration-prompts", type=int, default=4, help="calibration prompts (dpcache, knob search)")
-    r.add_argument("--repeats", type=int, default=5, help="timed runs after warm-up (>= 5 for reported wall-clock)")
+    r.add_argument(
+        "--calibration-prompts", type=int, default=4, help="calibration prompts (dpcache, knob search)"
+    )
+    r.add_argument(
+        "--repeats", type=int, default=5, help="timed runs after warm-up (>= 5 for reported wall-clock)"
+    )
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     r.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///./mlflow.db; 'off')")
     r.add_argument("--json-out", default=DEFAULT_JSON, help="JSON-lines records file")
     r.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
-    r.add_argument("--refs-dir", default=None, help="reference store (default .dpcache-cache/references/<model>)")
+    r.add_argument(
+        "--refs-dir", default=None, help="reference store (default .dpcache-cache/references/<model>)"
+    )
     r.add_argument("--cache-dir", default=".dpcache-cache", help="calibration / budget cache")
     r.add_argument("--no-progress", action="store_true")
-    r.add_argument("--random-weights", action="store_true", help="build the model's architecture with random weights (smoke tests)")
+    r.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the model's architecture with random weights (smoke tests)",
+    )
     r.set_defaults(func=cmd_run)
     m = sub.add_parser("models", help="every model the zoo knows, and whether it is available here")
     m.add_argument("--json", action="store_true")
@@ -244,12 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     me.set_defaults(func=cmd_methods)
     rep = sub.add_parser("report", help="static HTML report (OUT/<run>/index.html) from a JSON-lines file")
     rep.add_argument("--json-in", default=DEFAULT_JSON)
-    rep.add_argument("--out", default=DEFAULT_REPORT, help="report folder: <run>/index.html per run, index.html")
+    rep.add_argument(
+        "--out", default=DEFAULT_REPORT, help="report folder: <run>/index.html per run, index.html"
+    )
     rep.add_argument("--invocation", default=None, help="one run (default: every run in the file)")
-    rep.add_argument("--artifacts", default=None,
-                     help="folder of <run>/<model>/ images (default: OUT/runs, then bench-artifacts/runs)")
-    rep.add_argument("--benchmarks-md", default=None, metavar="PATH",
-                     help="also rewrite PATH (e.g. reports/BENCHMARKS.md): latest tiny-scale table per model")
+    rep.add_argument(
+        "--artifacts",
+        default=None,
+        help="folder of <run>/<model>/ images (default: OUT/runs, then bench-artifacts/runs)",
+    )
+    rep.add_argument(
+        "--benchmarks-md",
+        default=None,
+        metavar="PATH",
+        help="also rewrite PATH (e.g. reports/BENCHMARKS.md): latest tiny-scale table per model",
+    )
     rep.set_defaults(func=cmd_report)
     u = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the embedded store")
     u.add_argument("--mlflow-uri", default=None)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.budget import BudgetMatch, cached_search, knob_signature, search_method
+from harness.budget import BudgetMatch, cached_search, knob_signature, search_method, search_schedule_size
 from harness.context import (  # noqa: F401  (re-exported: the registry's public surface)
     DEFAULT_CACHE_DIR,
     ModelContext,
@@ -88,7 +88,7 @@ class FewerStepsMethod(BenchMethod):
 
 
 class DPCacheMethod(BenchMethod):
-    name, knob = "dpcache", "budget (planned exactly)"
+    name, knob = "dpcache", "key steps (sized so the measured compute is K)"
     description = "path-aware cost tensor + DP key steps, Taylor predictor (M3, O2)"
 
     def __init__(self, first_full_steps: int = DPCACHE_FIRST_FULL, order: int = DPCACHE_ORDER) -> None:
@@ -105,7 +105,9 @@ class DPCacheMethod(BenchMethod):
 
     def cost_path(self, ctx: ModelContext) -> Path:
         n, (first, last) = len(ctx.calibration_prompts), self.settings(ctx)
-        tag = ctx.key("taylor", f"o{self.order}", f"n{n}", *([f"m{first}l{last}"] if (first, last) != (3, 0) else []))
+        tag = ctx.key(
+            "taylor", f"o{self.order}", f"n{n}", *([f"m{first}l{last}"] if (first, last) != (3, 0) else [])
+        )
         return ctx.cache_dir / "dpcache" / f"{tag}.safetensors"
 
     def cost_tensor(self, ctx: ModelContext) -> Any:
@@ -139,29 +141,82 @@ class DPCacheMethod(BenchMethod):
     def prepare(self, ctx: ModelContext) -> None:
         self.cost_tensor(ctx)
 
-    def schedule(self, ctx: ModelContext, budget: int) -> list[int]:
+    def plan_steps(self, ctx: ModelContext, k: int) -> list[int]:
+        """The DP-optimal k key steps on this model's cost tensor."""
         from dpcache import plan
 
         first, last = self.settings(ctx)
-        return list(plan(self.cost_tensor(ctx), budget, first_full_steps=first, last_full_steps=last).key_steps)
+        return list(plan(self.cost_tensor(ctx), k, first_full_steps=first, last_full_steps=last).key_steps)
 
-    def configure(self, ctx: ModelContext, budget: int) -> Configured:
-        from dpcache import DPCacheConfig, apply_dpcache, dpcache_stats, remove_dpcache
-        from dpcache.errors import DPCacheError
+    def _config(self, ctx: ModelContext, steps: list[int]) -> Any:
+        from dpcache import DPCacheConfig
 
-        try:
-            steps = self.schedule(ctx, budget)
-        except DPCacheError as e:
-            raise UnreachableBudget(f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
         first, last = self.settings(ctx)
-        cfg = DPCacheConfig(
+        return DPCacheConfig(
             num_inference_steps=ctx.num_steps,
             schedule=steps,
             first_full_steps=first,
             last_full_steps=last,
             order=self.order,
         )
+
+    def match(self, ctx: ModelContext, budget: int) -> BudgetMatch:
+        """How many key steps put DPCache's measured compute at K (the non-block work of the transformer runs
+        at every step, so on models where it is a large share K key steps cost more than K computations).
+        Measured on the calibration prompts like the baselines' knob searches; cached in `budgets.json`."""
+        from dpcache import apply_dpcache, remove_dpcache
+        from dpcache.errors import DPCacheError
+        from dpcache.planner import mandatory_steps
+
+        first, last = self.settings(ctx)
+        prompts = ctx.calibration_prompts[: max(1, ctx.search_prompts)]
+
+        def measure(k: int) -> float | None:
+            try:
+                steps = self.plan_steps(ctx, k)
+            except DPCacheError:
+                return None
+            apply_dpcache(ctx.pipe, self._config(ctx, steps))
+            try:
+                flops = [ctx.transformer_flops(p, 42 + i)[0] for i, p in enumerate(prompts)]
+            finally:
+                remove_dpcache(ctx.pipe)
+            return ctx.measured_compute(sum(flops) / len(flops))
+
+        self.cost_tensor(ctx)  # calibrate outside the budget-cache lock
+        key = ctx.key("dpcache-size", f"o{self.order}", f"m{first}l{last}", f"K{budget}", f"n{len(prompts)}")
+        k_min = len(mandatory_steps(ctx.num_steps, first, last))
+        return cached_search(
+            ctx.cache_dir / "budgets.json",
+            key,
+            lambda: search_schedule_size(measure, budget, ctx.num_steps, k_min),
+        )
+
+    def schedule(self, ctx: ModelContext, budget: int) -> list[int]:
+        """The key steps DPCache runs at budget K: planned for the size whose measured compute matches K."""
+        from dpcache.errors import DPCacheError
+
+        if budget >= ctx.num_steps:
+            return self.plan_steps(ctx, budget)
+        self.plan_steps(ctx, budget)  # a budget the planner refuses is refused before any measurement
+        result = self.match(ctx, budget)
+        if not result.reachable:
+            raise DPCacheError(result.message)
+        return self.plan_steps(ctx, int(result.value))
+
+    def configure(self, ctx: ModelContext, budget: int) -> Configured:
+        from dpcache import apply_dpcache, dpcache_stats, remove_dpcache
+        from dpcache.errors import DPCacheError
+
+        try:
+            steps = self.schedule(ctx, budget)
+        except DPCacheError as e:
+            msg = str(e) if str(e).startswith("dpcache") else f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}"
+            raise UnreachableBudget(msg) from None
+        first, last = self.settings(ctx)
+        cfg = self._config(ctx, steps)
         tag_knobs = {"M": first, "O": self.order} | ({"L": last} if last else {})
+        match = self.match(ctx, budget) if budget < ctx.num_steps else None
         return Configured(
             "dpcache",
             budget,
@@ -170,9 +225,12 @@ class DPCacheMethod(BenchMethod):
             apply=lambda: apply_dpcache(ctx.pipe, cfg),
             remove=lambda: remove_dpcache(ctx.pipe),
             cache_hits=lambda: sum(s.cache_hits for s in dpcache_stats(ctx.pipe).values()),
-            knobs=tag_knobs,
+            knobs=tag_knobs
+            | {"key_steps": len(steps)}
+            | ({"measured_K": round(match.measured, 4)} if match else {}),
             schedule=steps,
             is_cache=True,
+            match=match,
         )
 
 
@@ -208,7 +266,9 @@ class BaselineMethod(BenchMethod):
                 for i, p in enumerate(ctx.calibration_prompts):
                     ctx.call(p, 42 + i)
 
-            data = self.method.calibrate(ctx.pipe, Calibration(ctx.spec.name, ctx.num_steps, run_prompts, out_dir))
+            data = self.method.calibrate(
+                ctx.pipe, Calibration(ctx.spec.name, ctx.num_steps, run_prompts, out_dir)
+            )
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(data, sort_keys=True))
             os.replace(tmp, path)
@@ -237,7 +297,9 @@ class BaselineMethod(BenchMethod):
         n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
         key = ctx.key(self.name, knob_signature(m), f"K{budget}", f"n{n}")
         return cached_search(
-            ctx.cache_dir / "budgets.json", key, lambda: search_method(m, self._measure(ctx, artifacts), budget)
+            ctx.cache_dir / "budgets.json",
+            key,
+            lambda: search_method(m, self._measure(ctx, artifacts), budget),
         )
 
     def configure(self, ctx: ModelContext, budget: int) -> Configured:
@@ -262,7 +324,11 @@ class BaselineMethod(BenchMethod):
 
 def registry() -> dict[str, BenchMethod]:
     """Every method by name: the three core methods, then every `baselines.base.load_all()` entry."""
-    out: dict[str, BenchMethod] = {"full": FullMethod(), "fewer-steps": FewerStepsMethod(), "dpcache": DPCacheMethod()}
+    out: dict[str, BenchMethod] = {
+        "full": FullMethod(),
+        "fewer-steps": FewerStepsMethod(),
+        "dpcache": DPCacheMethod(),
+    }
     try:
         from baselines.base import load_all
 

@@ -174,7 +174,11 @@ def _pin_worker_gpu(worker_id: str, device: str | None) -> None:
     if not device or not device.startswith("cuda") or not worker_id.startswith("gw"):
         return
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(i) for i in range(int(os.environ.get("DPCACHE_NUM_GPUS", "1")))]
+    gpus = (
+        visible.split(",")
+        if visible
+        else [str(i) for i in range(int(os.environ.get("DPCACHE_NUM_GPUS", "1")))]
+    )
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus[int(worker_id[2:]) % len(gpus)]
 
 
@@ -314,8 +318,12 @@ def _regroup_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
     except ImportError:  # older pytest: xdist's own suffix works
         return
     for item in items:
-        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                        for m in item.iter_markers("xdist_group")})
+        names = sorted(
+            {
+                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                for m in item.iter_markers("xdist_group")
+            }
+        )
         if names and "@" not in item.nodeid and hasattr(item, "_id"):
             item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
@@ -353,7 +361,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         for metric, reason in sorted(info["unavailable"].items()):
             if (info["test_id"], metric) not in shown:
                 shown.add((info["test_id"], metric))
-                tr.write_line(f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}")
+                tr.write_line(
+                    f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}"
+                )
     if not state.options.update_expected:
         ungated = sorted({i["test_id"] for i in infos if not i["gated"]})
         if ungated:

@@ -1,6 +1,6 @@
 """The README's main job on CPU: calibrate the bundled flux-tiny pipeline, plan key steps, sample with DPCache.
 
-    python -m harness.quickstart [--model flux-tiny] [--budgets 25,13,9] [--out reports/quickstart]
+python -m harness.quickstart [--model flux-tiny] [--budgets 25,13,9] [--out reports/quickstart]
 """
 
 from __future__ import annotations
@@ -59,8 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     prompts = list(spec.calibration_prompts[: args.calibration_prompts])
     print(f"1/3 calibrating {spec.name} on {len(prompts)} prompts, T={T} -> {cost_file}")
     ct = calibrate(
-        pipe, prompts, num_inference_steps=T, model_id=spec.name, prompt_to_kwargs=kwargs,
-        work_dir=out / "calibration-parts", out=cost_file,
+        pipe,
+        prompts,
+        num_inference_steps=T,
+        model_id=spec.name,
+        prompt_to_kwargs=kwargs,
+        work_dir=out / "calibration-parts",
+        out=cost_file,
     )
     budgets = [int(b) for b in args.budgets.split(",")]
     schedules = plan_all_budgets(ct, first_full_steps=3, budgets=budgets)
@@ -73,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def sample():
         start = time.perf_counter()
-        res = pipe(num_inference_steps=T, generator=torch.Generator().manual_seed(0), output_type="pt",
-                   **kwargs(prompt))
+        res = pipe(
+            num_inference_steps=T,
+            generator=torch.Generator().manual_seed(0),
+            output_type="pt",
+            **kwargs(prompt),
+        )
         return res.images, time.perf_counter() - start
 
     ref, ref_s = sample()
@@ -85,10 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         img, secs = sample()
         hits = sum(r.cache_hits for r in dpcache_stats(pipe).values())
         remove_dpcache(pipe)
-        rows.append({"method": "dpcache", "K": k, "seconds": secs, "psnr": _psnr(img, ref), "cache_hits": hits})
+        rows.append(
+            {"method": "dpcache", "K": k, "seconds": secs, "psnr": _psnr(img, ref), "cache_hits": hits}
+        )
         images.append(img[0])
     grid = torch.cat(images, dim=-1).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(out / "samples.png")
+    Image.fromarray(grid).resize((grid.shape[1] * 4, grid.shape[0] * 4), Image.NEAREST).save(
+        out / "samples.png"
+    )
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{'method':<8} {'K':>3} {'seconds':>8} {'PSNR dB':>8}")
     for r in rows:

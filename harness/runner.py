@@ -35,13 +35,23 @@ class Skipped:
     reason: str
 
 
-def cache_check(record: ResultRecord) -> str | None:
-    """Why a cache method's record is invalid (no cache hit although K < T), or None."""
+def cache_check(record: ResultRecord, tol: float = 0.05) -> str | None:
+    """Why a cache method's record is invalid, or None: no cache hit although K < T, or — for a fixed
+    schedule (DPCache), whose compute does not depend on the prompt — measured compute off K by more than
+    `tol`, i.e. not compared at matched compute."""
     if record.method in ("full", "fewer-steps") or record.budget is None or record.budget >= record.num_steps:
         return None
     hits = record.cache_hits if isinstance(record.cache_hits, list) else [record.cache_hits or 0]
     if sum(h or 0 for h in hits) <= 0:
         return f"{record.test_id}: no cache hits at K={record.budget} < T={record.num_steps}: the cache never engaged"
+    speedup = record.flops_speedup
+    if "key_steps" in record.knobs and isinstance(speedup, (int, float)) and speedup > 0:
+        measured = record.num_steps / speedup
+        if abs(measured - record.budget) > tol * record.budget:
+            return (
+                f"{record.test_id}: measured compute K={measured:.2f} is off the budget K={record.budget} by more "
+                f"than {tol:.0%} ({record.knobs['key_steps']} key steps): not at matched compute"
+            )
     return None
 
 
@@ -67,9 +77,13 @@ def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dic
     except FileNotFoundError as e:
         return Unavailable(str(e), "adherence"), {}
     attrs = ("digit", "colour", "direction") if video else ("digit", "colour", "background")
-    per = [sum(float(r[a]) for a in attrs if a in r) / sum(1 for a in attrs if a in r) for r in res["per_prompt"]]
+    per = [
+        sum(float(r[a]) for a in attrs if a in r) / sum(1 for a in attrs if a in r) for r in res["per_prompt"]
+    ]
     extras = {f"adherence_{k}": float(res[k]) for k in (*attrs, "all") if res.get(k) is not None}
-    return MetricResult("adherence", sum(per) / len(per), tuple(per), {"criterion": "attribute fraction"}), extras
+    return MetricResult(
+        "adherence", sum(per) / len(per), tuple(per), {"criterion": "attribute fraction"}
+    ), extras
 
 
 def _prompt_metrics(spec: Any, images: Any, prompts: Sequence[Any]) -> dict[str, Any]:
@@ -122,9 +136,15 @@ class BenchSession:
         t = steps or spec.num_inference_steps
         weights_path = spec.path if loaded and spec.path else None
         self.ctx = ModelContext(
-            spec, pipe, t,
-            tuple(spec.calibration_prompts[:num_calibration]), tuple(spec.evaluation_prompts[:num_prompts]),
-            pipeline_weights_hash(pipe, weights_path), Path(cache_dir), device, progress,
+            spec,
+            pipe,
+            t,
+            tuple(spec.calibration_prompts[:num_calibration]),
+            tuple(spec.evaluation_prompts[:num_prompts]),
+            pipeline_weights_hash(pipe, weights_path),
+            Path(cache_dir),
+            device,
+            progress,
         )
         if len(self.ctx.evaluation_prompts) < num_prompts:
             raise ValueError(f"{spec.name} has only {len(self.ctx.evaluation_prompts)} evaluation prompts")
@@ -144,11 +164,18 @@ class BenchSession:
         spec, pipe = self.spec, self.pipe
         kw = self.ctx.kwargs(prompt)
         return {
-            "model_id": spec.name, "weights_hash": self.ctx.weights_id, "pipeline_class": type(pipe).__name__,
-            "scheduler_config": pipe.scheduler, "num_steps": self.ctx.num_steps, "height": kw.get("height", spec.height),
-            "width": kw.get("width", spec.width), "frames": kw.get("num_frames"),
+            "model_id": spec.name,
+            "weights_hash": self.ctx.weights_id,
+            "pipeline_class": type(pipe).__name__,
+            "scheduler_config": pipe.scheduler,
+            "num_steps": self.ctx.num_steps,
+            "height": kw.get("height", spec.height),
+            "width": kw.get("width", spec.width),
+            "frames": kw.get("num_frames"),
             "guidance": kw.get("true_cfg_scale", kw.get("guidance_scale")),
-            "dtype": str(next(pipe.transformer.parameters()).dtype), "prompt": prompt, "seed": seed,
+            "dtype": str(next(pipe.transformer.parameters()).dtype),
+            "prompt": prompt,
+            "seed": seed,
         }
 
     def reference_keys(self) -> list[str]:
@@ -162,7 +189,9 @@ class BenchSession:
             import torch
 
             outs = []
-            for key, p, s in self._bar(list(zip(self.reference_keys(), self.prompts, self.seeds)), "references"):
+            for key, p, s in self._bar(
+                list(zip(self.reference_keys(), self.prompts, self.seeds)), "references"
+            ):
                 meta = {**self.key_fields(p, s), "scheduler_config": dict(self.pipe.scheduler.config)}
                 found = self.committed.get(key) if self.committed is not None else None
                 if found is None:
@@ -254,22 +283,30 @@ class BenchSession:
             cfg.remove()
         images = torch.cat(outs)
         mean_flops = statistics.fmean(flops)
-        sp = speedups(RunCost(full["flops"], full["timing"], full["memory"]),
-                      RunCost(int(mean_flops), mine["timing"], mine["memory"]))
+        sp = speedups(
+            RunCost(full["flops"], full["timing"], full["memory"]),
+            RunCost(int(mean_flops), mine["timing"], mine["memory"]),
+        )
         measured_k = self.ctx.measured_compute(mean_flops)
         timing = {
-            "repeats": self.repeats, "warmup": self.warmup, "timer": mine["timing"].timer,
-            "full": list(full["timing"].samples), "method": list(mine["timing"].samples),
+            "repeats": self.repeats,
+            "warmup": self.warmup,
+            "timer": mine["timing"].timer,
+            "full": list(full["timing"].samples),
+            "method": list(mine["timing"].samples),
             "wall_speedup": list(sp.wall_speedup_samples),
-            "pipeline_s": mine["timing"].median, "pipeline_iqr_s": mine["timing"].iqr,
-            "transformer_s": mine["transformer_s"], "full_pipeline_s": full["timing"].median,
+            "pipeline_s": mine["timing"].median,
+            "pipeline_iqr_s": mine["timing"].iqr,
+            "transformer_s": mine["transformer_s"],
+            "full_pipeline_s": full["timing"].median,
             "full_transformer_s": full["transformer_s"],
             "mem_overhead_bytes": sp.mem_overhead_bytes if isinstance(sp.mem_overhead_bytes, int) else None,
         }
         extra: dict[str, Any] = {"measured_k": measured_k}
         if cfg.is_cache and cfg.budget is not None and cfg.budget < self.ctx.num_steps and not any(hits):
             extra["cache_engaged"] = Unavailable(
-                f"no cache hits at K={cfg.budget} < T={self.ctx.num_steps}: the cache never engaged", "cache_engaged"
+                f"no cache hits at K={cfg.budget} < T={self.ctx.num_steps}: the cache never engaged",
+                "cache_engaged",
             )
         if mine["transformer_s"] > 0:
             extra["transformer_wall_speedup"] = full["transformer_s"] / mine["transformer_s"]
@@ -277,14 +314,28 @@ class BenchSession:
         prompt_metrics = _prompt_metrics(self.spec, images, self.prompts)
         extra.update(prompt_metrics.pop("extra_metrics"))
         record = ResultRecord(
-            suite=self.suite, model=self.spec.name, scale=self.spec.scale, method=cfg.method, budget=cfg.budget,
-            num_steps=self.ctx.num_steps, config_tag=cfg.config_tag, schedule=cfg.schedule,
+            suite=self.suite,
+            model=self.spec.name,
+            scale=self.spec.scale,
+            method=cfg.method,
+            budget=cfg.budget,
+            num_steps=self.ctx.num_steps,
+            config_tag=cfg.config_tag,
+            schedule=cfg.schedule,
             full_steps=len(cfg.schedule) if cfg.schedule is not None else round(measured_k),
-            flops_speedup=sp.flops_speedup, wall_speedup=sp.wall_speedup, peak_mem=mine["memory"],
-            reference_key=self.reference_keys(), prompts=[str(p) for p in self.prompts],
+            flops_speedup=sp.flops_speedup,
+            wall_speedup=sp.wall_speedup,
+            peak_mem=mine["memory"],
+            reference_key=self.reference_keys(),
+            prompts=[str(p) for p in self.prompts],
             cache_hits=[int(h) for h in hits] if hits and all(h is not None for h in hits) else None,
-            flops=int(mean_flops), timing=timing, knobs=dict(cfg.knobs), extra_metrics=extra,
-            **quality, **prompt_metrics, **provenance(self.ctx.device),
+            flops=int(mean_flops),
+            timing=timing,
+            knobs=dict(cfg.knobs),
+            extra_metrics=extra,
+            **quality,
+            **prompt_metrics,
+            **provenance(self.ctx.device),
         )
         self.images[record.config_tag] = images
         if self.artifacts_dir is not None:
@@ -350,8 +401,17 @@ def run_benchmark(
     spec = get_spec(model)
     names = resolve_methods(methods)
     session = BenchSession(
-        spec, pipe, steps=steps, num_prompts=num_prompts, num_calibration=num_calibration, repeats=repeats,
-        refs_dir=refs_dir, cache_dir=cache_dir, device=device, suite=suite, progress=progress,
+        spec,
+        pipe,
+        steps=steps,
+        num_prompts=num_prompts,
+        num_calibration=num_calibration,
+        repeats=repeats,
+        refs_dir=refs_dir,
+        cache_dir=cache_dir,
+        device=device,
+        suite=suite,
+        progress=progress,
         artifacts_dir=artifacts_dir,
     )
     own = tracker is None
@@ -363,7 +423,9 @@ def run_benchmark(
         where.mkdir(parents=True, exist_ok=True)
         heat = session.heatmap(where / "cost_tensor.png")
     records: list[ResultRecord] = []
-    todo = [(n, None) if n == "full" else (n, int(b)) for n in names for b in (budgets if n != "full" else [None])]
+    todo = [
+        (n, None) if n == "full" else (n, int(b)) for n in names for b in (budgets if n != "full" else [None])
+    ]
     try:
         for name, budget in todo:
             try:

@@ -44,8 +44,10 @@ def test_schedule(suite_session, budget, pytestconfig):
         return
     entry = load_schedules(suite).get(model, {}).get(t)
     if entry is None or str(budget) not in entry["schedules"]:
-        pytest.fail(f"no schedule snapshot for {model} {t} K={budget} in {suite.schedules_file}; "
-                    "run with --update-expected")
+        pytest.fail(
+            f"no schedule snapshot for {model} {t} K={budget} in {suite.schedules_file}; "
+            "run with --update-expected"
+        )
     want = entry["schedules"][str(budget)]
     assert steps == want, (
         f"{model} {t} K={budget}: planned key steps {steps} differ from the snapshot {want} "
@@ -136,12 +138,17 @@ def test_other_step_count_recalibrates(suite_session):
     ctx = suite_session.ctx
     method = suite_session.method("dpcache")
     other_t = 12 if ctx.num_steps != 12 else 10
-    other = dataclasses.replace(ctx, num_steps=other_t, calibration_prompts=ctx.calibration_prompts[:1],
-                                progress=False, _full_flops=None)
+    other = dataclasses.replace(
+        ctx,
+        num_steps=other_t,
+        calibration_prompts=ctx.calibration_prompts[:1],
+        progress=False,
+        _full_flops=None,
+    )
     assert method.cost_path(other) != method.cost_path(ctx)
     ct = method.cost_tensor(other)
     assert ct.meta.num_steps == other_t and ct.cost.shape[0] == other_t
-    steps = method.schedule(other, 6)
+    steps = method.plan_steps(other, 6)  # the planner on the new tensor (compute matching aside)
     assert len(steps) == 6 and steps[-1] < other_t
 
 
@@ -159,9 +166,14 @@ def test_batch_of_two_matches_single_samples(suite_session):
     finally:
         cfg.remove()
     assert hits and hits > 0, "the cache never engaged"
+    # Pixels in [0, 1]. Float reassociation across batch shapes already moves the *uncached* dit-tiny by up
+    # to 9e-6 at CFG 8, and the Taylor extrapolation amplifies it (measured 2.4e-5); a state shared across
+    # the batch moves pixels by ~1e-2 and more (the two samples differ by far more than the bound).
+    tol = 1e-4
+    assert (alone[0][0] - alone[1][0]).abs().max().item() > 100 * tol
     for i in range(2):
         err = (both[i] - alone[i][0]).abs().max().item()
-        assert err <= 1e-5, f"sample {i} of the batch differs from its single run by {err:.2e}"
+        assert err <= tol, f"sample {i} of the batch differs from its single run by {err:.2e}"
 
 
 class FirstBlockCounter:
@@ -192,6 +204,8 @@ def test_cfg_branches(suite_session):
     ctx = suite_session.ctx
     budget = suite_session.suite_def.mismatch_budget
     cfg = _dpcache(suite_session, budget)
+    k = len(cfg.schedule)  # the key steps whose measured compute matches the budget (≤ budget)
+    assert k <= budget, (k, budget)
     counter = FirstBlockCounter(ctx.pipe.transformer)
     cfg.apply()
     try:
@@ -202,10 +216,10 @@ def test_cfg_branches(suite_session):
         counter.close()
     if ctx.family == "dit":
         assert len(stats) == 1, f"batched CFG must use one state, got {sorted(stats)}"
-        assert counter.batches == [2] * budget, counter.batches  # cond and uncond halves together
+        assert counter.batches == [2] * k, counter.batches  # cond and uncond halves together
     else:
         assert set(stats) == {"cond", "uncond"}, sorted(stats)
-        assert len(counter.batches) == 2 * budget, counter.batches
+        assert len(counter.batches) == 2 * k, counter.batches
     for name, run in stats.items():
         assert run.computed_steps == cfg.schedule, (name, run.computed_steps, cfg.schedule)
-        assert run.cache_hits == ctx.num_steps - budget
+        assert run.cache_hits == ctx.num_steps - k

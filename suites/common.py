@@ -126,10 +126,18 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
     else:
         store, committed = ReferenceStore(cache / "references" / spec.name), ReferenceStore(refs)
     session = BenchSession(
-        spec, pipe, steps=bench_options.steps, num_prompts=bench_options.num_prompts or suite.num_prompts,
-        num_calibration=suite.num_calibration, repeats=int(os.environ.get("DPCACHE_BENCH_REPEATS", "5")),
-        store=store, committed=committed, cache_dir=cache, device=bench_options.resolved_device(),
-        suite=suite.name, progress=False,
+        spec,
+        pipe,
+        steps=bench_options.steps,
+        num_prompts=bench_options.num_prompts or suite.num_prompts,
+        num_calibration=suite.num_calibration,
+        repeats=int(os.environ.get("DPCACHE_BENCH_REPEATS", "5")),
+        store=store,
+        committed=committed,
+        cache_dir=cache,
+        device=bench_options.resolved_device(),
+        suite=suite.name,
+        progress=False,
     )
     session.committed_store = ReferenceStore(refs)
     session.logged = set()
@@ -159,8 +167,13 @@ def gate_record(session: Any, gate: Any, record: Any, metrics: tuple[str, ...]) 
         plots = session.ctx.cache_dir / "plots"
         plots.mkdir(parents=True, exist_ok=True)
         arts = [str(session.heatmap(plots / f"{session.spec.name}-T{session.ctx.num_steps}-cost.png"))]
-    gate(record, images=session.images.get(record.config_tag) if first else None, artifacts=arts,
-         metrics=metrics, log=first)
+    gate(
+        record,
+        images=session.images.get(record.config_tag) if first else None,
+        artifacts=arts,
+        metrics=metrics,
+        log=first,
+    )
 
 
 def suite_hooks(suite: Suite) -> tuple[Any, Any, Any]:
@@ -189,7 +202,9 @@ def load_schedules(suite: Suite) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def update_schedule(suite: Suite, model: str, steps_key: str, weights: str, budget: int, steps: list[int]) -> None:
+def update_schedule(
+    suite: Suite, model: str, steps_key: str, weights: str, budget: int, steps: list[int]
+) -> None:
     """Write one planned schedule into the suite's snapshot (file-locked, atomic: xdist workers share it)."""
     from filelock import FileLock
 

@@ -19,7 +19,13 @@ from dpcache.adapters import block_layout  # noqa: E402
 T = 10
 # method -> a knob value that skips at T=10 on every tiny family
 SKIPPING = {
-    "teacache": 1.0, "dicache": 0.5, "easycache": 0.5, "fora": 3, "toca": 3, "delta-dit": 3, "omnicache": 0.5,
+    "teacache": 1.0,
+    "dicache": 0.5,
+    "easycache": 0.5,
+    "fora": 3,
+    "toca": 3,
+    "delta-dit": 3,
+    "omnicache": 0.5,
 }
 STEP_HOOKS = {name: f"{name.replace('-', '_')}_step_hook" for name in SKIPPING}
 

@@ -20,8 +20,15 @@ from baselines.magcache import calibrate_magcache  # noqa: E402
 T = 10
 METHODS = ("firstblockcache", "taylorseer", "magcache", "pab", "fastercache", "seacache", "dbcache")
 # A knob value at which every method skips on every tiny family (checked: hits > 0 everywhere).
-SKIP_KNOB = {"firstblockcache": 1.0, "taylorseer": 2, "magcache": 0.1, "pab": 2, "fastercache": 2,
-             "seacache": 1.0, "dbcache": 1.0}
+SKIP_KNOB = {
+    "firstblockcache": 1.0,
+    "taylorseer": 2,
+    "magcache": 0.1,
+    "pab": 2,
+    "fastercache": 2,
+    "seacache": 1.0,
+    "dbcache": 1.0,
+}
 # Methods whose skip decision is one scalar over the whole batch (FirstBlockCache's and DBCache's relative residual
 # change, SeaCache's indicator distance averaged over samples): at an intermediate threshold a batch of two may
 # decide differently from either sample alone, so its outputs legitimately differ from the single-sample runs.
@@ -81,7 +88,12 @@ def _call_same_branches(family: str, pipe, gens):
     from harness.zoo import hunyuan_tiny, wan_tiny
 
     module = wan_tiny if family == "wan" else hunyuan_tiny
-    kw = {**module.default_call_kwargs(), "num_inference_steps": T, "prompt": [prompt], "negative_prompt": [prompt]}
+    kw = {
+        **module.default_call_kwargs(),
+        "num_inference_steps": T,
+        "prompt": [prompt],
+        "negative_prompt": [prompt],
+    }
     return pipe(**kw, generator=gens).frames
 
 
@@ -171,7 +183,9 @@ def test_taylorseer_forecasts_mlps_as_the_authors_do(family):
     pipe = _family(family)[0]
     block = _wrapped.block_modules(pipe.transformer)[0]
     counter = {"n": 0}
-    handle = _wrapped.first_linear(block.ff).register_forward_hook(lambda *_: counter.__setitem__("n", counter["n"] + 1))
+    handle = _wrapped.first_linear(block.ff).register_forward_hook(
+        lambda *_: counter.__setitem__("n", counter["n"] + 1)
+    )
     try:
         with _Applied("taylorseer", family, 2) as (_, call):
             call(generators(0), T)

@@ -15,7 +15,15 @@ def test_models_json(capsys):
     names = {r["name"] for r in rows}
     assert {"flux-tiny", "flux-dev", "wan-tiny", "dit-tiny"} <= names
     for r in rows:
-        assert {"name", "family", "scale", "pipeline_class", "num_inference_steps", "available", "reason"} <= set(r)
+        assert {
+            "name",
+            "family",
+            "scale",
+            "pipeline_class",
+            "num_inference_steps",
+            "available",
+            "reason",
+        } <= set(r)
         assert r["available"] or r["reason"]
 
 
@@ -35,7 +43,10 @@ def test_methods_lists_families_and_knobs(capsys):
         (["run", "--model", "nope"], "unknown model 'nope'"),
         (["run", "--model", "flux-tiny", "--random-weights", "--budgets", "x"], "--budgets must be"),
         (["run", "--model", "flux-tiny", "--random-weights", "--methods", "full,bogus"], "unknown method"),
-        (["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "20"], "exceeds T=10"),
+        (
+            ["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "20"],
+            "exceeds T=10",
+        ),
         (["run", "--model", "flux-tiny", "--random-weights", "--repeats", "0"], "--repeats must be >= 1"),
         (["report", "--json-in", "/nonexistent/results.jsonl"], "no result records"),
     ],
@@ -56,9 +67,31 @@ def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     threads = torch.get_num_threads()
     try:
-        rc = main(["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "5",
-                   "--methods", "full,dpcache", "--num-prompts", "1", "--calibration-prompts", "1", "--repeats", "1",
-                   "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--report", "rep", "--no-progress"])
+        rc = main(
+            [
+                "run",
+                "--model",
+                "flux-tiny",
+                "--random-weights",
+                "--steps",
+                "10",
+                "--budgets",
+                "5",
+                "--methods",
+                "full,dpcache",
+                "--num-prompts",
+                "1",
+                "--calibration-prompts",
+                "1",
+                "--repeats",
+                "1",
+                "--mlflow-uri",
+                f"sqlite:///{tmp_path}/mlflow.db",
+                "--report",
+                "rep",
+                "--no-progress",
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
@@ -73,7 +106,13 @@ def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
     pages = list((tmp_path / "rep").glob("*/index.html"))  # rep/<invocation>/index.html + rep/index.html
     assert len(pages) == 1 and (tmp_path / "rep" / "index.html").is_file()
     run_page = pages[0].read_text()
-    for needle in ("speedup_quality.png", "schedules.png", "cost_tensor.png", "img/full-K10/prompt0", "<table>"):
+    for needle in (
+        "speedup_quality.png",
+        "schedules.png",
+        "cost_tensor.png",
+        "img/full-K10/prompt0",
+        "<table>",
+    ):
         assert needle in run_page
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 2
     # `report` rebuilds from the JSON lines alone

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from harness.budget import BudgetMatch, cached_search, search_knob
+from harness.budget import BudgetMatch, cached_search, search_knob, search_schedule_size
 
 T = 50
 
@@ -98,10 +98,20 @@ def test_scaled_bisection_resolves_small_thresholds_in_a_wide_range():
 
 
 def test_unreachable_below_the_floor_names_the_limit_and_the_least_compute():
-    r = search_knob(lambda v: 20.0 if v > 0 else 50.0, 9, method="capped", knob="threshold",
-                    knob_range=(0.0, 1e3), knob_scale=0.01, limit="warm-up and skip cap")
+    r = search_knob(
+        lambda v: 20.0 if v > 0 else 50.0,
+        9,
+        method="capped",
+        knob="threshold",
+        knob_range=(0.0, 1e3),
+        knob_scale=0.01,
+        limit="warm-up and skip cap",
+    )
     assert not r.reachable and [m for _, m in r.nearest] == [20.0]
-    assert "nearest budgets it can hit are K=20 at threshold=1000, the least compute its whole knob range" in r.message
+    assert (
+        "nearest budgets it can hit are K=20 at threshold=1000, the least compute its whole knob range"
+        in r.message
+    )
     assert r.message.endswith("warm-up and skip cap")
     gap = search_knob(lambda v: 20.0 if v < 0.5 else 10.0, 15, knob_range=(0.0, 1.0), limit="never shown")
     assert "never shown" not in gap.message  # a gap inside the range is not the method's bound
@@ -119,8 +129,9 @@ def test_monotone_discrete_knob_is_bisected():
     r = search_knob(measure, 0.5, knob="interval", knob_values=range(1, 51), limit="interval cap")
     assert not r.reachable and r.nearest == [(50.0, 1.0)] and "interval cap" in r.message
     calls = []
-    exhaustive = search_knob(lambda i: calls.append(i) or float(math.ceil(T / i)), 9, knob_values=range(1, 11),
-                             monotone=False)
+    exhaustive = search_knob(
+        lambda i: calls.append(i) or float(math.ceil(T / i)), 9, knob_values=range(1, 11), monotone=False
+    )
     assert len(calls) == 10 and exhaustive.reachable
 
 
@@ -146,3 +157,35 @@ def test_cached_search_ignores_entries_of_an_older_format(tmp_path):
     path.write_text(json.dumps({"m-K13": stale}))
     r = cached_search(path, "m-K13", lambda: search_knob(smooth, 13, knob_range=(0.0, 1.0)))
     assert r.value != 123.0 and json.loads(path.read_text())["m-K13"]["format"] == 2
+
+
+@pytest.mark.parametrize("overhead", [0.0, 0.02, 0.08, 0.2])
+@pytest.mark.parametrize("budget", [25, 13, 9])
+def test_schedule_size_matches_measured_compute(budget, overhead):
+    """k key steps cost k + (T - k) * o: the search picks the k closest to K, checked against every k."""
+    calls = []
+
+    def measure(k: int) -> float:
+        calls.append(k)
+        return k + (T - k) * overhead
+
+    r = search_schedule_size(measure, budget, T, k_min=3)
+    searched = len(set(calls))
+    best = min(range(3, T + 1), key=lambda k: (abs(measure(k) - budget), k))
+    assert r.value == best
+    assert r.reachable == (abs(measure(best) - budget) <= 0.05 * budget)
+    assert searched <= 6  # an estimate and a short walk, not a sweep
+    if overhead == 0:
+        assert r.value == budget and r.measured == budget
+
+
+def test_schedule_size_reports_the_floor_when_overhead_is_too_large():
+    r = search_schedule_size(lambda k: k + (T - k) * 0.5, 9, T, k_min=3)
+    assert not r.reachable and r.value == 3
+    assert "3 key steps are the fewest" in r.message and "K=26.5" in r.message
+
+
+def test_schedule_size_skips_sizes_the_planner_refuses():
+    """Sizes with no finite-cost schedule (measure → None) bound the walk instead of failing it."""
+    r = search_schedule_size(lambda k: None if k < 7 else k + (T - k) * 0.3, 9, T, k_min=3)
+    assert r.value == 7 and not r.reachable and "7 key steps are the fewest" in r.message

@@ -42,13 +42,18 @@ def test_records_one_feature_per_step_on_host(flux):
     # an uncached CFG call first: diffusers then caches the hook tree the recorder must still be part of
     pipe(prompt="a red 1", num_inference_steps=2, generator=torch.Generator().manual_seed(0), **base)
     feats = record_features(
-        pipe, lambda: pipe(prompt="a red 1", num_inference_steps=T, generator=torch.Generator().manual_seed(0), **base)
+        pipe,
+        lambda: pipe(
+            prompt="a red 1", num_inference_steps=T, generator=torch.Generator().manual_seed(0), **base
+        ),
     )
     assert len(feats) == T
     assert all(f.device.type == "cpu" for f in feats)
     assert feats[0].shape[-1] == pipe.transformer.inner_dim
     assert not torch.equal(feats[0], feats[-1])
-    assert not pipe.transformer.single_transformer_blocks[-1]._diffusers_hook.hooks, "recorder must be removed"
+    assert not pipe.transformer.single_transformer_blocks[-1]._diffusers_hook.hooks, (
+        "recorder must be removed"
+    )
 
 
 def test_calibrate_matches_features_and_resumes(flux, tmp_path):
@@ -67,14 +72,27 @@ def test_calibrate_matches_features_and_resumes(flux, tmp_path):
     try:
         calls["fail_at"] = 2
         with pytest.raises(KeyboardInterrupt):
-            calibrate(pipe, prompts, num_inference_steps=T, call_kwargs=base, work_dir=tmp_path, progress=False,
-                      model_id="flux-tiny-random")
+            calibrate(
+                pipe,
+                prompts,
+                num_inference_steps=T,
+                call_kwargs=base,
+                work_dir=tmp_path,
+                progress=False,
+                model_id="flux-tiny-random",
+            )
         assert len(list(tmp_path.glob("*.npz"))) == 1
         assert not list(tmp_path.glob("*.tmp")), "a killed calibration leaves no partial file"
         calls.update(n=0, fail_at=None)
         ct = calibrate(
-            pipe, prompts, num_inference_steps=T, call_kwargs=base, work_dir=tmp_path, progress=False,
-            model_id="flux-tiny-random", out=tmp_path / "ct.safetensors",
+            pipe,
+            prompts,
+            num_inference_steps=T,
+            call_kwargs=base,
+            work_dir=tmp_path,
+            progress=False,
+            model_id="flux-tiny-random",
+            out=tmp_path / "ct.safetensors",
         )
         assert calls["n"] == 1, "the prompt already done must not run again"
     finally:
@@ -84,12 +102,14 @@ def test_calibrate_matches_features_and_resumes(flux, tmp_path):
 
     per_prompt = []
     for i, prompt in enumerate(prompts):
-        feats = record_features(pipe, lambda p=prompt, s=42 + i: pipe(
-            prompt=p, num_inference_steps=T, generator=torch.Generator("cpu").manual_seed(s), **base))
+        feats = record_features(
+            pipe,
+            lambda p=prompt, s=42 + i: pipe(
+                prompt=p, num_inference_steps=T, generator=torch.Generator("cpu").manual_seed(s), **base
+            ),
+        )
         per_prompt.append(cost_tensor_one(feats, TaylorPredictor(order=2)))
-    expected = np.where(
-        np.isfinite(per_prompt[0]), (per_prompt[0] + per_prompt[1]) / 2, np.inf
-    )
+    expected = np.where(np.isfinite(per_prompt[0]), (per_prompt[0] + per_prompt[1]) / 2, np.inf)
     assert np.allclose(ct.cost, expected, equal_nan=False)
     loaded = CostTensor.load(tmp_path / "ct.safetensors")
     assert np.array_equal(loaded.cost, ct.cost)
@@ -97,11 +117,15 @@ def test_calibrate_matches_features_and_resumes(flux, tmp_path):
 
 def test_calibrated_tensor_drives_the_hook_and_refuses_other_configs(flux, tmp_path):
     pipe, base = flux
-    ct = calibrate(pipe, ["a green 3 on a red background"], num_inference_steps=T, call_kwargs=base, progress=False)
+    ct = calibrate(
+        pipe, ["a green 3 on a red background"], num_inference_steps=T, call_kwargs=base, progress=False
+    )
     keys = apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, cost=ct, budget=5))
     try:
         assert len(keys) == 5 and keys[:3] == (0, 1, 2)
-        out = pipe(prompt="a green 3", num_inference_steps=T, generator=torch.Generator().manual_seed(1), **base)
+        out = pipe(
+            prompt="a green 3", num_inference_steps=T, generator=torch.Generator().manual_seed(1), **base
+        )
         assert out.images[0] is not None
     finally:
         remove_dpcache(pipe)

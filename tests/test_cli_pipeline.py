@@ -34,10 +34,21 @@ def calibrated(pipeline_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("cal") / "cost.safetensors"
     prompts = out.parent / "prompts.txt"
     prompts.write_text("a red 1 on a black background\na blue 7 on a white background\n")
-    code = main([
-        "calibrate", "--pipeline", str(pipeline_dir), "--prompts", str(prompts), "--sample-size", "2",
-        "--steps", str(T), "--out", str(out),
-    ])
+    code = main(
+        [
+            "calibrate",
+            "--pipeline",
+            str(pipeline_dir),
+            "--prompts",
+            str(prompts),
+            "--sample-size",
+            "2",
+            "--steps",
+            str(T),
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0 and out.exists()
     return out
 
@@ -54,16 +65,44 @@ def test_calibrate_then_plan_then_generate(pipeline_dir, calibrated, tmp_path, c
     planned = json.loads(capsys.readouterr().out)
     assert planned["key_steps"][:3] == [0, 1, 2] and len(planned["key_steps"]) == 5
     out = tmp_path / "img.png"
-    code = main([
-        "generate", "--pipeline", str(pipeline_dir), "--prompt", "a red 1 on a black background",
-        "--steps", str(T), "--cost", str(calibrated), "--budget", "5", "--out", str(out),
-    ])
+    code = main(
+        [
+            "generate",
+            "--pipeline",
+            str(pipeline_dir),
+            "--prompt",
+            "a red 1 on a black background",
+            "--steps",
+            str(T),
+            "--cost",
+            str(calibrated),
+            "--budget",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and out.exists()
     assert f"cond: 5 key steps {planned['key_steps']}, {T - 5} predicted" in text
     base = tmp_path / "full.png"
-    assert main(["generate", "--pipeline", str(pipeline_dir), "--prompt", "a red 1", "--steps", str(T),
-                 "--no-cache", "--out", str(base)]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--pipeline",
+                str(pipeline_dir),
+                "--prompt",
+                "a red 1",
+                "--steps",
+                str(T),
+                "--no-cache",
+                "--out",
+                str(base),
+            ]
+        )
+        == 0
+    )
     assert base.exists()
 
 
@@ -73,14 +112,45 @@ def test_calibration_resumes_from_its_parts(pipeline_dir, calibrated, capsys):
     mtimes = {p: p.stat().st_mtime_ns for p in parts.glob("*.npz")}
     prompts = calibrated.parent / "prompts.txt"
     again = calibrated.parent / "again.safetensors"
-    assert main(["calibrate", "--pipeline", str(pipeline_dir), "--prompts", str(prompts), "--sample-size", "2",
-                 "--steps", str(T), "--work-dir", str(parts), "--out", str(again)]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--pipeline",
+                str(pipeline_dir),
+                "--prompts",
+                str(prompts),
+                "--sample-size",
+                "2",
+                "--steps",
+                str(T),
+                "--work-dir",
+                str(parts),
+                "--out",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert {p: p.stat().st_mtime_ns for p in parts.glob("*.npz")} == mtimes
 
 
 def test_generate_refuses_a_tensor_for_another_step_count(pipeline_dir, calibrated, capsys):
-    code = main(["generate", "--pipeline", str(pipeline_dir), "--prompt", "a", "--steps", "10",
-                 "--cost", str(calibrated), "--budget", "5"])
+    code = main(
+        [
+            "generate",
+            "--pipeline",
+            str(pipeline_dir),
+            "--prompt",
+            "a",
+            "--steps",
+            "10",
+            "--cost",
+            str(calibrated),
+            "--budget",
+            "5",
+        ]
+    )
     _one_line_error(capsys, code, "num_steps: expected 10, found 8")
 
 
@@ -89,16 +159,42 @@ def test_generate_refuses_a_tensor_of_another_model(tmp_path, calibrated, pipeli
 
     other = tmp_path / "other-model"
     shutil.copytree(pipeline_dir, other)
-    code = main(["generate", "--pipeline", str(other), "--prompt", "a", "--steps", str(T),
-                 "--cost", str(calibrated), "--budget", "5"])
+    code = main(
+        [
+            "generate",
+            "--pipeline",
+            str(other),
+            "--prompt",
+            "a",
+            "--steps",
+            str(T),
+            "--cost",
+            str(calibrated),
+            "--budget",
+            "5",
+        ]
+    )
     _one_line_error(capsys, code, "calibrated for model")
 
 
 def test_generate_refuses_a_pickle(tmp_path, pipeline_dir, capsys):
     bad = tmp_path / "cost.safetensors"
     bad.write_bytes(pickle.dumps(np.zeros((T, T + 1, T + 1))))
-    code = main(["generate", "--pipeline", str(pipeline_dir), "--prompt", "a", "--steps", str(T),
-                 "--cost", str(bad), "--budget", "5"])
+    code = main(
+        [
+            "generate",
+            "--pipeline",
+            str(pipeline_dir),
+            "--prompt",
+            "a",
+            "--steps",
+            str(T),
+            "--cost",
+            str(bad),
+            "--budget",
+            "5",
+        ]
+    )
     _one_line_error(capsys, code, "pickle")
 
 
@@ -108,8 +204,21 @@ def test_generate_needs_cost_or_no_cache(pipeline_dir, capsys):
 
 
 def test_generate_unreachable_budget(pipeline_dir, calibrated, capsys):
-    code = main(["generate", "--pipeline", str(pipeline_dir), "--prompt", "a", "--steps", str(T),
-                 "--cost", str(calibrated), "--budget", "2"])
+    code = main(
+        [
+            "generate",
+            "--pipeline",
+            str(pipeline_dir),
+            "--prompt",
+            "a",
+            "--steps",
+            str(T),
+            "--cost",
+            str(calibrated),
+            "--budget",
+            "2",
+        ]
+    )
     _one_line_error(capsys, code, "")
 
 

@@ -70,8 +70,14 @@ def _fake_method(ctx):
         ctx.knob = knob
 
     return CacheMethod(
-        name="fakecache", families=frozenset({"flux"}), knob="threshold", apply=apply,
-        remove=lambda pipe: None, cache_hits=lambda pipe: 7, never_skip=0.0, compute_grows_with_knob=False,
+        name="fakecache",
+        families=frozenset({"flux"}),
+        knob="threshold",
+        apply=apply,
+        remove=lambda pipe: None,
+        cache_hits=lambda pipe: 7,
+        never_skip=0.0,
+        compute_grows_with_knob=False,
         knob_range=(0.0, 1.0),
     )
 

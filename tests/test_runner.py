@@ -8,8 +8,24 @@ import json
 import pytest
 
 T, BUDGET = 10, 5
-FIELDS = ("suite", "model", "scale", "method", "budget", "num_steps", "config_tag", "schedule", "full_steps",
-          "flops_speedup", "wall_speedup", "psnr", "ssim", "lpips", "adherence", "reference_key")
+FIELDS = (
+    "suite",
+    "model",
+    "scale",
+    "method",
+    "budget",
+    "num_steps",
+    "config_tag",
+    "schedule",
+    "full_steps",
+    "flops_speedup",
+    "wall_speedup",
+    "psnr",
+    "ssim",
+    "lpips",
+    "adherence",
+    "reference_key",
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +45,20 @@ def run(tmp_path_factory):
     try:
         with pytest.warns(UserWarning, match="unreachable"):
             records = run_benchmark(
-                "flux-tiny", ["full", "fewer-steps", "dpcache"], [BUDGET, 2], T, 1, repeats=1, num_calibration=1,
-                json_out=d / "results.jsonl", mlflow_uri="http://127.0.0.1:9", cache_dir=d / "cache",
-                artifacts_dir=d / "art", pipe=build_pipeline(trained=False), skipped=skipped, progress=False,
+                "flux-tiny",
+                ["full", "fewer-steps", "dpcache"],
+                [BUDGET, 2],
+                T,
+                1,
+                repeats=1,
+                num_calibration=1,
+                json_out=d / "results.jsonl",
+                mlflow_uri="http://127.0.0.1:9",
+                cache_dir=d / "cache",
+                artifacts_dir=d / "art",
+                pipe=build_pipeline(trained=False),
+                skipped=skipped,
+                progress=False,
             )
     finally:
         torch.set_num_threads(threads)
@@ -41,7 +68,12 @@ def run(tmp_path_factory):
 
 def test_records_complete(run):
     _, records, _ = run
-    assert [r.config_tag for r in records] == ["full-K10", "fewer-steps-K5", "fewer-steps-K2", "dpcache-K5-M3-O2"]
+    assert [r.config_tag for r in records] == [
+        "full-K10",
+        "fewer-steps-K5",
+        "fewer-steps-K2",
+        "dpcache-K5-M3-O2",
+    ]
     for r in records:
         d = r.to_dict()
         for f in FIELDS:
@@ -56,7 +88,9 @@ def test_records_complete(run):
     assert few5.flops_speedup == pytest.approx(2.0) and few2.flops_speedup == pytest.approx(5.0)
     assert len(dp.schedule) == BUDGET and dp.schedule[:3] == [0, 1, 2]
     assert sum(dp.cache_hits) == 2 * (T - BUDGET)  # both CFG branches predict every non-key step
-    assert 1.8 < dp.flops_speedup <= 2.0 and dp.extra_metrics["measured_k"] == pytest.approx(T / dp.flops_speedup)
+    assert 1.8 < dp.flops_speedup <= 2.0 and dp.extra_metrics["measured_k"] == pytest.approx(
+        T / dp.flops_speedup
+    )
 
 
 def test_unreachable_budget_reported(run):
@@ -87,10 +121,35 @@ def test_cache_check_flags_a_cache_that_never_hit():
     from harness.runner import cache_check
 
     def rec(method, budget, hits):
-        return ResultRecord(suite="s", model="m", scale="tiny", method=method, budget=budget, num_steps=50,
-                            cache_hits=hits)
+        return ResultRecord(
+            suite="s", model="m", scale="tiny", method=method, budget=budget, num_steps=50, cache_hits=hits
+        )
 
     assert "never engaged" in cache_check(rec("dpcache", 13, [0, 0]))
     assert cache_check(rec("dpcache", 13, [3, 0])) is None
     assert cache_check(rec("dpcache", 50, [0])) is None  # K = T: nothing to skip
     assert cache_check(rec("fewer-steps", 13, None)) is None
+
+
+def test_cache_check_flags_a_fixed_schedule_off_its_budget():
+    """DPCache's compute does not depend on the prompt, so a measured K off the budget is a mismatch."""
+    from harness.records import ResultRecord
+    from harness.runner import cache_check
+
+    def rec(speedup, knobs):
+        return ResultRecord(
+            suite="s",
+            model="m",
+            scale="tiny",
+            method="dpcache",
+            budget=13,
+            num_steps=50,
+            cache_hits=[37],
+            flops_speedup=speedup,
+            knobs=knobs,
+        )
+
+    assert "not at matched compute" in cache_check(rec(50 / 14.0, {"key_steps": 13}))  # 7.7% over
+    assert cache_check(rec(50 / 13.3, {"key_steps": 13})) is None  # 2.3%: within 5%
+    assert cache_check(rec(50 / 13.6, {"key_steps": 11})) is None
+    assert cache_check(rec(50 / 14.0, {})) is None  # adaptive methods: compute varies with the prompt

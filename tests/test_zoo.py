@@ -16,9 +16,18 @@ from harness.zoo import registry  # noqa: E402
 
 IMAGE_TINY = ["flux-tiny", "dit-tiny"]
 ALL_NAMES = [
-    "flux-tiny", "wan-tiny", "hunyuan-video-tiny", "dit-tiny",
-    "flux-medium", "wan-medium", "hunyuan-video-medium", "dit-medium",
-    "flux-dev", "wan2.1-i2v-14b-720p", "hunyuan-video", "dit-xl-2-256",
+    "flux-tiny",
+    "wan-tiny",
+    "hunyuan-video-tiny",
+    "dit-tiny",
+    "flux-medium",
+    "wan-medium",
+    "hunyuan-video-medium",
+    "dit-medium",
+    "flux-dev",
+    "wan2.1-i2v-14b-720p",
+    "hunyuan-video",
+    "dit-xl-2-256",
 ]
 
 
@@ -87,7 +96,9 @@ def test_prompt_becomes_pipeline_kwargs():
     kw = registry.get_spec("flux-tiny").pipeline_kwargs("a red 7 on a black background")
     assert kw["prompt"] == "a red 7 on a black background" and kw["true_cfg_scale"] >= 3
     assert kw["negative_prompt"] == "" and kw["height"] == 32
-    assert registry.get_spec("dit-tiny").pipeline_kwargs("a red 7 on a black background")["class_labels"] == [7]
+    assert registry.get_spec("dit-tiny").pipeline_kwargs("a red 7 on a black background")["class_labels"] == [
+        7
+    ]
     assert registry.get_spec("dit-xl-2-256").pipeline_kwargs(207)["class_labels"] == [207]
     i2v = registry.get_spec("wan2.1-i2v-14b-720p").pipeline_kwargs("a cat")
     assert i2v["image"].size == (832, 832) and i2v["num_frames"] == 81
@@ -95,8 +106,20 @@ def test_prompt_becomes_pipeline_kwargs():
 
 def test_models_json_fields():
     rows = registry.models_json()
-    keys = {"name", "family", "scale", "pipeline_class", "path", "num_inference_steps", "height", "width",
-            "num_frames", "guidance_scale", "available", "reason"}
+    keys = {
+        "name",
+        "family",
+        "scale",
+        "pipeline_class",
+        "path",
+        "num_inference_steps",
+        "height",
+        "width",
+        "num_frames",
+        "guidance_scale",
+        "available",
+        "reason",
+    }
     assert [r["name"] for r in rows] == [s.name for s in registry.list_specs()]
     for r in rows:
         assert keys <= set(r)
@@ -161,14 +184,21 @@ def test_random_weight_builders_run():
     from harness.zoo import dit_tiny, flux_tiny
 
     flux = flux_tiny.build_pipeline(seed=0, trained=False)
-    img = flux(**flux_tiny.call_kwargs("a blue 3 on a grass background"), num_inference_steps=2,
-               generator=torch.Generator().manual_seed(0), output_type="np").images
+    img = flux(
+        **flux_tiny.call_kwargs("a blue 3 on a grass background"),
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    ).images
     assert img.shape == (1, 32, 32, 3)
-    assert len(flux.transformer.transformer_blocks) >= 2 and len(flux.transformer.single_transformer_blocks) >= 2
+    assert (
+        len(flux.transformer.transformer_blocks) >= 2 and len(flux.transformer.single_transformer_blocks) >= 2
+    )
     dit = dit_tiny.build_pipeline(seed=0, trained=False)
     assert dit.transformer.config.num_embeds_ada_norm == 1000
-    img = dit(class_labels=[3], num_inference_steps=2, generator=torch.Generator().manual_seed(0),
-              output_type="np").images
+    img = dit(
+        class_labels=[3], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
     assert img.shape == (1, 32, 32, 3)
 
 

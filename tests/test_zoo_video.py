@@ -31,7 +31,9 @@ def _one_thread():
 def tiny(request):
     name = request.param
     mod = MODULES[name]
-    assert (mod.TINY_DIR / "model_index.json").exists(), f"{mod.TINY_DIR} missing: python -m harness.zoo.train {name}"
+    assert (mod.TINY_DIR / "model_index.json").exists(), (
+        f"{mod.TINY_DIR} missing: python -m harness.zoo.train {name}"
+    )
     pipe = mod.build_pipeline(trained=True)
     pipe.set_progress_bar_config(disable=True)
     return name, mod, pipe
@@ -90,8 +92,9 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
 def test_hunyuan_template_crops_to_the_prompt():
     pipe = hunyuan_tiny.build_pipeline(trained=False)
     kw = hunyuan_tiny.default_call_kwargs(tokenizer=pipe.tokenizer)
-    emb, pooled, mask = pipe.encode_prompt(PROMPT, prompt_template=kw["prompt_template"],
-                                           max_sequence_length=kw["max_sequence_length"])
+    emb, pooled, mask = pipe.encode_prompt(
+        PROMPT, prompt_template=kw["prompt_template"], max_sequence_length=kw["max_sequence_length"]
+    )
     assert int(mask.sum()) == len(PROMPT.split())  # no template junk, no all-padding
     assert pipe.tokenizer.padding_side == "right"
     ids = pipe.tokenizer_2(PROMPT).input_ids

@@ -41,7 +41,9 @@ def build_family(name: str):
         def call(gens, steps, prompts=(3,)):
             kw = m.call_kwargs(prompts[0])
             kw["class_labels"] = list(prompts)
-            return torch.from_numpy(pipe(**kw, num_inference_steps=steps, generator=gens, output_type="np").images)
+            return torch.from_numpy(
+                pipe(**kw, num_inference_steps=steps, generator=gens, output_type="np").images
+            )
 
     else:
         from harness.zoo import hunyuan_tiny, wan_tiny

@@ -22,7 +22,11 @@ import torch.nn.functional as F
 from harness.zoo import digits_data
 
 CLASSIFIER_DIR = Path(__file__).parent / "tiny" / "classifier"
-HEADS = {"digit": 10, "colour": len(digits_data.COLOUR_NAMES), "background": len(digits_data.BACKGROUND_NAMES)}
+HEADS = {
+    "digit": 10,
+    "colour": len(digits_data.COLOUR_NAMES),
+    "background": len(digits_data.BACKGROUND_NAMES),
+}
 
 
 class SceneClassifier(nn.Module):
@@ -36,9 +40,14 @@ class SceneClassifier(nn.Module):
 
         w = width
         self.features = nn.Sequential(
-            block(3, w), block(w, w), nn.MaxPool2d(2),
-            block(w, 2 * w), block(2 * w, 2 * w), nn.MaxPool2d(2),
-            block(2 * w, 4 * w), block(4 * w, 4 * w),
+            block(3, w),
+            block(w, w),
+            nn.MaxPool2d(2),
+            block(w, 2 * w),
+            block(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            block(2 * w, 4 * w),
+            block(4 * w, 4 * w),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(8 * w, n) for k, n in HEADS.items()})
 
@@ -70,12 +79,12 @@ def _targets(scenes: Sequence[digits_data.Scene]) -> dict[str, torch.Tensor]:
     }
 
 
-def train_classifier(seed: int = 0, iters: int = 1000, batch: int = 128, n_data: int = 30000) -> dict:
+def train_classifier(seed: int = 0, iters: int = 1500, batch: int = 128, n_data: int = 30000) -> dict:
     """Train on fresh scenes and save to CLASSIFIER_DIR; returns held-out accuracies."""
     from safetensors.torch import save_file
 
     torch.manual_seed(seed)
-    images, scenes = digits_data.sample_scenes(n_data, seed=seed + 500)
+    images, scenes = digits_data.sample_scenes(n_data, seed=seed + 500, **digits_data.CLASSIFIER_SCENES)
     x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
     y_all = _targets(scenes)
     model = SceneClassifier()
@@ -94,20 +103,38 @@ def train_classifier(seed: int = 0, iters: int = 1000, batch: int = 128, n_data:
         if it % 100 == 0:
             print(f"classifier it {it} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
     model.eval()
-    test_images, test_scenes = digits_data.sample_scenes(2000, seed=seed + 999)
-    acc = evaluate(model, torch.from_numpy(test_images).permute(0, 3, 1, 2), test_scenes)
+    acc = {}
+    for name, kw in (("default", {}), ("generator", digits_data.GENERATOR_SCENES)):
+        test_images, test_scenes = digits_data.sample_scenes(2000, seed=seed + 999, **kw)
+        acc[name] = evaluate(model, torch.from_numpy(test_images).permute(0, 3, 1, 2), test_scenes)
     CLASSIFIER_DIR.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(CLASSIFIER_DIR / "model.safetensors"),
-              metadata={"format": "pt", "heads": json.dumps(HEADS)})
-    (CLASSIFIER_DIR / "config.json").write_text(json.dumps({
-        "heads": HEADS, "colours": digits_data.COLOUR_NAMES, "backgrounds": digits_data.BACKGROUND_NAMES,
-        "held_out_accuracy": acc, "seed": seed, "iters": iters}, indent=2) + "\n")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(CLASSIFIER_DIR / "model.safetensors"),
+        metadata={"format": "pt", "heads": json.dumps(HEADS)},
+    )
+    (CLASSIFIER_DIR / "config.json").write_text(
+        json.dumps(
+            {
+                "heads": HEADS,
+                "colours": digits_data.COLOUR_NAMES,
+                "backgrounds": digits_data.BACKGROUND_NAMES,
+                "held_out_accuracy": acc,
+                "seed": seed,
+                "iters": iters,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     load_classifier.cache_clear()
     return {"train_seconds": time.time() - t0, "held_out_accuracy": acc}
 
 
 @torch.no_grad()
-def evaluate(model: SceneClassifier, x: torch.Tensor, scenes: Sequence[digits_data.Scene]) -> dict[str, float]:
+def evaluate(
+    model: SceneClassifier, x: torch.Tensor, scenes: Sequence[digits_data.Scene]
+) -> dict[str, float]:
     out = model(x.float())
     y = _targets(scenes)
     return {k: float((out[k].argmax(1) == y[k]).float().mean()) for k in HEADS}
@@ -140,7 +167,9 @@ def to_batch(images) -> torch.Tensor:
         x = torch.from_numpy(arr).permute(0, 3, 1, 2)
     x = x.clamp(0, 1)
     if x.shape[-1] != digits_data.IMAGE_SIZE:
-        x = F.interpolate(x, size=(digits_data.IMAGE_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(digits_data.IMAGE_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False
+        )
     return x
 
 
@@ -149,8 +178,10 @@ def predict(images) -> list[digits_data.Scene]:
     """The classifier's reading of each image as a Scene."""
     out = load_classifier()(to_batch(images))
     d, c, b = (out[k].argmax(1).tolist() for k in ("digit", "colour", "background"))
-    return [digits_data.Scene(di, digits_data.COLOUR_NAMES[ci], digits_data.BACKGROUND_NAMES[bi])
-            for di, ci, bi in zip(d, c, b)]
+    return [
+        digits_data.Scene(di, digits_data.COLOUR_NAMES[ci], digits_data.BACKGROUND_NAMES[bi])
+        for di, ci, bi in zip(d, c, b)
+    ]
 
 
 def prompt_adherence(images, prompts: Sequence[str | int]) -> dict:
@@ -178,5 +209,11 @@ def prompt_adherence(images, prompts: Sequence[str | int]) -> dict:
         vals = [r[key] for r in rows if key in r]
         return float(np.mean(vals)) if vals else None
 
-    return {"n": len(rows), "digit": frac("digit"), "colour": frac("colour"), "background": frac("background"),
-            "all": frac("all"), "per_prompt": rows}
+    return {
+        "n": len(rows),
+        "digit": frac("digit"),
+        "colour": frac("colour"),
+        "background": frac("background"),
+        "all": frac("all"),
+        "per_prompt": rows,
+    }

@@ -24,12 +24,30 @@ MAX_SEQUENCE_LENGTH = 16
 
 SIZES: dict[str, dict] = {
     # image 32×32 px → latent 16×16×4 → 64 packed tokens of 16 channels
-    "tiny": {"hidden": 96, "heads": 3, "axes": (8, 12, 12), "double": 2, "single": 2, "text_dim": 32,
-             "height": 32, "seq_lo": 16, "seq_hi": 64},
+    "tiny": {
+        "hidden": 96,
+        "heads": 3,
+        "axes": (8, 12, 12),
+        "double": 2,
+        "single": 2,
+        "text_dim": 32,
+        "height": 32,
+        "seq_lo": 16,
+        "seq_hi": 64,
+    },
     # image 64×64 px → 256 tokens; hidden 512, 4 double + 8 single blocks (~70M params): one forward
     # takes ~0.1–0.3 s on 2 CPU cores, compute-bound enough to compare wall-clock with FLOPs speedups
-    "medium": {"hidden": 512, "heads": 8, "axes": (16, 24, 24), "double": 4, "single": 8, "text_dim": 64,
-               "height": 64, "seq_lo": 64, "seq_hi": 256},
+    "medium": {
+        "hidden": 512,
+        "heads": 8,
+        "axes": (16, 24, 24),
+        "double": 4,
+        "single": 8,
+        "text_dim": 64,
+        "height": 64,
+        "seq_lo": 64,
+        "seq_hi": 256,
+    },
 }
 
 
@@ -59,17 +77,37 @@ def build_text_encoders(seed: int = 0, size: str = "tiny") -> dict:
     tok = build_clip_tokenizer(model_max_length=MAX_SEQUENCE_LENGTH)
     tok2 = build_t5_tokenizer(model_max_length=MAX_SEQUENCE_LENGTH)
     torch.manual_seed(seed + 1)
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=MAX_SEQUENCE_LENGTH, projection_dim=dim,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    ))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok),
+            hidden_size=dim,
+            intermediate_size=2 * dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=MAX_SEQUENCE_LENGTH,
+            projection_dim=dim,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     torch.manual_seed(seed + 2)
-    t5 = T5EncoderModel(T5Config(
-        vocab_size=len(tok2), d_model=dim, d_kv=dim // 2, d_ff=2 * dim, num_layers=2, num_heads=2,
-        relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
-        decoder_start_token_id=0, pad_token_id=tok2.pad_token_id, eos_token_id=tok2.eos_token_id,
-    ))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tok2),
+            d_model=dim,
+            d_kv=dim // 2,
+            d_ff=2 * dim,
+            num_layers=2,
+            num_heads=2,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=16,
+            feed_forward_proj="gated-gelu",
+            decoder_start_token_id=0,
+            pad_token_id=tok2.pad_token_id,
+            eos_token_id=tok2.eos_token_id,
+        )
+    )
     return {"tokenizer": tok, "text_encoder": clip.eval(), "tokenizer_2": tok2, "text_encoder_2": t5.eval()}
 
 
@@ -91,7 +129,9 @@ def build_transformer(seed: int = 0, size: str = "tiny") -> FluxTransformer2DMod
     )
 
 
-def build_pipeline(seed: int = 0, trained: bool = False, size: str = "tiny", path: str | Path | None = None) -> FluxPipeline:
+def build_pipeline(
+    seed: int = 0, trained: bool = False, size: str = "tiny", path: str | Path | None = None
+) -> FluxPipeline:
     """The flux-tiny (or flux-medium) FluxPipeline; ``trained=True`` loads the committed weights."""
     if trained:
         if size != "tiny":
@@ -110,5 +150,11 @@ def build_pipeline(seed: int = 0, trained: bool = False, size: str = "tiny", pat
 def call_kwargs(prompt: str, size: str = "tiny", guidance_scale: float = 4.0) -> dict:
     """Pipeline kwargs for one prompt: true classifier-free guidance against the empty prompt."""
     h = default_height(size)
-    return {"prompt": prompt, "negative_prompt": "", "true_cfg_scale": guidance_scale, "height": h, "width": h,
-            "max_sequence_length": MAX_SEQUENCE_LENGTH}
+    return {
+        "prompt": prompt,
+        "negative_prompt": "",
+        "true_cfg_scale": guidance_scale,
+        "height": h,
+        "width": h,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+    }

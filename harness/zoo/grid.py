@@ -41,11 +41,17 @@ def make_grid(name: str, n: int = 24, cols: int = 6, out: str | Path | None = No
         ax.axis("off")
     for ax, img, p, r in zip(np.ravel(axes), images, prompts, reads):
         ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
-        label = f"label {p}" if spec.input_kind == "class_label" else str(p).removeprefix("a ").replace(" background", "")
+        label = (
+            f"label {p}"
+            if spec.input_kind == "class_label"
+            else str(p).removeprefix("a ").replace(" background", "")
+        )
         title = label if r is None else f"{label}\nread: {r.removeprefix('a ').replace(' background', '')}"
         ax.set_title(title, fontsize=7)
-    fig.suptitle(f"{name}: {spec.num_inference_steps}-step samples (seed {seed}), prompt / classifier reading",
-                 fontsize=9)
+    fig.suptitle(
+        f"{name}: {spec.num_inference_steps}-step samples (seed {seed}), prompt / classifier reading",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(out) if out else REPORTS / f"{name}.png"
     out.parent.mkdir(parents=True, exist_ok=True)

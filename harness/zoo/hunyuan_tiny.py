@@ -27,17 +27,33 @@ FLOW_SHIFT = 7.0  # as the real HunyuanVideo scheduler
 
 _SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        heads=4, head_dim=16, double=2, single=2, refiner=1, mlp_ratio=3.0, latent=8,
-        vae_channels=(16, 24, 24), text_dim=32,
+        heads=4,
+        head_dim=16,
+        double=2,
+        single=2,
+        refiner=1,
+        mlp_ratio=3.0,
+        latent=8,
+        vae_channels=(16, 24, 24),
+        text_dim=32,
     ),
     "medium": dict(
-        heads=8, head_dim=64, double=1, single=3, refiner=1, mlp_ratio=4.0, latent=16,
-        vae_channels=(16, 32, 32), text_dim=64,
+        heads=8,
+        head_dim=64,
+        double=1,
+        single=3,
+        refiner=1,
+        mlp_ratio=4.0,
+        latent=16,
+        vae_channels=(16, 32, 32),
+        text_dim=64,
     ),
 }
 
 
-def bpe_vocab(words: tuple[str, ...] | list[str], prefix: str = "", suffix: str = "") -> tuple[list[str], list[tuple[str, str]]]:
+def bpe_vocab(
+    words: tuple[str, ...] | list[str], prefix: str = "", suffix: str = ""
+) -> tuple[list[str], list[tuple[str, str]]]:
     """Tokens and merges of a BPE that turns each of ``words`` into one token.
 
     Each word is built left to right (``prefix`` + characters, ``suffix`` glued to the last one);
@@ -93,8 +109,14 @@ def build_llama_tokenizer():
     vocab = {t: i for i, t in enumerate(specials + [t for t in tokens if t not in specials])}
 
     def make(m):
-        return LlamaTokenizer(vocab=vocab, merges=list(m), padding_side="right", pad_token="<pad>",
-                              add_prefix_space=True, model_max_length=64)
+        return LlamaTokenizer(
+            vocab=vocab,
+            merges=list(m),
+            padding_side="right",
+            pad_token="<pad>",
+            add_prefix_space=True,
+            model_max_length=64,
+        )
 
     return _fix_merges(make, list(PROMPT_WORDS), merges, list(vocab))
 
@@ -123,17 +145,35 @@ def _text_encoders(tok, tok2, dim: int, seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
 
     torch.manual_seed(seed + 1)
-    llama = LlamaModel(LlamaConfig(
-        vocab_size=len(tok), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
-        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-    )).eval()
+    llama = LlamaModel(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=dim,
+            intermediate_size=2 * dim,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+    ).eval()
     torch.manual_seed(seed + 2)
-    clip = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tok2), hidden_size=dim, intermediate_size=2 * dim, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=CLIP_MAX_LEN, projection_dim=dim,
-        bos_token_id=tok2.bos_token_id, eos_token_id=tok2.eos_token_id, pad_token_id=tok2.pad_token_id,
-    )).eval()
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tok2),
+            hidden_size=dim,
+            intermediate_size=2 * dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LEN,
+            projection_dim=dim,
+            bos_token_id=tok2.bos_token_id,
+            eos_token_id=tok2.eos_token_id,
+            pad_token_id=tok2.pad_token_id,
+        )
+    ).eval()
     return llama, clip
 
 
@@ -145,10 +185,17 @@ def build_vae(size: str = "tiny", seed: int = 0, scaling_factor: float = 1.0):
     n = len(s["vae_channels"])
     torch.manual_seed(seed + 3)
     return AutoencoderKLHunyuanVideo(
-        in_channels=3, out_channels=3, latent_channels=s["latent"],
-        down_block_types=("HunyuanVideoDownBlock3D",) * n, up_block_types=("HunyuanVideoUpBlock3D",) * n,
-        block_out_channels=s["vae_channels"], layers_per_block=1, norm_num_groups=8,
-        scaling_factor=scaling_factor, spatial_compression_ratio=4, temporal_compression_ratio=4,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=s["latent"],
+        down_block_types=("HunyuanVideoDownBlock3D",) * n,
+        up_block_types=("HunyuanVideoUpBlock3D",) * n,
+        block_out_channels=s["vae_channels"],
+        layers_per_block=1,
+        norm_num_groups=8,
+        scaling_factor=scaling_factor,
+        spatial_compression_ratio=4,
+        temporal_compression_ratio=4,
         mid_block_add_attention=False,
     )
 
@@ -162,11 +209,22 @@ def build_transformer(size: str = "tiny", seed: int = 0):
     axes = (hd - 2 * (hd // 3 // 2 * 2), hd // 3 // 2 * 2, hd // 3 // 2 * 2)
     torch.manual_seed(seed + 4)
     return HunyuanVideoTransformer3DModel(
-        in_channels=s["latent"], out_channels=s["latent"], num_attention_heads=s["heads"],
-        attention_head_dim=hd, num_layers=s["double"], num_single_layers=s["single"],
-        num_refiner_layers=s["refiner"], mlp_ratio=s["mlp_ratio"], patch_size=2, patch_size_t=1,
-        qk_norm="rms_norm", guidance_embeds=False, text_embed_dim=s["text_dim"],
-        pooled_projection_dim=s["text_dim"], rope_theta=256.0, rope_axes_dim=axes,
+        in_channels=s["latent"],
+        out_channels=s["latent"],
+        num_attention_heads=s["heads"],
+        attention_head_dim=hd,
+        num_layers=s["double"],
+        num_single_layers=s["single"],
+        num_refiner_layers=s["refiner"],
+        mlp_ratio=s["mlp_ratio"],
+        patch_size=2,
+        patch_size_t=1,
+        qk_norm="rms_norm",
+        guidance_embeds=False,
+        text_embed_dim=s["text_dim"],
+        pooled_projection_dim=s["text_dim"],
+        rope_theta=256.0,
+        rope_axes_dim=axes,
     )
 
 
@@ -177,7 +235,9 @@ def build_scheduler():
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=FLOW_SHIFT)
 
 
-def build_pipeline(seed: int = 0, trained: bool = False, size: str = "tiny", path: str | os.PathLike | None = None):
+def build_pipeline(
+    seed: int = 0, trained: bool = False, size: str = "tiny", path: str | os.PathLike | None = None
+):
     """A ``HunyuanVideoPipeline``: trained tiny weights from disk, or random ``tiny``/``medium`` weights."""
     from diffusers import DiffusionPipeline, HunyuanVideoPipeline
 
@@ -188,8 +248,13 @@ def build_pipeline(seed: int = 0, trained: bool = False, size: str = "tiny", pat
     tok, tok2 = build_llama_tokenizer(), build_clip_tokenizer()
     llama, clip = _text_encoders(tok, tok2, _SIZES[size]["text_dim"], seed)
     pipe = HunyuanVideoPipeline(
-        text_encoder=llama, tokenizer=tok, transformer=build_transformer(size, seed),
-        vae=build_vae(size, seed), scheduler=build_scheduler(), text_encoder_2=clip, tokenizer_2=tok2,
+        text_encoder=llama,
+        tokenizer=tok,
+        transformer=build_transformer(size, seed),
+        vae=build_vae(size, seed),
+        scheduler=build_scheduler(),
+        text_encoder_2=clip,
+        tokenizer_2=tok2,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -204,7 +269,14 @@ def default_call_kwargs(size: str = "tiny", tokenizer=None) -> dict[str, Any]:
     tok = tokenizer if tokenizer is not None else build_llama_tokenizer()
     hw, frames = (FRAME_SIZE, NUM_FRAMES) if size == "tiny" else (64, 17)
     return dict(
-        height=hw, width=hw, num_frames=frames, num_inference_steps=50, true_cfg_scale=4.0,
-        guidance_scale=1.0, negative_prompt="", prompt_template=prompt_template(tok),
-        max_sequence_length=LLAMA_MAX_LEN, output_type="pt",
+        height=hw,
+        width=hw,
+        num_frames=frames,
+        num_inference_steps=50,
+        true_cfg_scale=4.0,
+        guidance_scale=1.0,
+        negative_prompt="",
+        prompt_template=prompt_template(tok),
+        max_sequence_length=LLAMA_MAX_LEN,
+        output_type="pt",
     )

@@ -96,8 +96,11 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
     spec = registry.get_spec(name)
     steps = steps or spec.num_inference_steps
     pipe = registry.load_pipeline(spec)
-    params = {n: sum(p.numel() for p in m.parameters()) for n, m in pipe.components.items()
-              if isinstance(m, torch.nn.Module)}
+    params = {
+        n: sum(p.numel() for p in m.parameters())
+        for n, m in pipe.components.items()
+        if isinstance(m, torch.nn.Module)
+    }
     cfg_calls = 2 if spec.pipeline_kwargs("a 0").get("true_cfg_scale", 1) > 1 else 1
     rec = OutputRecorder(pipe.transformer, cfg_calls)
     prompts = list(spec.evaluation_prompts)
@@ -125,15 +128,28 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
         return float(np.mean([psnr(a, b) for a, b in zip(x, full)]))
 
     result: dict = {
-        "name": name, "steps": steps, "k": k, "reuse_schedule": key, "reuse_computed_steps": computed_steps,
-        "rel_change": {"mean": float(rel.mean()), "p10": float(np.percentile(rel, 10)),
-                       "p50": float(np.percentile(rel, 50)), "p90": float(np.percentile(rel, 90)),
-                       "max": float(rel.max()), "early_mean": float(thirds[0].mean()),
-                       "middle_mean": float(thirds[1].mean()), "late_mean": float(thirds[2].mean()),
-                       "per_step": [round(float(r), 5) for r in rel]},
-        "psnr_plain_k": mean_psnr(few), "psnr_reuse_k": mean_psnr(reused),
-        "psnr_plain_half": mean_psnr(half), "psnr_reuse_every_other": mean_psnr(every_other),
-        "params": params, "params_total": int(sum(params.values())),
+        "name": name,
+        "steps": steps,
+        "k": k,
+        "reuse_schedule": key,
+        "reuse_computed_steps": computed_steps,
+        "rel_change": {
+            "mean": float(rel.mean()),
+            "p10": float(np.percentile(rel, 10)),
+            "p50": float(np.percentile(rel, 50)),
+            "p90": float(np.percentile(rel, 90)),
+            "max": float(rel.max()),
+            "early_mean": float(thirds[0].mean()),
+            "middle_mean": float(thirds[1].mean()),
+            "late_mean": float(thirds[2].mean()),
+            "per_step": [round(float(r), 5) for r in rel],
+        },
+        "psnr_plain_k": mean_psnr(few),
+        "psnr_reuse_k": mean_psnr(reused),
+        "psnr_plain_half": mean_psnr(half),
+        "psnr_reuse_every_other": mean_psnr(every_other),
+        "params": params,
+        "params_total": int(sum(params.values())),
         "size_mb": dir_size_mb(spec.path) if spec.path else None,
     }
     t0 = time.perf_counter()
@@ -170,23 +186,37 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     r = measure(args.name, args.prompts, args.psnr_prompts, args.k)
     rc = r["rel_change"]
-    print(f"{r['name']}: {r['params_total']:,} params ({r['size_mb']:.2f} MB on disk), "
-          f"{r['seconds_per_sample']:.2f} s per {r['steps']}-step sample ({r['torch_threads']} thread)")
-    print(f"relative change per step: mean {rc['mean']:.4f}  p10 {rc['p10']:.4f}  p50 {rc['p50']:.4f}  "
-          f"p90 {rc['p90']:.4f}  max {rc['max']:.4f}  (early {rc['early_mean']:.4f} / middle "
-          f"{rc['middle_mean']:.4f} / late {rc['late_mean']:.4f})")
-    print(f"PSNR vs {r['steps']}-step output: plain {r['k']}-step {r['psnr_plain_k']:.2f} dB | reuse at K={r['k']} "
-          f"{r['psnr_reuse_k']:.2f} dB (schedule {r['reuse_schedule']})")
-    print(f"PSNR vs {r['steps']}-step output: plain {r['steps'] // 2}-step {r['psnr_plain_half']:.2f} dB | "
-          f"reuse every other step {r['psnr_reuse_every_other']:.2f} dB")
+    print(
+        f"{r['name']}: {r['params_total']:,} params ({r['size_mb']:.2f} MB on disk), "
+        f"{r['seconds_per_sample']:.2f} s per {r['steps']}-step sample ({r['torch_threads']} thread)"
+    )
+    print(
+        f"relative change per step: mean {rc['mean']:.4f}  p10 {rc['p10']:.4f}  p50 {rc['p50']:.4f}  "
+        f"p90 {rc['p90']:.4f}  max {rc['max']:.4f}  (early {rc['early_mean']:.4f} / middle "
+        f"{rc['middle_mean']:.4f} / late {rc['late_mean']:.4f})"
+    )
+    print(
+        f"PSNR vs {r['steps']}-step output: plain {r['k']}-step {r['psnr_plain_k']:.2f} dB | reuse at K={r['k']} "
+        f"{r['psnr_reuse_k']:.2f} dB (schedule {r['reuse_schedule']})"
+    )
+    print(
+        f"PSNR vs {r['steps']}-step output: plain {r['steps'] // 2}-step {r['psnr_plain_half']:.2f} dB | "
+        f"reuse every other step {r['psnr_reuse_every_other']:.2f} dB"
+    )
     if "adherence" in r:
         a = r["adherence"]
         fmt = {k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in a.items()}
         print(f"prompt adherence over {a['n']} prompts: {fmt}")
-    out = Path(args.out) if args.out else Path(__file__).resolve().parents[2] / "reports" / "zoo" / f"measure-{args.name}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).resolve().parents[2] / "reports" / "zoo" / f"measure-{args.name}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        r["git_sha"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        r["git_sha"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         r["git_sha"] = None
     out.write_text(json.dumps(r, indent=2) + "\n")

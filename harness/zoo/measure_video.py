@@ -155,7 +155,9 @@ def own_check(video: torch.Tensor) -> dict[str, Any]:
         cents.append((float(xs.float().mean()), float(ys.float().mean())))
     dx = (cents[2][0] + cents[3][0] - cents[0][0] - cents[1][0]) / 2
     dy = (cents[2][1] + cents[3][1] - cents[0][1] - cents[1][1]) / 2
-    out["direction"] = max(DIRECTION_VECTORS, key=lambda k: DIRECTION_VECTORS[k][0] * dx + DIRECTION_VECTORS[k][1] * dy)
+    out["direction"] = max(
+        DIRECTION_VECTORS, key=lambda k: DIRECTION_VECTORS[k][0] * dx + DIRECTION_VECTORS[k][1] * dy
+    )
     return out
 
 
@@ -165,8 +167,15 @@ def adherence(videos: list[torch.Tensor], prompts: list[str]) -> dict[str, Any]:
     for v, p in zip(videos, prompts):
         colour, digit, direction = parse_prompt(p)
         o = own_check(v)
-        rows.append({"prompt": p, "read": o, "digit": o["digit"] == digit, "colour": o["colour"] == colour,
-                     "direction": o["direction"] == direction})
+        rows.append(
+            {
+                "prompt": p,
+                "read": o,
+                "digit": o["digit"] == digit,
+                "colour": o["colour"] == colour,
+                "direction": o["direction"] == direction,
+            }
+        )
     res: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in ("digit", "colour", "direction")}
     res["all"] = float(np.mean([r["digit"] and r["colour"] and r["direction"] for r in rows]))
     res["per_prompt"] = rows
@@ -205,7 +214,10 @@ def save_strips(videos: list[torch.Tensor], prompts: list[str], png: Path, gif: 
     label_w = 170
     sheet = Image.new("RGB", (label_w + f * (w + 2), n * (h + 2)), (30, 30, 30))
     draw = ImageDraw.Draw(sheet)
-    to_img = lambda fr: Image.fromarray((fr.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))  # noqa: E731
+
+    def to_img(fr):
+        return Image.fromarray((fr.permute(1, 2, 0).clamp(0, 1).numpy() * 255).round().astype(np.uint8))
+
     for i, (v, p) in enumerate(zip(videos, prompts)):
         draw.text((6, i * (h + 2) + h // 2 - 6), p, fill=(235, 235, 235))
         for j in range(f):
@@ -247,7 +259,9 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
         full.append(_run(pipe, kw, p, i))
         wrap.remove()
         outs = [o for s, b, o in wrap.outputs if b == 0]
-        rel_curves.append([float((outs[t] - outs[t - 1]).norm() / outs[t - 1].norm()) for t in range(1, len(outs))])
+        rel_curves.append(
+            [float((outs[t] - outs[t - 1]).norm() / outs[t - 1].norm()) for t in range(1, len(outs))]
+        )
         plain.append(_run(pipe, kw, p, i, num_inference_steps=K))
         wrap = ForwardWrap(pipe.transformer, cps, keys=keys)
         reuse.append(_run(pipe, kw, p, i))
@@ -261,7 +275,11 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
         times.append(time.perf_counter() - t0)
     train_info = REPORTS / f"{name}-train.json"
     tinfo = json.loads(train_info.read_text()) if train_info.exists() else {}
-    params = {k: sum(p.numel() for p in v.parameters()) for k, v in pipe.components.items() if hasattr(v, "parameters")}
+    params = {
+        k: sum(p.numel() for p in v.parameters())
+        for k, v in pipe.components.items()
+        if hasattr(v, "parameters")
+    }
     det = _run(pipe, kw, prompts[0], 0)
     res = {
         "name": name,
@@ -297,8 +315,17 @@ def main(argv: list[str] | None = None) -> None:
     name = argv[0] if argv else "wan-tiny"
     res = measure(name, int(argv[1]) if len(argv) > 1 else 20)
     adh = {k: v for k, v in res["adherence"].items() if k != "per_prompt"}
-    keys = ("params_total", "size_on_disk_bytes", "train_seconds", "seconds_per_50_step_sample", "deterministic",
-            "rel_change_mean", "rel_change_median", "psnr_plain_13_step", "psnr_reuse_K13")
+    keys = (
+        "params_total",
+        "size_on_disk_bytes",
+        "train_seconds",
+        "seconds_per_50_step_sample",
+        "deterministic",
+        "rel_change_mean",
+        "rel_change_median",
+        "psnr_plain_13_step",
+        "psnr_reuse_K13",
+    )
     for k in keys:
         print(f"{k}: {res[k]}")
     print("adherence:", adh)

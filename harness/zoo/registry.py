@@ -21,24 +21,36 @@ TINY_ROOT = ZOO_DIR / "tiny"
 MODEL_DIR_ENV = "DPCACHE_MODEL_DIR"
 
 FLUX_CALIBRATION = (
-    "a photo of a red fox sitting in fresh snow", "a bowl of ramen on a wooden table, studio light",
-    "an old lighthouse on a cliff at sunset", "a watercolor painting of a sailboat on a calm lake",
-    "a robot reading a newspaper in a cafe", "a close-up of a dew drop on a green leaf",
-    "a city street at night in the rain, neon signs", "a cat wearing a tiny knitted hat",
+    "a photo of a red fox sitting in fresh snow",
+    "a bowl of ramen on a wooden table, studio light",
+    "an old lighthouse on a cliff at sunset",
+    "a watercolor painting of a sailboat on a calm lake",
+    "a robot reading a newspaper in a cafe",
+    "a close-up of a dew drop on a green leaf",
+    "a city street at night in the rain, neon signs",
+    "a cat wearing a tiny knitted hat",
 )
 FLUX_EVALUATION = (
-    "a blue bird perched on a cherry blossom branch", "a cup of coffee with latte art, top view",
-    "a mountain village covered in morning fog", "an astronaut riding a horse on the moon",
-    "a vintage red car parked in front of a bakery", "a stack of books next to a candle",
-    "a golden retriever running on the beach", "a futuristic train crossing a desert bridge",
+    "a blue bird perched on a cherry blossom branch",
+    "a cup of coffee with latte art, top view",
+    "a mountain village covered in morning fog",
+    "an astronaut riding a horse on the moon",
+    "a vintage red car parked in front of a bakery",
+    "a stack of books next to a candle",
+    "a golden retriever running on the beach",
+    "a futuristic train crossing a desert bridge",
 )
 VIDEO_CALIBRATION = (
-    "a dog running through a field of tall grass", "waves crashing on rocks at sunset",
-    "a person walking down a busy city street", "clouds moving over snowy mountains",
+    "a dog running through a field of tall grass",
+    "waves crashing on rocks at sunset",
+    "a person walking down a busy city street",
+    "clouds moving over snowy mountains",
 )
 VIDEO_EVALUATION = (
-    "a cat playing with a ball of yarn", "a car driving along a coastal road",
-    "leaves falling from a tree in autumn", "a hot air balloon rising over a valley",
+    "a cat playing with a ball of yarn",
+    "a car driving along a coastal road",
+    "leaves falling from a tree in autumn",
+    "a hot air balloon rising over a valley",
 )
 DIT_XL_CALIBRATION = (1, 33, 130, 250, 388, 417, 812, 980)
 DIT_XL_EVALUATION = (88, 207, 279, 360, 387, 974, 979, 972)
@@ -110,14 +122,23 @@ class ModelSpec:
                 label = next(int(w) for w in prompt.replace(",", " ").split() if w.isdigit())
             else:
                 label = int(prompt)
-            return {"class_labels": [label], "guidance_scale": self.guidance_scale, "num_inference_steps": steps}
+            return {
+                "class_labels": [label],
+                "guidance_scale": self.guidance_scale,
+                "num_inference_steps": steps,
+            }
         if self.family in ("wan", "hunyuan-video") and self.scale != "full":
             kw = dict(importlib.import_module(self.builder).default_call_kwargs(size=self.scale))
             kw.pop("output_type", None)
             kw.update(prompt=prompt, num_inference_steps=steps)
             return kw
-        kw: dict[str, Any] = {"prompt": prompt, "num_inference_steps": steps, "height": self.height,
-                              "width": self.width, **self.extra_kwargs}
+        kw: dict[str, Any] = {
+            "prompt": prompt,
+            "num_inference_steps": steps,
+            "height": self.height,
+            "width": self.width,
+            **self.extra_kwargs,
+        }
         if "true_cfg_scale" not in self.extra_kwargs:
             kw["guidance_scale"] = self.guidance_scale
         if self.num_frames is not None:
@@ -154,30 +175,129 @@ def _specs() -> list[ModelSpec]:
     dig, vid = "harness.zoo.registry:_digit_prompts", "harness.zoo.registry:_video_prompts"
     s: list[ModelSpec] = []
     for scale, hw in (("tiny", 32), ("medium", 64)):
-        s.append(ModelSpec(f"flux-{scale}", "flux", scale, "FluxPipeline", 50, 4.0, hw, hw,
-                           builder="harness.zoo.flux_tiny", prompt_sets=dig, extra_kwargs=dict(flux_cfg)))
-        s.append(ModelSpec(f"wan-{scale}", "wan", scale, "WanPipeline", 50, 5.0, hw, hw,
-                           num_frames=9 if scale == "tiny" else 17, builder="harness.zoo.wan_tiny",
-                           prompt_sets=vid))
-        s.append(ModelSpec(f"hunyuan-video-{scale}", "hunyuan-video", scale, "HunyuanVideoPipeline", 50, 4.0,
-                           hw, hw, num_frames=9 if scale == "tiny" else 17, builder="harness.zoo.hunyuan_tiny",
-                           prompt_sets=vid))
-        s.append(ModelSpec(f"dit-{scale}", "dit", scale, "DiTPipeline", 50, 4.0, hw, hw, input_kind="class_label",
-                           builder="harness.zoo.dit_tiny", prompt_sets=dig))
+        s.append(
+            ModelSpec(
+                f"flux-{scale}",
+                "flux",
+                scale,
+                "FluxPipeline",
+                50,
+                4.0,
+                hw,
+                hw,
+                builder="harness.zoo.flux_tiny",
+                prompt_sets=dig,
+                extra_kwargs=dict(flux_cfg),
+            )
+        )
+        s.append(
+            ModelSpec(
+                f"wan-{scale}",
+                "wan",
+                scale,
+                "WanPipeline",
+                50,
+                5.0,
+                hw,
+                hw,
+                num_frames=9 if scale == "tiny" else 17,
+                builder="harness.zoo.wan_tiny",
+                prompt_sets=vid,
+            )
+        )
+        s.append(
+            ModelSpec(
+                f"hunyuan-video-{scale}",
+                "hunyuan-video",
+                scale,
+                "HunyuanVideoPipeline",
+                50,
+                4.0,
+                hw,
+                hw,
+                num_frames=9 if scale == "tiny" else 17,
+                builder="harness.zoo.hunyuan_tiny",
+                prompt_sets=vid,
+            )
+        )
+        s.append(
+            ModelSpec(
+                f"dit-{scale}",
+                "dit",
+                scale,
+                "DiTPipeline",
+                50,
+                8.0 if scale == "tiny" else 4.0,  # dit_tiny.GUIDANCE_SCALE: chosen on calibration prompts
+                hw,
+                hw,
+                input_kind="class_label",
+                builder="harness.zoo.dit_tiny",
+                prompt_sets=dig,
+            )
+        )
     s += [
-        ModelSpec("flux-dev", "flux", "full", "FluxPipeline", 50, 3.5, 1024, 1024, hub_id="black-forest-labs/FLUX.1-dev",
-                  dir_name="FLUX.1-dev", dtype="bfloat16", static_prompts=(FLUX_CALIBRATION, FLUX_EVALUATION)),
-        ModelSpec("wan2.1-i2v-14b-720p", "wan", "full", "WanImageToVideoPipeline", 50, 3.0, 832, 832, num_frames=81,
-                  input_kind="text+image", hub_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
-                  dir_name="Wan2.1-I2V-14B-720P-Diffusers", dtype="bfloat16",
-                  static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION),
-                  dpcache={"first_full_steps": 4, "last_full_steps": 1}),
-        ModelSpec("hunyuan-video", "hunyuan-video", "full", "HunyuanVideoPipeline", 50, 6.0, 720, 1280,
-                  num_frames=129, hub_id="hunyuanvideo-community/HunyuanVideo", dir_name="HunyuanVideo",
-                  dtype="bfloat16", static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION)),
-        ModelSpec("dit-xl-2-256", "dit", "full", "DiTPipeline", 50, 1.5, 256, 256, input_kind="class_label",
-                  hub_id="facebook/DiT-XL-2-256", dir_name="DiT-XL-2-256", dtype="float16",
-                  static_prompts=(DIT_XL_CALIBRATION, DIT_XL_EVALUATION), scheduler_class="DDIMScheduler"),
+        ModelSpec(
+            "flux-dev",
+            "flux",
+            "full",
+            "FluxPipeline",
+            50,
+            3.5,
+            1024,
+            1024,
+            hub_id="black-forest-labs/FLUX.1-dev",
+            dir_name="FLUX.1-dev",
+            dtype="bfloat16",
+            static_prompts=(FLUX_CALIBRATION, FLUX_EVALUATION),
+        ),
+        ModelSpec(
+            "wan2.1-i2v-14b-720p",
+            "wan",
+            "full",
+            "WanImageToVideoPipeline",
+            50,
+            3.0,
+            832,
+            832,
+            num_frames=81,
+            input_kind="text+image",
+            hub_id="Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+            dir_name="Wan2.1-I2V-14B-720P-Diffusers",
+            dtype="bfloat16",
+            static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION),
+            dpcache={"first_full_steps": 4, "last_full_steps": 1},
+        ),
+        ModelSpec(
+            "hunyuan-video",
+            "hunyuan-video",
+            "full",
+            "HunyuanVideoPipeline",
+            50,
+            6.0,
+            720,
+            1280,
+            num_frames=129,
+            hub_id="hunyuanvideo-community/HunyuanVideo",
+            dir_name="HunyuanVideo",
+            dtype="bfloat16",
+            static_prompts=(VIDEO_CALIBRATION, VIDEO_EVALUATION),
+        ),
+        ModelSpec(
+            "dit-xl-2-256",
+            "dit",
+            "full",
+            "DiTPipeline",
+            50,
+            1.5,
+            256,
+            256,
+            input_kind="class_label",
+            hub_id="facebook/DiT-XL-2-256",
+            dir_name="DiT-XL-2-256",
+            dtype="float16",
+            static_prompts=(DIT_XL_CALIBRATION, DIT_XL_EVALUATION),
+            scheduler_class="DDIMScheduler",
+        ),
     ]
     return s
 
@@ -209,7 +329,9 @@ def resolve_full_path(spec: ModelSpec, path: str | os.PathLike | None = None) ->
     root = os.environ.get(MODEL_DIR_ENV)
     if root:
         for cand in (Path(root) / (spec.dir_name or spec.name), Path(root) / spec.name, Path(root)):
-            if _is_pipeline_dir(cand) and (cand != Path(root) or Path(root).name in (spec.dir_name, spec.name)):
+            if _is_pipeline_dir(cand) and (
+                cand != Path(root) or Path(root).name in (spec.dir_name, spec.name)
+            ):
                 return cand
     if spec.hub_id:
         try:
@@ -239,20 +361,26 @@ def availability(spec: ModelSpec, path: str | os.PathLike | None = None) -> tupl
         if resolve_full_path(spec, path) is not None:
             return True, ""
         hint = f"set {MODEL_DIR_ENV}=/models (with /models/{spec.dir_name}/model_index.json)"
-        return False, (f"{spec.hub_id} weights not found: {hint} or run `huggingface-cli download {spec.hub_id}` "
-                       f"on a machine with hub access")
+        return False, (
+            f"{spec.hub_id} weights not found: {hint} or run `huggingface-cli download {spec.hub_id}` "
+            f"on a machine with hub access"
+        )
     ok, reason = _module_available(spec.builder)
     if not ok:
         return ok, reason
     if spec.scale == "tiny":
         target = Path(path) if path else Path(spec.path)
         if not _is_pipeline_dir(target):
-            return False, f"{target} has no trained pipeline (model_index.json): run `python -m harness.zoo.train {spec.name}`"
+            return (
+                False,
+                f"{target} has no trained pipeline (model_index.json): run `python -m harness.zoo.train {spec.name}`",
+            )
     return True, ""
 
 
-def load_pipeline(spec: ModelSpec | str, device: str = "cpu", dtype: Any = None,
-                  path: str | os.PathLike | None = None):
+def load_pipeline(
+    spec: ModelSpec | str, device: str = "cpu", dtype: Any = None, path: str | os.PathLike | None = None
+):
     """Load (tiny, full) or build (medium) the pipeline of ``spec``; raises RuntimeError when unavailable."""
     import torch
 
@@ -285,7 +413,9 @@ def load_pipeline(spec: ModelSpec | str, device: str = "cpu", dtype: Any = None,
     return pipe.to(device)
 
 
-def call_kwargs(spec: ModelSpec | str, prompt: str | int, num_inference_steps: int | None = None) -> dict[str, Any]:
+def call_kwargs(
+    spec: ModelSpec | str, prompt: str | int, num_inference_steps: int | None = None
+) -> dict[str, Any]:
     """Shortcut for ``get_spec(name).pipeline_kwargs(prompt, steps)``."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
     return spec.pipeline_kwargs(prompt, num_inference_steps)
@@ -296,9 +426,20 @@ def models_json() -> list[dict[str, Any]]:
     rows = []
     for spec in list_specs():
         ok, reason = availability(spec)
-        rows.append({"name": spec.name, "family": spec.family, "scale": spec.scale,
-                     "pipeline_class": spec.pipeline_class, "path": spec.path,
-                     "num_inference_steps": spec.num_inference_steps, "height": spec.height, "width": spec.width,
-                     "num_frames": spec.num_frames, "guidance_scale": spec.guidance_scale,
-                     "available": ok, "reason": reason})
+        rows.append(
+            {
+                "name": spec.name,
+                "family": spec.family,
+                "scale": spec.scale,
+                "pipeline_class": spec.pipeline_class,
+                "path": spec.path,
+                "num_inference_steps": spec.num_inference_steps,
+                "height": spec.height,
+                "width": spec.width,
+                "num_frames": spec.num_frames,
+                "guidance_scale": spec.guidance_scale,
+                "available": ok,
+                "reason": reason,
+            }
+        )
     return rows

@@ -39,10 +39,36 @@ MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 # fixed schedules (iterations sized for ~20 min per pipeline on one shared CPU thread)
 CONFIG: dict[str, dict[str, Any]] = {
     # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
-    "wan-tiny": dict(seed=0, vae_iters=1800, vae_batch=3, vae_frames=9, vae_lr=3e-3, z_noise=0.1, latent_l2=1e-3,
-                     n_clips=2000, iters=1800, batch=32, lr=1e-3, drop=0.1, ema=0.998),
-    "hunyuan-video-tiny": dict(seed=0, vae_iters=1800, vae_batch=4, vae_frames=5, vae_lr=3e-3, z_noise=0.1,
-                               latent_l2=1e-3, n_clips=2000, iters=1800, batch=32, lr=1e-3, drop=0.1, ema=0.998),
+    "wan-tiny": dict(
+        seed=0,
+        vae_iters=1800,
+        vae_batch=3,
+        vae_frames=9,
+        vae_lr=3e-3,
+        z_noise=0.1,
+        latent_l2=1e-3,
+        n_clips=2000,
+        iters=1800,
+        batch=32,
+        lr=1e-3,
+        drop=0.1,
+        ema=0.998,
+    ),
+    "hunyuan-video-tiny": dict(
+        seed=0,
+        vae_iters=1800,
+        vae_batch=4,
+        vae_frames=5,
+        vae_lr=3e-3,
+        z_noise=0.1,
+        latent_l2=1e-3,
+        n_clips=2000,
+        iters=1800,
+        batch=32,
+        lr=1e-3,
+        drop=0.1,
+        ema=0.998,
+    ),
 }
 
 
@@ -57,8 +83,9 @@ def _posterior(vae, x: torch.Tensor):
 def train_vae(vae, cfg: dict[str, Any], gen: torch.Generator) -> list[float]:
     """Stage 1: reconstruction training of the video VAE; returns the loss curve (every 50 iters)."""
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["vae_lr"], total_steps=cfg["vae_iters"],
-                                                pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["vae_lr"], total_steps=cfg["vae_iters"], pct_start=0.05
+    )
     vae.train()
     curve, run = [], 0.0
     for it in range(cfg["vae_iters"]):
@@ -107,37 +134,61 @@ def text_table(name: str, pipe) -> dict[str, tuple[torch.Tensor, ...]]:
     prompts = all_prompts() + [""]
     out: dict[str, tuple[torch.Tensor, ...]] = {}
     if name == "wan-tiny":
-        emb, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=wan_tiny.MAX_SEQ_LEN)
+        emb, _ = pipe.encode_prompt(
+            prompts, do_classifier_free_guidance=False, max_sequence_length=wan_tiny.MAX_SEQ_LEN
+        )
         for i, p in enumerate(prompts):
             out[p] = (emb[i],)
     else:
         tmpl = hunyuan_tiny.prompt_template(pipe.tokenizer)
-        emb, pooled, mask = pipe.encode_prompt(prompts, prompt_template=tmpl,
-                                               max_sequence_length=hunyuan_tiny.LLAMA_MAX_LEN)
+        emb, pooled, mask = pipe.encode_prompt(
+            prompts, prompt_template=tmpl, max_sequence_length=hunyuan_tiny.LLAMA_MAX_LEN
+        )
         for i, p in enumerate(prompts):
             out[p] = (emb[i], pooled[i], mask[i])
     return out
 
 
-def _forward(name: str, tr, xt: torch.Tensor, t: torch.Tensor, cond: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+def _forward(
+    name: str, tr, xt: torch.Tensor, t: torch.Tensor, cond: list[tuple[torch.Tensor, ...]]
+) -> torch.Tensor:
     if name == "wan-tiny":
         emb = torch.stack([c[0] for c in cond])
         return tr(hidden_states=xt, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
     emb = torch.stack([c[0] for c in cond])
     pooled = torch.stack([c[1] for c in cond])
     mask = torch.stack([c[2] for c in cond])
-    return tr(hidden_states=xt, timestep=t, encoder_hidden_states=emb, encoder_attention_mask=mask,
-              pooled_projections=pooled, guidance=None, return_dict=False)[0]
+    return tr(
+        hidden_states=xt,
+        timestep=t,
+        encoder_hidden_states=emb,
+        encoder_attention_mask=mask,
+        pooled_projections=pooled,
+        guidance=None,
+        return_dict=False,
+    )[0]
 
 
-def train_transformer(name: str, tr, x0: torch.Tensor, prompts: list[str], table, cfg: dict[str, Any],
-                      gen: torch.Generator, shift: float):
+def train_transformer(
+    name: str,
+    tr,
+    x0: torch.Tensor,
+    prompts: list[str],
+    table,
+    cfg: dict[str, Any],
+    gen: torch.Generator,
+    shift: float,
+):
     """Stage 2: rectified flow on normalised latents; returns (EMA transformer, loss curve)."""
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg["lr"], weight_decay=0.01)
     warm, total = 100, cfg["iters"]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda i: min(1.0, (i + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, total) / total))))
+        opt,
+        lambda i: (
+            min(1.0, (i + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, total) / total)))
+        ),
+    )
     tr.train()
     curve, run = [], 0.0
     n = x0.shape[0]
@@ -194,8 +245,9 @@ def main(name: str, out_dir: str | os.PathLike | None = None, **overrides: Any) 
     if name == "wan-tiny":
         mean = lat.transpose(0, 1).reshape(c, -1).mean(1)
         std = lat.transpose(0, 1).reshape(c, -1).std(1)
-        vae.register_to_config(latents_mean=[round(float(v), 5) for v in mean],
-                               latents_std=[round(float(v), 5) for v in std])
+        vae.register_to_config(
+            latents_mean=[round(float(v), 5) for v in mean], latents_std=[round(float(v), 5) for v in std]
+        )
         x0 = (lat - mean.view(1, c, 1, 1, 1)) / std.view(1, c, 1, 1, 1)
         shift = float(pipe.scheduler.config.flow_shift)
     else:
@@ -214,9 +266,16 @@ def main(name: str, out_dir: str | os.PathLike | None = None, **overrides: Any) 
     out = Path(out_dir) if out_dir else mod.TINY_DIR
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    info = dict(name=name, config=cfg, train_seconds=round(t_total, 1), vae_seconds=round(t_vae, 1),
-                vae_curve=[round(v, 5) for v in vae_curve], loss_curve=[round(v, 5) for v in curve],
-                torch=torch.__version__, threads=1)
+    info = dict(
+        name=name,
+        config=cfg,
+        train_seconds=round(t_total, 1),
+        vae_seconds=round(t_vae, 1),
+        vae_curve=[round(v, 5) for v in vae_curve],
+        loss_curve=[round(v, 5) for v in curve],
+        torch=torch.__version__,
+        threads=1,
+    )
     if out_dir is None:
         REPORTS.mkdir(parents=True, exist_ok=True)
         (REPORTS / f"{name}-train.json").write_text(json.dumps(info, indent=1))

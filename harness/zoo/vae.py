@@ -11,7 +11,9 @@ VAE_CONFIGS: dict[str, dict] = {
 }
 
 
-def build_vae(seed: int = 0, size: str = "tiny", scaling_factor: float = 1.0, shift_factor: float = 0.0) -> AutoencoderKL:
+def build_vae(
+    seed: int = 0, size: str = "tiny", scaling_factor: float = 1.0, shift_factor: float = 0.0
+) -> AutoencoderKL:
     """A two-level AutoencoderKL (32×32 RGB → 16×16×4), random weights from ``seed``."""
     cfg = VAE_CONFIGS[size]
     torch.manual_seed(seed)

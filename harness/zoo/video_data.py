@@ -26,7 +26,12 @@ COLOURS: dict[str, tuple[float, float, float]] = {
 DIRECTIONS: tuple[str, ...] = ("left", "right", "up", "down")
 DIGITS: tuple[str, ...] = tuple(str(i) for i in range(10))
 # (dx, dy) in image coordinates (y grows downwards)
-DIRECTION_VECTORS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
+    "left": (-1, 0),
+    "right": (1, 0),
+    "up": (0, -1),
+    "down": (0, 1),
+}
 
 NUM_FRAMES = 9
 FRAME_SIZE = 32
@@ -159,12 +164,17 @@ def render_clips(
         cx, cy = (along, wob) if dx != 0 else (wob, along)
         scale = scale0 + (scale1 - scale0) * u
         # sampling grid: pixel -> glyph coordinates in [-1, 1]
-        pix = (torch.arange(size).float() + 0.5)
+        pix = torch.arange(size).float() + 0.5
         gx = (pix[None, None, :] - cx[:, None, None]) / (scale[:, None, None] / 2)
         gy = (pix[None, :, None] - cy[:, None, None]) / (scale[:, None, None] / 2)
         grid = torch.stack([gx.expand(-1, size, -1), gy.expand(-1, -1, size)], -1)
-        alpha = F.grid_sample(glyph[None].expand(num_frames, -1, -1, -1), grid, mode="bilinear",
-                              padding_mode="zeros", align_corners=False)  # (F, 1, S, S)
+        alpha = F.grid_sample(
+            glyph[None].expand(num_frames, -1, -1, -1),
+            grid,
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )  # (F, 1, S, S)
         alpha = (alpha * 1.4).clamp(0, 1)
         colour = torch.tensor(COLOURS[s.colour]).view(1, 3, 1, 1) * r(0.85, 1.0)
         frames = scene[i : i + 1] * (1 - alpha) + colour * alpha  # (F, 3, S, S)
