@@ -211,7 +211,11 @@ class DPCacheMethod(BenchMethod):
         try:
             steps = self.schedule(ctx, budget)
         except DPCacheError as e:
-            msg = str(e) if str(e).startswith("dpcache") else f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}"
+            msg = (
+                str(e)
+                if str(e).startswith("dpcache")
+                else f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}"
+            )
             raise UnreachableBudget(msg) from None
         first, last = self.settings(ctx)
         cfg = self._config(ctx, steps)
