@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,17 @@ class ModelContext:
         if self._full_flops is None:
             self._full_flops, _ = self.transformer_flops(self.calibration_prompts[0], 42)
         return self._full_flops
+
+    def search_compute(self, apply: Callable[[], Any], remove: Callable[[], Any]) -> float:
+        """Measured compute (in K) of a method as `apply` installs it, averaged over the first `search_prompts`
+        calibration prompts: what every budget search (knob or schedule size) measures."""
+        prompts = self.calibration_prompts[: max(1, self.search_prompts)]
+        apply()
+        try:
+            flops = [self.transformer_flops(p, 42 + i)[0] for i, p in enumerate(prompts)]
+        finally:
+            remove()
+        return self.measured_compute(sum(flops) / len(flops))
 
     def measured_compute(self, flops: float) -> float:
         """Transformer FLOPs of a sample in units of full computations (K): T × flops / full-sample flops."""

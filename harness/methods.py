@@ -169,22 +169,17 @@ class DPCacheMethod(BenchMethod):
         from dpcache.planner import mandatory_steps
 
         first, last = self.settings(ctx)
-        prompts = ctx.calibration_prompts[: max(1, ctx.search_prompts)]
 
         def measure(k: int) -> float | None:
             try:
-                steps = self.plan_steps(ctx, k)
+                cfg = self._config(ctx, self.plan_steps(ctx, k))
             except DPCacheError:
                 return None
-            apply_dpcache(ctx.pipe, self._config(ctx, steps))
-            try:
-                flops = [ctx.transformer_flops(p, 42 + i)[0] for i, p in enumerate(prompts)]
-            finally:
-                remove_dpcache(ctx.pipe)
-            return ctx.measured_compute(sum(flops) / len(flops))
+            return ctx.search_compute(lambda: apply_dpcache(ctx.pipe, cfg), lambda: remove_dpcache(ctx.pipe))
 
         self.cost_tensor(ctx)  # calibrate outside the budget-cache lock
-        key = ctx.key("dpcache-size", f"o{self.order}", f"m{first}l{last}", f"K{budget}", f"n{len(prompts)}")
+        n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
+        key = ctx.key("dpcache-size", f"o{self.order}", f"m{first}l{last}", f"K{budget}", f"n{n}")
         k_min = len(mandatory_steps(ctx.num_steps, first, last))
         return cached_search(
             ctx.cache_dir / "budgets.json",
@@ -192,35 +187,38 @@ class DPCacheMethod(BenchMethod):
             lambda: search_schedule_size(measure, budget, ctx.num_steps, k_min),
         )
 
-    def schedule(self, ctx: ModelContext, budget: int) -> list[int]:
-        """The key steps DPCache runs at budget K: planned for the size whose measured compute matches K."""
+    def _sized(self, ctx: ModelContext, budget: int) -> tuple[list[int], BudgetMatch | None]:
+        """(key steps, size match) at budget K; DPCacheError saying why when K cannot be run."""
         from dpcache.errors import DPCacheError
 
+        try:
+            steps = self.plan_steps(ctx, budget)  # a budget the planner refuses is refused before measuring
+        except DPCacheError as e:
+            raise DPCacheError(f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
         if budget >= ctx.num_steps:
-            return self.plan_steps(ctx, budget)
-        self.plan_steps(ctx, budget)  # a budget the planner refuses is refused before any measurement
+            return steps, None
         result = self.match(ctx, budget)
         if not result.reachable:
             raise DPCacheError(result.message)
-        return self.plan_steps(ctx, int(result.value))
+        k = int(result.value)
+        return (steps if k == budget else self.plan_steps(ctx, k)), result
+
+    def schedule(self, ctx: ModelContext, budget: int) -> list[int]:
+        """The key steps DPCache runs at budget K: planned for the size whose measured compute matches K."""
+        return self._sized(ctx, budget)[0]
 
     def configure(self, ctx: ModelContext, budget: int) -> Configured:
         from dpcache import apply_dpcache, dpcache_stats, remove_dpcache
         from dpcache.errors import DPCacheError
 
         try:
-            steps = self.schedule(ctx, budget)
+            steps, match = self._sized(ctx, budget)
         except DPCacheError as e:
-            msg = (
-                str(e)
-                if str(e).startswith("dpcache")
-                else f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}"
-            )
-            raise UnreachableBudget(msg) from None
+            raise UnreachableBudget(str(e)) from None
         first, last = self.settings(ctx)
         cfg = self._config(ctx, steps)
         tag_knobs = {"M": first, "O": self.order} | ({"L": last} if last else {})
-        match = self.match(ctx, budget) if budget < ctx.num_steps else None
+        measured = {"measured_K": round(match.measured, 4)} if match else {}
         return Configured(
             "dpcache",
             budget,
@@ -229,9 +227,7 @@ class DPCacheMethod(BenchMethod):
             apply=lambda: apply_dpcache(ctx.pipe, cfg),
             remove=lambda: remove_dpcache(ctx.pipe),
             cache_hits=lambda: sum(s.cache_hits for s in dpcache_stats(ctx.pipe).values()),
-            knobs=tag_knobs
-            | {"key_steps": len(steps)}
-            | ({"measured_K": round(match.measured, 4)} if match else {}),
+            knobs=tag_knobs | {"key_steps": len(steps)} | measured,
             schedule=steps,
             is_cache=True,
             match=match,
@@ -282,15 +278,12 @@ class BaselineMethod(BenchMethod):
         self.artifacts(ctx)
 
     def _measure(self, ctx: ModelContext, artifacts: dict) -> Callable[[float], float]:
-        prompts = ctx.calibration_prompts[: max(1, ctx.search_prompts)]
+        m = self.method
 
         def measure(value: float) -> float:
-            self.method.apply(ctx.pipe, value, ctx.num_steps, artifacts)
-            try:
-                flops = [ctx.transformer_flops(p, 42 + i)[0] for i, p in enumerate(prompts)]
-            finally:
-                self.method.remove(ctx.pipe)
-            return ctx.measured_compute(sum(flops) / len(flops))
+            return ctx.search_compute(
+                lambda: m.apply(ctx.pipe, value, ctx.num_steps, artifacts), lambda: m.remove(ctx.pipe)
+            )
 
         return measure
 
