@@ -16,7 +16,6 @@ from harness.measure import (
     count_flops,
     flops_and_result,
     flops_by_module,
-    peak_memory,
     speedups,
     time_call,
 )
@@ -66,16 +65,27 @@ def test_timing_stats():
     assert r.median == 3.0 and r.iqr == 2.0 and r.to_dict()["samples"][-1] == 100.0
 
 
-def test_peak_memory_cpu_sees_torch_allocations():
-    def alloc():
-        t = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB
-        return float(t.sum())
+_PEAK_PROBE = """
+import json, torch
+from harness.measure import Unavailable, peak_memory
+r = peak_memory(lambda: float(torch.ones(64 * 1024 * 1024 // 4).sum()))  # 64 MiB
+print(json.dumps({"reason": r.reason} if isinstance(r, Unavailable) else {"kind": r.kind, "over": r.overhead_bytes}))
+"""
 
-    r = peak_memory(alloc)
-    if isinstance(r, Unavailable):
-        assert "clear_refs" in r.reason or "VmHWM" in r.reason
+
+def test_peak_memory_cpu_sees_torch_allocations():
+    # In a fresh process: in a long-lived xdist worker that once held GBs, the allocator can serve 64 MiB
+    # from pages already resident, and the RSS high-water mark then (rightly) does not move.
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_PROBE], capture_output=True, text=True, check=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if "reason" in r:
+        assert "clear_refs" in r["reason"] or "VmHWM" in r["reason"]
     else:
-        assert r.kind == "rss-high-water" and r.overhead_bytes > 48 * 1024 * 1024
+        assert r["kind"] == "rss-high-water" and r["over"] > 48 * 1024 * 1024
 
 
 def test_speedups():
