@@ -129,3 +129,45 @@ def test_clips_and_prompts():
         assert video_data.make_prompt(*video_data.parse_prompt(p)) == p
     assert len(set(video_data.all_prompts())) == 200
     assert set(video_data.eval_prompts(20)) <= set(video_data.all_prompts())
+
+
+def test_video_checks_read_real_clips():
+    """The adherence checks read the digit, colour and direction of rendered clips (their ceiling),
+    and a clip's reading changes when the clip shows another digit or moves the other way."""
+    from harness.zoo.measure_video import adherence
+
+    prompts = video_data.eval_prompts(20)
+    specs = [video_data.ClipSpec(*video_data.parse_prompt(p)) for p in prompts]
+    clips = ((video_data.render_clips(specs, torch.Generator().manual_seed(3)) + 1) / 2).permute(
+        0, 2, 1, 3, 4
+    )
+    res = adherence(list(clips), prompts)
+    assert res["digit"] >= 0.9 and res["colour"] >= 0.95 and res["direction"] >= 0.95
+    wrong = [video_data.make_prompt(c, (d + 1) % 10, m) for c, d, m in map(video_data.parse_prompt, prompts)]
+    assert adherence(list(clips), wrong)["digit"] <= 0.1
+    backwards = adherence([c.flip(0) for c in clips], prompts)  # time reversed: opposite direction
+    assert backwards["direction"] <= 0.05 and backwards["digit"] >= 0.9
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_training_script_runs_and_resumes(name, tmp_path):
+    """Both training stages, a few iterations each: stage 1 saves a loadable pipeline; stage 2 trains
+    the transformer on and leaves the VAE and its latent normalisation untouched."""
+    from harness.zoo import train_video
+
+    small = dict(vae_iters=2, vae_batch=1, n_clips=3, iters=2, batch=2)
+    train_video.main(name, out_dir=tmp_path, **small)
+    first = MODULES[name].build_pipeline(trained=True, path=tmp_path)
+    train_video.main(name, out_dir=tmp_path, resume=True, **small)
+    second = MODULES[name].build_pipeline(trained=True, path=tmp_path)
+    assert dict(first.vae.config) == dict(second.vae.config)
+    for (k, a), b in zip(first.vae.state_dict().items(), second.vae.state_dict().values()):
+        assert torch.equal(a, b), k
+    moved = [
+        k
+        for (k, a), b in zip(first.transformer.state_dict().items(), second.transformer.state_dict().values())
+        if not torch.equal(a, b)
+    ]
+    assert moved, "stage 2 did not change the transformer"
+    second.set_progress_bar_config(disable=True)
+    assert _run(second, MODULES[name], steps=2).shape[1:] == (9, 3, 32, 32)

@@ -33,7 +33,7 @@ _SIZES: dict[str, dict[str, Any]] = {
         single=2,
         refiner=1,
         mlp_ratio=3.0,
-        latent=8,
+        latent=16,
         vae_channels=(16, 24, 24),
         text_dim=32,
     ),

@@ -1,8 +1,9 @@
 """Train the tiny video pipelines (``wan-tiny``, ``hunyuan-video-tiny``) on moving coloured digits.
 
-Reproducible (fixed seed, fixed iteration counts, one CPU thread). Two stages per pipeline:
+Reproducible (fixed seed, fixed iteration counts, one CPU thread). Stage 1, ``python -m
+harness.zoo.train NAME``, trains
 
-1. the video VAE (causal 3D, 4x spatial / 4x temporal) on rendered clips as a near-deterministic
+1. the video VAE (causal 3D, 4x spatial / 4x temporal, 16 latent channels) on rendered clips as a near-deterministic
    autoencoder (posterior mean + 0.1 noise): weighted L1 + MSE + a small latent L2;
    its latent statistics become the pipeline's normalisation (Wan: ``latents_mean``/``latents_std``,
    HunyuanVideo: ``scaling_factor``);
@@ -11,8 +12,10 @@ Reproducible (fixed seed, fixed iteration counts, one CPU thread). Two stages pe
    scheduler's own shift; text encoders stay frozen at their random init; 10% prompt dropout to the
    empty prompt (the negative prompt used for CFG); EMA weights are saved.
 
-Run ``python -m harness.zoo.train_video NAME`` (or ``python -m harness.zoo.train NAME``). Saves to
-``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
+Stage 2, ``python -m harness.zoo.train NAME --resume``, trains the saved transformer on for
+``STAGE2[NAME]`` iterations on fresh clips (VAE and normalisation kept); the committed weights are
+stage 1 + stage 2. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
+Saves to ``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
 ``reports/zoo/<NAME>-train.json``.
 """
 
@@ -24,6 +27,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,19 +40,19 @@ REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 
-# fixed schedules (iterations sized for ~20 min per pipeline on one shared CPU thread)
+# fixed schedules (iterations sized for ~30 min per pipeline on one shared CPU thread)
 CONFIG: dict[str, dict[str, Any]] = {
     # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
     "wan-tiny": dict(
         seed=0,
-        vae_iters=1800,
+        vae_iters=2400,
         vae_batch=3,
         vae_frames=9,
         vae_lr=3e-3,
         z_noise=0.1,
         latent_l2=1e-3,
-        n_clips=2000,
-        iters=1800,
+        n_clips=6000,
+        iters=5000,
         batch=32,
         lr=1e-3,
         drop=0.1,
@@ -56,20 +60,24 @@ CONFIG: dict[str, dict[str, Any]] = {
     ),
     "hunyuan-video-tiny": dict(
         seed=0,
-        vae_iters=1800,
+        vae_iters=3000,
         vae_batch=4,
         vae_frames=5,
         vae_lr=3e-3,
         z_noise=0.1,
         latent_l2=1e-3,
-        n_clips=2000,
-        iters=1800,
+        n_clips=6000,
+        iters=5000,
         batch=32,
         lr=1e-3,
         drop=0.1,
         ema=0.998,
     ),
 }
+
+
+#: stage 2 (``--resume``): further transformer iterations from the saved weights
+STAGE2: dict[str, int] = {"wan-tiny": 10000, "hunyuan-video-tiny": 10000}
 
 
 def _log(msg: str) -> None:
@@ -178,8 +186,12 @@ def train_transformer(
     cfg: dict[str, Any],
     gen: torch.Generator,
     shift: float,
+    probe: Callable[[Any, int], None] | None = None,
 ):
-    """Stage 2: rectified flow on normalised latents; returns (EMA transformer, loss curve)."""
+    """Stage 2: rectified flow on normalised latents; returns (EMA transformer, loss curve).
+
+    ``probe(ema, it)`` is called every ``cfg["eval_every"]`` iterations (0: never).
+    """
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg["lr"], weight_decay=0.01)
     warm, total = 100, cfg["iters"]
@@ -221,49 +233,95 @@ def train_transformer(
             curve.append(run / 100)
             _log(f"{name} {it + 1}/{total} loss {run / 100:.4f} lr {sched.get_last_lr()[0]:.2e}")
             run = 0.0
+        every = cfg.get("eval_every", 0)
+        if probe is not None and every and (it + 1) % every == 0 and it + 1 < total:
+            probe(ema, it + 1)
     return ema, curve
 
 
-def main(name: str, out_dir: str | os.PathLike | None = None, **overrides: Any) -> Path:
-    """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory."""
+def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
+    """Digit / colour / direction adherence of ``pipe``'s 50-step samples on the first ``n`` eval prompts."""
+    from harness.zoo.measure_video import adherence
+    from harness.zoo.video_data import eval_prompts
+
+    mod = MODULES[name]
+    kw = mod.default_call_kwargs()
+    prompts = eval_prompts(n)
+    videos = [
+        pipe(prompt=p, generator=torch.Generator().manual_seed(i), **kw).frames[0]
+        for i, p in enumerate(prompts)
+    ]
+    return {k: v for k, v in adherence(videos, prompts).items() if k != "per_prompt"}
+
+
+def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Tensor, float]:
+    """Latents in the pipeline's normalised space and the sampler's shift; ``fit`` sets the VAE's
+    normalisation from ``lat`` (stage 1), otherwise the saved one is used (stage 2)."""
+    vae, c = pipe.vae, lat.shape[1]
+    if name == "wan-tiny":
+        if fit:
+            mean = lat.transpose(0, 1).reshape(c, -1).mean(1)
+            std = lat.transpose(0, 1).reshape(c, -1).std(1)
+            vae.register_to_config(
+                latents_mean=[round(float(v), 5) for v in mean],
+                latents_std=[round(float(v), 5) for v in std],
+            )
+        mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+        std = torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1)
+        return (lat - mean) / std, float(pipe.scheduler.config.flow_shift)
+    if fit:
+        vae.register_to_config(scaling_factor=round(float(1.0 / lat.std()), 5))
+    return lat * vae.config.scaling_factor, float(pipe.scheduler.config.shift)
+
+
+def main(name: str, out_dir: str | os.PathLike | None = None, resume: bool = False, **overrides: Any) -> Path:
+    """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory.
+
+    ``resume=True`` is stage 2: the saved pipeline's transformer trains on for ``STAGE2[name]``
+    iterations (unless overridden) on fresh clips (data seed + 1), VAE and normalisation unchanged.
+    """
     if name not in MODULES:
         raise SystemExit(f"unknown video model {name!r}; choose from {sorted(MODULES)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(1)
-    cfg = {**CONFIG[name], **overrides}
     mod = MODULES[name]
-    torch.manual_seed(cfg["seed"])
-    gen = torch.Generator().manual_seed(cfg["seed"])
+    out = Path(out_dir) if out_dir else mod.TINY_DIR
+    cfg = {**CONFIG[name], **({"iters": STAGE2[name]} if resume else {}), **overrides}
+    seed = cfg["seed"] + int(resume)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     t_start = time.time()
-    pipe = mod.build_pipeline(seed=cfg["seed"], trained=False, size="tiny")
-    vae = pipe.vae
-    _log(f"{name}: training VAE ({sum(p.numel() for p in vae.parameters())} params)")
-    vae_curve = train_vae(vae, cfg, gen)
-    t_vae = time.time() - t_start
-    lat, prompts = encode_dataset(vae, cfg["n_clips"], gen)
-    c = lat.shape[1]
-    if name == "wan-tiny":
-        mean = lat.transpose(0, 1).reshape(c, -1).mean(1)
-        std = lat.transpose(0, 1).reshape(c, -1).std(1)
-        vae.register_to_config(
-            latents_mean=[round(float(v), 5) for v in mean], latents_std=[round(float(v), 5) for v in std]
-        )
-        x0 = (lat - mean.view(1, c, 1, 1, 1)) / std.view(1, c, 1, 1, 1)
-        shift = float(pipe.scheduler.config.flow_shift)
+    if resume:
+        if not (out / "model_index.json").exists():
+            raise SystemExit(f"--resume needs a trained pipeline in {out}: run stage 1 first")
+        pipe = mod.build_pipeline(trained=True, path=out)
+        pipe.vae.requires_grad_(False)
+        vae_curve, t_vae = [], 0.0
     else:
-        sf = round(float(1.0 / lat.std()), 5)
-        vae.register_to_config(scaling_factor=sf)
-        x0 = lat * sf
-        shift = float(pipe.scheduler.config.shift)
+        pipe = mod.build_pipeline(seed=seed, trained=False, size="tiny")
+        _log(f"{name}: training VAE ({sum(p.numel() for p in pipe.vae.parameters())} params)")
+        vae_curve = train_vae(pipe.vae, cfg, gen)
+        t_vae = time.time() - t_start
+    lat, prompts = encode_dataset(pipe.vae, cfg["n_clips"], gen)
+    x0, shift = _normalise(name, pipe, lat, fit=not resume)
     _log(f"latents {tuple(lat.shape)}; normalised std {float(x0.std()):.3f} mean {float(x0.mean()):.3f}")
     table = text_table(name, pipe)
     tr = pipe.transformer
     _log(f"{name}: training transformer ({sum(p.numel() for p in tr.parameters())} params)")
-    ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift)
+    history: list[dict[str, Any]] = []
+    pipe.set_progress_bar_config(disable=True)
+
+    def probe(ema, it: int) -> None:
+        pipe.transformer = ema
+        t0 = time.time()
+        history.append({"iter": it, **adherence_probe(pipe, name)})
+        pipe.transformer = tr
+        _log(f"{name} it {it} adherence {json.dumps(history[-1])} ({time.time() - t0:.0f}s)")
+
+    ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift, probe)
     pipe.transformer.load_state_dict(ema.state_dict())
     pipe.transformer.eval()
     t_total = time.time() - t_start
-    out = Path(out_dir) if out_dir else mod.TINY_DIR
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
     info = dict(
@@ -273,15 +331,28 @@ def main(name: str, out_dir: str | os.PathLike | None = None, **overrides: Any) 
         vae_seconds=round(t_vae, 1),
         vae_curve=[round(v, 5) for v in vae_curve],
         loss_curve=[round(v, 5) for v in curve],
+        adherence_during_training=history,
         torch=torch.__version__,
         threads=1,
     )
     if out_dir is None:
         REPORTS.mkdir(parents=True, exist_ok=True)
-        (REPORTS / f"{name}-train.json").write_text(json.dumps(info, indent=1))
+        f = REPORTS / f"{name}-train.json"
+        if resume:  # keep stage 1's record; the total time is both stages
+            first = json.loads(f.read_text())
+            first = first.get("stage1", first)
+            info = {
+                "name": name,
+                "train_seconds": round(first["train_seconds"] + t_total, 1),
+                "stage1": first,
+                "stage2": info,
+            }
+        f.write_text(json.dumps(info, indent=1))
     _log(f"saved {out} in {t_total:.0f}s")
     return out
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "wan-tiny")
+    from harness.zoo.train import main as train_main
+
+    train_main(sys.argv[1:] or ["wan-tiny"])

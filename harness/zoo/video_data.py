@@ -2,7 +2,7 @@
 
 Each clip is ``(3, F, S, S)`` in ``[-1, 1]`` (the layout diffusers' video VAEs take), built from
 scikit-learn's bundled ``load_digits()``: a digit of a named colour, at a random position and scale,
-moves ``left``/``right``/``up``/``down`` with random speed, easing and a perpendicular wobble, over a
+moves ``left``/``right``/``up``/``down`` with random speed, easing and a small perpendicular wobble, over a
 dark textured background with grey distractor strokes. The caption is ``a {colour} {digit} moving
 {direction}``. Also holds the prompt vocabulary the tiny tokenizers are built from.
 """
@@ -35,6 +35,8 @@ DIRECTION_VECTORS: dict[str, tuple[int, int]] = {
 
 NUM_FRAMES = 9
 FRAME_SIZE = 32
+#: side of the glyph box in pixels (the digit itself fills ~3/4 of it), drawn uniformly per clip
+SCALE: tuple[float, float] = (21.0, 27.0)
 
 #: every word a prompt (or the Hunyuan prompt template) can contain
 PROMPT_WORDS: tuple[str, ...] = (
@@ -66,17 +68,18 @@ def eval_prompts(n: int = 20) -> list[str]:
 
 @lru_cache(maxsize=1)
 def _digit_bank() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
+    from harness.zoo.digits_data import _digits, _typical
 
-    d = load_digits()
-    imgs = torch.tensor(d.images, dtype=torch.float32) / 16.0  # (N, 8, 8)
+    images, targets = _digits()
+    keep = _typical()  # the half of each class closest to its mean, as for the image generators
+    imgs = torch.tensor(images[keep], dtype=torch.float32)  # (N, 8, 8)
     # smoother glyphs: bicubic x2 (sampled later with bilinear interpolation)
     imgs = F.interpolate(imgs[:, None], size=(16, 16), mode="bicubic", align_corners=False).clamp(0, 1)
-    return imgs, torch.tensor(d.target, dtype=torch.long)
+    return imgs, torch.tensor(targets[keep], dtype=torch.long)
 
 
 def digit_glyphs(digit: int) -> torch.Tensor:
-    """All 16x16 glyphs (``(n, 1, 16, 16)`` in [0, 1]) of one digit class."""
+    """The typical 16x16 glyphs (``(n, 1, 16, 16)`` in [0, 1]) of one digit class."""
     imgs, labels = _digit_bank()
     return imgs[labels == digit]
 
@@ -147,14 +150,16 @@ def render_clips(
         glyphs = digit_glyphs(s.digit)
         glyph = glyphs[int(torch.randint(len(glyphs), (1,), generator=g))]
         r = lambda lo, hi: lo + (hi - lo) * float(torch.rand((), generator=g))  # noqa: E731
-        scale0 = r(11.0, 17.0)
-        scale1 = scale0 * r(0.85, 1.15)
-        travel = r(11.0, 18.0)
-        gamma = r(0.6, 1.7)
-        wobble_amp, wobble_phase = r(0.0, 2.0), r(0.0, 2 * math.pi)
+        # large glyphs (a 4x video VAE keeps a 12-px digit only as a blob: digit read in 20% of
+        # reconstructions), so the travel is short enough to stay in frame
+        scale0 = r(SCALE[0], SCALE[1])
+        scale1 = scale0 * r(0.93, 1.07)
+        travel = r(7.0, 11.0)
+        gamma = r(0.7, 1.4)
+        wobble_amp, wobble_phase = r(0.0, 1.2), r(0.0, 2 * math.pi)
         dx, dy = DIRECTION_VECTORS[s.direction]
         half = max(scale0, scale1) / 2
-        lo, hi = half * 0.8, size - half * 0.8
+        lo, hi = half * 0.6, size - half * 0.6  # the glyph box has a margin: the digit stays in frame
         # along-axis start so that the whole path stays (mostly) in frame
         along0 = r(lo, hi - travel) if (dx + dy) > 0 else r(lo + travel, hi)
         across = r(lo + wobble_amp, hi - wobble_amp)

@@ -22,7 +22,7 @@ MAX_SEQ_LEN = 12
 FLOW_SHIFT = 3.0  # Wan 2.1 at 480p
 
 _SIZES: dict[str, dict[str, Any]] = {
-    "tiny": dict(heads=4, head_dim=24, layers=4, ffn=192, latent=8, base_dim=12, text_dim=32, freq_dim=64),
+    "tiny": dict(heads=4, head_dim=24, layers=4, ffn=192, latent=16, base_dim=12, text_dim=32, freq_dim=64),
     "medium": dict(
         heads=8, head_dim=64, layers=4, ffn=2048, latent=16, base_dim=16, text_dim=64, freq_dim=256
     ),
