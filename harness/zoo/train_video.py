@@ -188,7 +188,7 @@ def train_transformer(
     shift: float,
     probe: Callable[[Any, int], None] | None = None,
 ):
-    """Stage 2: rectified flow on normalised latents; returns (EMA transformer, loss curve).
+    """The transformer with rectified flow on normalised latents; returns (EMA transformer, loss curve).
 
     ``probe(ema, it)`` is called every ``cfg["eval_every"]`` iterations (0: never).
     """
