@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -151,15 +152,25 @@ def test_video_checks_read_real_clips():
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_training_script_runs_and_resumes(name, tmp_path):
-    """Both training stages, a few iterations each: stage 1 saves a loadable pipeline; stage 2 trains
-    the transformer on and leaves the VAE and its latent normalisation untouched."""
+    """Every training stage, a few iterations each: stage 1 saves a loadable pipeline; each --resume
+    trains the transformer on and leaves the VAE and its latent normalisation untouched; the record keeps
+    one entry per stage and a resume past the last stage is refused."""
     from harness.zoo import train_video
 
     small = dict(vae_iters=2, vae_batch=1, n_clips=3, iters=2, batch=2)
-    train_video.main(name, out_dir=tmp_path, **small)
-    first = MODULES[name].build_pipeline(trained=True, path=tmp_path)
-    train_video.main(name, out_dir=tmp_path, resume=True, **small)
-    second = MODULES[name].build_pipeline(trained=True, path=tmp_path)
+    small |= {"decoder_iters": 2} if train_video.CONFIG[name].get("decoder_iters") else {}
+    record = tmp_path / "train.json"
+    out = tmp_path / "pipe"
+    train_video.main(name, out_dir=out, record=record, **small)
+    first = MODULES[name].build_pipeline(trained=True, path=out)
+    for _ in train_video.RESUME_ITERS[name]:
+        train_video.main(name, out_dir=out, resume=True, record=record, **small)
+    second = MODULES[name].build_pipeline(trained=True, path=out)
+    saved = json.loads(record.read_text())
+    assert [s["stage"] for s in saved["stages"]] == list(range(1, len(train_video.RESUME_ITERS[name]) + 2))
+    assert saved["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in saved["stages"]), abs=0.2)
+    with pytest.raises(SystemExit, match="nothing to resume"):
+        train_video.main(name, out_dir=out, resume=True, record=record, **small)
     assert dict(first.vae.config) == dict(second.vae.config)
     for (k, a), b in zip(first.vae.state_dict().items(), second.vae.state_dict().values()):
         assert torch.equal(a, b), k
@@ -168,6 +179,22 @@ def test_training_script_runs_and_resumes(name, tmp_path):
         for (k, a), b in zip(first.transformer.state_dict().items(), second.transformer.state_dict().values())
         if not torch.equal(a, b)
     ]
-    assert moved, "stage 2 did not change the transformer"
+    assert moved, "resuming did not change the transformer"
     second.set_progress_bar_config(disable=True)
     assert _run(second, MODULES[name], steps=2).shape[1:] == (9, 3, 32, 32)
+
+
+def test_decoder_finetune_keeps_the_latent_space():
+    """The decoder fine-tune trains the decoder only: the encoder (so every latent the transformer was
+    trained on) is bit-identical afterwards, and the decoder has moved."""
+    from harness.zoo import train_video
+
+    vae = hunyuan_tiny.build_pipeline(trained=False, size="tiny").vae
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    cfg = {**train_video.CONFIG["hunyuan-video-tiny"], "decoder_iters": 2, "vae_batch": 1}
+    curve = train_video.finetune_decoder(vae, cfg, seed=0)
+    after = vae.state_dict()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
+    assert curve == [] and not any(p.requires_grad for p in vae.parameters())

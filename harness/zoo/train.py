@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--resume",
         action="store_true",
-        help=f"stage 2: continue from the saved pipeline ({STAGE2_ITERS}, video: train_video.STAGE2 iterations unless --iters)",
+        help=f"next stage: continue from the saved pipeline ({STAGE2_ITERS}; video: train_video.RESUME_ITERS, one round per --resume, unless --iters)",
     )
     ap.add_argument(
         "--eval-every", type=int, default=0, help="log the EMA weights' adherence every N iterations"
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
         from harness.zoo.train_video import main as train_video_main
 
         over = {"eval_every": args.eval_every} | ({"iters": args.iters} if args.iters else {})
-        train_video_main(args.name, resume=args.resume, **over)
+        train_video_main(args.name, resume=args.resume, threads=args.threads, **over)
         return
     if args.resume and args.name not in STAGE2_ITERS:
         ap.error(f"--resume applies to {sorted(STAGE2_ITERS)} only")

@@ -11,10 +11,12 @@ harness.zoo.train NAME``, trains
    ``x_t = (1 - s) x_0 + s e``, target ``e - x_0``, timestep ``1000 s``, ``s`` drawn through the
    scheduler's own shift; text encoders stay frozen at their random init; 10% prompt dropout to the
    empty prompt (the negative prompt used for CFG); EMA weights are saved.
+3. where the VAE trained on clips shorter than the pipeline's (HunyuanVideo: 5 of 9 frames), its decoder
+   alone on full clips (``decoder_iters``; encoder, latents and transformer untouched).
 
-Stage 2, ``python -m harness.zoo.train NAME --resume``, trains the saved transformer on for
-``STAGE2[NAME]`` iterations on fresh clips (VAE and normalisation kept); the committed weights are
-stage 1 + stage 2. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
+Each ``python -m harness.zoo.train NAME --resume`` (stage 2, 3 …) trains the saved transformer on for
+``RESUME_ITERS[NAME][stage - 2]`` iterations on fresh clips (data seed + stage - 1; VAE and normalisation
+kept); the committed weights are stage 1 followed by every round in ``RESUME_ITERS``. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
 Saves to ``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
 ``reports/zoo/<NAME>-train.json``.
 """
@@ -34,13 +36,13 @@ from typing import Any
 import torch
 
 from harness.zoo import hunyuan_tiny, wan_tiny
-from harness.zoo.video_data import all_prompts, sample_batch
+from harness.zoo.video_data import NUM_FRAMES, all_prompts, sample_batch
 
 REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 
-# fixed schedules (iterations sized for ~30 min per pipeline on one shared CPU thread)
+# fixed schedules; the measured time of every stage is in reports/zoo/<name>-train.json
 CONFIG: dict[str, dict[str, Any]] = {
     # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
     "wan-tiny": dict(
@@ -64,6 +66,8 @@ CONFIG: dict[str, dict[str, Any]] = {
         vae_batch=4,
         vae_frames=5,
         vae_lr=3e-3,
+        decoder_iters=1500,
+        decoder_lr=1e-3,
         z_noise=0.1,
         latent_l2=1e-3,
         n_clips=6000,
@@ -76,8 +80,16 @@ CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
-#: stage 2 (``--resume``): further transformer iterations from the saved weights
-STAGE2: dict[str, int] = {"wan-tiny": 10000, "hunyuan-video-tiny": 10000}
+#: stages 2, 3 … (``--resume``, once per stage): further transformer iterations from the saved weights
+RESUME_ITERS: dict[str, tuple[int, ...]] = {
+    "wan-tiny": (10000, 10000, 10000),
+    "hunyuan-video-tiny": (10000, 10000, 10000),
+}
+
+
+def _stages(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-stage records of a ``<name>-train.json``."""
+    return list(record["stages"])
 
 
 def _log(msg: str) -> None:
@@ -121,6 +133,46 @@ def train_vae(vae, cfg: dict[str, Any], gen: torch.Generator) -> list[float]:
             curve.append(run / 50)
             _log(f"vae {it + 1}/{cfg['vae_iters']} rec {run / 50:.4f} l2 {l2.item():.2f}")
             run = 0.0
+    vae.eval()
+    return curve
+
+
+def finetune_decoder(vae, cfg: dict[str, Any], seed: int) -> list[float]:
+    """Decoder-only training on full ``NUM_FRAMES`` clips, the encoder (and so the latent space) frozen.
+
+    A VAE trained on short clips (HunyuanVideo's, 5 frames) has never decoded the later latent frames of
+    a 9-frame clip: their reconstructions lost colour and shape. Uses its own generator, so the stages
+    before and after it draw the same data with or without it.
+    """
+    gen = torch.Generator().manual_seed(seed + 100)
+    params = [*vae.post_quant_conv.parameters(), *vae.decoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg["decoder_lr"], weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg["decoder_lr"], total_steps=cfg["decoder_iters"], pct_start=0.05
+    )
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    vae.post_quant_conv.requires_grad_(True)
+    vae.train()
+    curve, run = [], 0.0
+    for it in range(cfg["decoder_iters"]):
+        x, _ = sample_batch(gen, cfg["vae_batch"])
+        with torch.no_grad():
+            mean = _posterior(vae, x).mean
+        rec = vae.decode(mean + cfg["z_noise"] * torch.randn(mean.shape, generator=gen)).sample
+        w = 1.0 + 3.0 * ((x + 1) / 2).amax(1, keepdim=True).gt(0.45).float()
+        loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        run += loss.item()
+        if (it + 1) % 50 == 0:
+            curve.append(run / 50)
+            _log(f"decoder {it + 1}/{cfg['decoder_iters']} rec {run / 50:.4f}")
+            run = 0.0
+    vae.requires_grad_(False)
     vae.eval()
     return curve
 
@@ -274,20 +326,42 @@ def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Ten
     return lat * vae.config.scaling_factor, float(pipe.scheduler.config.shift)
 
 
-def main(name: str, out_dir: str | os.PathLike | None = None, resume: bool = False, **overrides: Any) -> Path:
+def main(
+    name: str,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    record: str | os.PathLike | None = None,
+    threads: int = 1,
+    **overrides: Any,
+) -> Path:
     """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory.
 
-    ``resume=True`` is stage 2: the saved pipeline's transformer trains on for ``STAGE2[name]``
-    iterations (unless overridden) on fresh clips (data seed + 1), VAE and normalisation unchanged.
+    ``record`` is the training record, one entry per stage (default ``reports/zoo/<name>-train.json``
+    when saving to the committed directory, none otherwise). ``resume=True`` runs the next stage n >= 2
+    (counted from the record; 2 without one): the saved pipeline's transformer trains on for ``RESUME_ITERS[name][n - 2]``
+    iterations (unless overridden) on fresh clips (data seed + n - 1), VAE and normalisation unchanged.
     """
     if name not in MODULES:
         raise SystemExit(f"unknown video model {name!r}; choose from {sorted(MODULES)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     mod = MODULES[name]
     out = Path(out_dir) if out_dir else mod.TINY_DIR
-    cfg = {**CONFIG[name], **({"iters": STAGE2[name]} if resume else {}), **overrides}
-    seed = cfg["seed"] + int(resume)
+    if record is None and out_dir is None:
+        record = REPORTS / f"{name}-train.json"
+    record_file = Path(record) if record is not None else None
+    done = (
+        _stages(json.loads(record_file.read_text()))
+        if resume and record_file and record_file.exists()
+        else []
+    )
+    stage = max(len(done), 1) + 1 if resume else 1
+    rounds = RESUME_ITERS[name]
+    if resume and stage - 2 >= len(rounds):
+        raise SystemExit(f"{name}: all {len(rounds) + 1} stages are done (RESUME_ITERS); nothing to resume")
+    cfg = {**CONFIG[name], **({"iters": rounds[stage - 2]} if resume else {}), **overrides}
+    seed = cfg["seed"] + stage - 1
+    _log(f"{name}: stage {stage}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     t_start = time.time()
@@ -321,6 +395,11 @@ def main(name: str, out_dir: str | os.PathLike | None = None, resume: bool = Fal
     ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift, probe)
     pipe.transformer.load_state_dict(ema.state_dict())
     pipe.transformer.eval()
+    decoder_curve: list[float] = []
+    if not resume and cfg.get("decoder_iters"):
+        # after the transformer, with its own generator: the transformer's data do not depend on it
+        _log(f"{name}: decoder fine-tune on {NUM_FRAMES}-frame clips")
+        decoder_curve = finetune_decoder(pipe.vae, cfg, seed)
     t_total = time.time() - t_start
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
@@ -330,24 +409,20 @@ def main(name: str, out_dir: str | os.PathLike | None = None, resume: bool = Fal
         train_seconds=round(t_total, 1),
         vae_seconds=round(t_vae, 1),
         vae_curve=[round(v, 5) for v in vae_curve],
+        decoder_curve=[round(v, 5) for v in decoder_curve],
         loss_curve=[round(v, 5) for v in curve],
         adherence_during_training=history,
         torch=torch.__version__,
-        threads=1,
+        threads=threads,
     )
-    if out_dir is None:
-        REPORTS.mkdir(parents=True, exist_ok=True)
-        f = REPORTS / f"{name}-train.json"
-        if resume:  # keep stage 1's record; the total time is both stages
-            first = json.loads(f.read_text())
-            first = first.get("stage1", first)
-            info = {
-                "name": name,
-                "train_seconds": round(first["train_seconds"] + t_total, 1),
-                "stage1": first,
-                "stage2": info,
-            }
-        f.write_text(json.dumps(info, indent=1))
+    if record_file is not None:  # one entry per stage; the total time is all stages
+        record_file.parent.mkdir(parents=True, exist_ok=True)
+        stages = [*done[: stage - 1], {"stage": stage, **info}]
+        total = round(sum(s["train_seconds"] for s in stages), 1)
+        record = {"name": name, "train_seconds": total, "stages": stages}
+        tmp = record_file.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, record_file)
     _log(f"saved {out} in {t_total:.0f}s")
     return out
 
