@@ -65,8 +65,10 @@ def cost_tensor_one(
         cost[: i + 1, i, i + 1] = 0.0
     base = predictor.clone(derivative_start=0)
     for i in range(order, num_steps):
-        for anchor in range(max(0, i - max_jump), i):
-            history = predictor.calibration_history(anchor)
+        # step 0 has no earlier key step: the planner enters it from the virtual anchor 0 (only order 0
+        # reaches here with i = 0; higher orders force their first steps above)
+        for anchor in range(max(0, i - max_jump), i) if i else (0,):
+            history = predictor.calibration_history(anchor) if i else []
             if history and history[0] < 0:
                 continue
             p = base.clone()

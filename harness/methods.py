@@ -91,8 +91,15 @@ class DPCacheMethod(BenchMethod):
     name, knob = "dpcache", "key steps (sized so the measured compute is K)"
     description = "path-aware cost tensor + DP key steps, Taylor predictor (M3, O2)"
 
-    def __init__(self, first_full_steps: int = DPCACHE_FIRST_FULL, order: int = DPCACHE_ORDER) -> None:
-        self.first_full_steps, self.order = first_full_steps, order
+    def __init__(
+        self, first_full_steps: int = DPCACHE_FIRST_FULL, order: int = DPCACHE_ORDER, name: str = "dpcache"
+    ) -> None:
+        self.first_full_steps, self.order, self.name = first_full_steps, order, name
+        if order != DPCACHE_ORDER:
+            self.description = (
+                f"DPCache with a Taylor predictor of order {order} (released: {DPCACHE_ORDER}); its cost "
+                f"tensor is calibrated for that order"
+            )
 
     def settings(self, ctx: ModelContext) -> tuple[int, int]:
         """(first_full_steps, last_full_steps) for this model: the spec's released settings (Wan I2V: 4, 1)
@@ -184,7 +191,7 @@ class DPCacheMethod(BenchMethod):
         return cached_search(
             ctx.cache_dir / "budgets.json",
             key,
-            lambda: search_schedule_size(measure, budget, ctx.num_steps, k_min),
+            lambda: search_schedule_size(measure, budget, ctx.num_steps, k_min, method=self.name),
         )
 
     def _sized(self, ctx: ModelContext, budget: int) -> tuple[list[int], BudgetMatch | None]:
@@ -194,7 +201,7 @@ class DPCacheMethod(BenchMethod):
         try:
             steps = self.plan_steps(ctx, budget)  # a budget the planner refuses is refused before measuring
         except DPCacheError as e:
-            raise DPCacheError(f"dpcache cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
+            raise DPCacheError(f"{self.name} cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
         if budget >= ctx.num_steps:
             return steps, None
         result = self.match(ctx, budget)
@@ -220,10 +227,10 @@ class DPCacheMethod(BenchMethod):
         tag_knobs = {"M": first, "O": self.order} | ({"L": last} if last else {})
         measured = {"measured_K": round(match.measured, 4)} if match else {}
         return Configured(
-            "dpcache",
+            self.name,
             budget,
             ctx.num_steps,
-            config_tag("dpcache", budget, **tag_knobs),
+            config_tag(self.name, budget, **tag_knobs),
             apply=lambda: apply_dpcache(ctx.pipe, cfg),
             remove=lambda: remove_dpcache(ctx.pipe),
             cache_hits=lambda: sum(s.cache_hits for s in dpcache_stats(ctx.pipe).values()),
@@ -325,6 +332,10 @@ def registry() -> dict[str, BenchMethod]:
         "full": FullMethod(),
         "fewer-steps": FewerStepsMethod(),
         "dpcache": DPCacheMethod(),
+        # the predictor's order is the released method's one free choice that the planner cannot make
+        # (each order has its own cost tensor); run these next to `dpcache` to pick one per model
+        "dpcache-o1": DPCacheMethod(order=1, name="dpcache-o1"),
+        "dpcache-o0": DPCacheMethod(order=0, name="dpcache-o0"),
     }
     try:
         from baselines.base import load_all

@@ -24,8 +24,8 @@ def test_registry_works_with_zero_baselines(monkeypatch):
     import baselines.base
 
     monkeypatch.setattr(baselines.base, "load_all", lambda: {})
-    assert list(hm.registry()) == ["full", "fewer-steps", "dpcache"]
-    assert hm.resolve_methods("all") == ["full", "fewer-steps", "dpcache"]
+    own = ["full", "fewer-steps", "dpcache", "dpcache-o1", "dpcache-o0"]
+    assert list(hm.registry()) == own and hm.resolve_methods("all") == own
 
 
 def test_resolve_methods():

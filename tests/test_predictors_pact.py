@@ -157,3 +157,36 @@ def test_build_cost_tensor_metadata_and_planning():
 def test_build_cost_tensor_rejects_ragged_samples():
     with pytest.raises(ValueError, match="same number of steps"):
         build_cost_tensor([[torch.zeros(2)] * 6, [torch.zeros(2)] * 7])
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_low_order_cost_tensors_are_exact_and_plannable(order):
+    """Orders 0 and 1 need no stand-in history: C[a, i, j] is exactly the error of predicting from key
+    steps a and i (order 0: from i alone, step 0 entered from the planner's start). Every schedule's path
+    cost is then the sum of its real per-step errors, and the planner's optimum is the brute-force one."""
+    from itertools import combinations
+
+    from dpcache import plan
+    from dpcache.planner import path_cost
+
+    T, K = 12, 5
+    feats = [f.float() for f in _poly_features(T, [1.0, 0.6, -0.4, 0.1], shape=(3, 4))]
+    ct = build_cost_tensor(feats, TaylorPredictor(order=order), max_jump=T)
+    h = [f.double() for f in feats] + [sentinel_target(feats, TaylorPredictor(order=order)).double()]
+
+    def real_cost(keys):
+        total, nodes = 0.0, [*keys, T]
+        for n, (i, nxt) in enumerate(zip(nodes, nodes[1:])):
+            if n < order:  # the forced first transitions cost 0 by the released rule
+                continue
+            slope = (h[i] - h[nodes[n - 1]]) / (i - nodes[n - 1]) if order and n else 0 * h[i]
+            for j in range(i + 1, nxt + 1):
+                total += float(((h[i] + slope * (j - i)) / 2 - h[j] / 2).abs().mean())
+        return total
+
+    first = 1 + order  # orders >= 1 force their first `order` steps (the released rule)
+    schedules = [(*range(first), *rest) for rest in combinations(range(first, T), K - first)]
+    for keys in schedules[:: max(1, len(schedules) // 25)]:
+        assert path_cost(ct, keys) == pytest.approx(real_cost(keys), rel=1e-5)
+    best = min(schedules, key=real_cost)
+    assert plan(ct, K, first_full_steps=1, max_jump=T).key_steps == best

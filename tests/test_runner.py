@@ -46,7 +46,7 @@ def run(tmp_path_factory):
         with pytest.warns(UserWarning, match="unreachable"):
             records = run_benchmark(
                 "flux-tiny",
-                ["full", "fewer-steps", "dpcache"],
+                ["full", "fewer-steps", "dpcache", "dpcache-o1"],
                 [BUDGET, 2],
                 T,
                 1,
@@ -73,6 +73,7 @@ def test_records_complete(run):
         "fewer-steps-K5",
         "fewer-steps-K2",
         "dpcache-K5-M3-O2",
+        "dpcache-o1-K5-M3-O1",
     ]
     for r in records:
         d = r.to_dict()
@@ -83,7 +84,7 @@ def test_records_complete(run):
         assert r.timing["transformer_s"] > 0 and r.timing["pipeline_s"] >= r.timing["transformer_s"]
         assert len(r.reference_key) == 1 and r.psnr is not None and r.ssim is not None
         assert "lpips" in r.unavailable() or r.lpips is not None
-    full, few5, few2, dp = records
+    full, few5, few2, dp, dp1 = records
     assert full.psnr == 100.0 and full.flops_speedup == 1.0
     assert few5.flops_speedup == pytest.approx(2.0) and few2.flops_speedup == pytest.approx(5.0)
     assert len(dp.schedule) == BUDGET and dp.schedule[:3] == [0, 1, 2]
@@ -91,11 +92,14 @@ def test_records_complete(run):
     assert 1.8 < dp.flops_speedup <= 2.0 and dp.extra_metrics["measured_k"] == pytest.approx(
         T / dp.flops_speedup
     )
+    # the order-1 variant: its own name, knob and cost tensor, planned and matched like `dpcache`
+    assert dp1.method == "dpcache-o1" and dp1.knobs["O"] == 1 and len(dp1.schedule) == BUDGET
+    assert sum(dp1.cache_hits) == 2 * (T - BUDGET)
 
 
 def test_unreachable_budget_reported(run):
     _, _, skipped = run
-    assert [(s.method, s.budget) for s in skipped] == [("dpcache", 2)]
+    assert [(s.method, s.budget) for s in skipped] == [("dpcache", 2), ("dpcache-o1", 2)]
     assert "cannot plan K=2" in skipped[0].reason and "mandatory" in skipped[0].reason
 
 
@@ -112,7 +116,8 @@ def test_references_and_calibration_cached(run):
     d, records, _ = run
     refs = list((d / "cache" / "references" / "flux-tiny").glob("*.safetensors"))
     assert [p.stem for p in refs] == records[0].reference_key
-    assert len(list((d / "cache" / "dpcache").glob("*.safetensors"))) == 1
+    tensors = sorted(p.name for p in (d / "cache" / "dpcache").glob("*.safetensors"))
+    assert len(tensors) == 2 and "-o1-" in tensors[0] and "-o2-" in tensors[1]
     assert not list(d.rglob("*.tmp"))
 
 
