@@ -87,11 +87,6 @@ RESUME_ITERS: dict[str, tuple[int, ...]] = {
 }
 
 
-def _stages(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The per-stage records of a ``<name>-train.json``."""
-    return list(record["stages"])
-
-
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -351,7 +346,7 @@ def main(
         record = REPORTS / f"{name}-train.json"
     record_file = Path(record) if record is not None else None
     done = (
-        _stages(json.loads(record_file.read_text()))
+        json.loads(record_file.read_text())["stages"]
         if resume and record_file and record_file.exists()
         else []
     )
