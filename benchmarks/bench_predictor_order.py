@@ -19,12 +19,6 @@ from pathlib import Path
 import numpy as np
 
 
-def uniform_schedule(num_steps: int, key_steps: int, first: int = 3) -> list[int]:
-    """`first` leading steps, the rest spread evenly up to the last step."""
-    rest = np.linspace(first, num_steps - 1, key_steps - first).round().astype(int).tolist()
-    return sorted(set(range(first)) | set(rest))
-
-
 def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     from harness.context import ModelContext, pipeline_weights_hash
     from harness.methods import DPCacheMethod
     from harness.metrics import psnr
+    from harness.zoo.measure import reuse_schedule
     from harness.zoo.registry import get_spec, load_pipeline
 
     torch.set_num_threads(1)
@@ -73,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.model}: plain {k}-step sampling {result['plain']} dB")
     schedules = {
         "dp (order-2 tensor)": list(plan(cost, k, first_full_steps=first).key_steps),
-        "uniform": uniform_schedule(T, k, first),
+        "uniform": reuse_schedule(T, k, first),
     }
     for label, steps in schedules.items():
         row = {"schedule": steps, "path_cost": round(path_cost(cost, steps), 4)}

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from harness.zoo import hunyuan_tiny, wan_tiny
+from harness.zoo.measure import reuse_schedule
 from harness.zoo.video_data import (
     COLOURS,
     DIRECTION_VECTORS,
@@ -39,12 +40,6 @@ from harness.zoo.video_data import (
 REPORTS = Path(__file__).resolve().parents[2] / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 T, K, FIRST = 50, 13, 3
-
-
-def key_steps(t: int = T, k: int = K, first: int = FIRST) -> list[int]:
-    """``first`` leading steps, then ``k - first`` uniformly spread over the rest (last step included)."""
-    rest = np.linspace(first, t - 1, k - first).round().astype(int).tolist()
-    return sorted(set(range(first)) | set(rest))
 
 
 class ForwardWrap:
@@ -209,7 +204,7 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
     kw = mod.default_call_kwargs()
     prompts = eval_prompts(n_prompts)
     cps = 2  # both pipelines run CFG: conditional + unconditional forward per step
-    keys = key_steps()
+    keys = reuse_schedule(T, K, FIRST)
     full, plain, reuse, rel_curves = [], [], [], []
     for i, p in enumerate(prompts):
         wrap = ForwardWrap(pipe.transformer, cps, record=True)
