@@ -86,13 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         methods = resolve_methods(args.methods if args.methods != "default" else None)
     except ValueError as e:
         raise BenchUsageError(str(e)) from None
-    for name, v in (
-        ("--steps", args.steps),
-        ("--num-prompts", args.num_prompts),
-        ("--repeats", args.repeats),
-    ):
+    for name, v in (("--steps", args.steps), ("--num-prompts", args.num_prompts)):
         if v is not None and v < 1:
             raise BenchUsageError(f"{name} must be >= 1, got {v}")
+    if args.repeats < 0:
+        raise BenchUsageError(f"--repeats must be >= 0 (0: no wall-clock timing), got {args.repeats}")
     steps = args.steps or spec.num_inference_steps
     if max(budgets) > steps:
         raise BenchUsageError(f"--budgets {args.budgets}: a budget exceeds T={steps} steps")
@@ -274,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-prompts", type=int, default=4, help="calibration prompts (dpcache, knob search)"
     )
     r.add_argument(
-        "--repeats", type=int, default=5, help="timed runs after warm-up (>= 5 for reported wall-clock)"
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed runs after warm-up (>= 5 for reported wall-clock; 0: none, wall_speedup unavailable)",
     )
     r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
     r.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///./mlflow.db; 'off')")

@@ -43,6 +43,7 @@ class BenchOptions:
     update_expected: bool = False
     update_references: bool = False
     gate_timing: bool = False
+    repeats: int = 5
 
     def resolved_device(self) -> str:
         """--device, else cuda when available, else cpu (imports torch)."""
@@ -123,6 +124,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="also enforce wall-clock gates (noise-aware, needs several samples)",
     )
+    group.addoption(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per record after one warm-up (default $DPCACHE_BENCH_REPEATS, else 5); 0 skips "
+        "wall-clock (wall_speedup recorded unavailable; FLOPs and quality are unaffected)",
+    )
 
 
 def _parse_options(config: pytest.Config) -> BenchOptions:
@@ -138,6 +146,11 @@ def _parse_options(config: pytest.Config) -> BenchOptions:
         v = getattr(opt, name)
         if v is not None and v < 1:
             raise pytest.UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    repeats = opt.repeats if opt.repeats is not None else int(os.environ.get("DPCACHE_BENCH_REPEATS", "5"))
+    if repeats < 0:
+        raise pytest.UsageError(f"--repeats must be >= 0, got {repeats}")
+    if opt.gate_timing and repeats < 5:
+        raise pytest.UsageError(f"--gate-timing needs >= 5 timed runs per record, got --repeats {repeats}")
     json_out = Path(opt.json_out) if opt.json_out else Path(config.rootpath) / "results.jsonl"
     return BenchOptions(
         scale=opt.scale,
@@ -152,6 +165,7 @@ def _parse_options(config: pytest.Config) -> BenchOptions:
         update_expected=opt.update_expected,
         update_references=opt.update_references,
         gate_timing=opt.gate_timing,
+        repeats=repeats,
     )
 
 

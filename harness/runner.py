@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +102,32 @@ def _prompt_metrics(spec: Any, images: Any, prompts: Sequence[Any]) -> dict[str,
     return out
 
 
+NOT_TIMED = "wall-clock not timed (repeats = 0: no timed runs; FLOPs speedup is exact)"
+
+
+def _timing_fields(
+    full: dict[str, Any], mine: dict[str, Any], sp: Any, repeats: int, warmup: int
+) -> dict[str, Any]:
+    """The record's `timing` block: per-repeat samples and medians, or only `repeats: 0` when untimed."""
+    mem = sp.mem_overhead_bytes if isinstance(sp.mem_overhead_bytes, int) else None
+    if not repeats:
+        return {"repeats": 0, "warmup": 0, "mem_overhead_bytes": mem}
+    return {
+        "repeats": repeats,
+        "warmup": warmup,
+        "timer": mine["timing"].timer,
+        "full": list(full["timing"].samples),
+        "method": list(mine["timing"].samples),
+        "wall_speedup": list(sp.wall_speedup_samples),
+        "pipeline_s": mine["timing"].median,
+        "pipeline_iqr_s": mine["timing"].iqr,
+        "transformer_s": mine["transformer_s"],
+        "full_pipeline_s": full["timing"].median,
+        "full_transformer_s": full["transformer_s"],
+        "mem_overhead_bytes": mem,
+    }
+
+
 class BenchSession:
     """One model's benchmark state: context, references, the full-step costs, and memoised records."""
 
@@ -132,6 +158,8 @@ class BenchSession:
             pipe = load_pipeline(spec, device=device)
         pipe.set_progress_bar_config(disable=True)
         self.spec, self.pipe, self.suite = spec, pipe, suite
+        if repeats < 0:
+            raise ValueError(f"repeats must be >= 0 (0: no wall-clock timing), got {repeats}")
         self.repeats, self.warmup = repeats, warmup
         t = steps or spec.num_inference_steps
         weights_path = spec.path if loaded and spec.path else None
@@ -211,14 +239,17 @@ class BenchSession:
         return tqdm(items, desc=f"{self.spec.name} {desc}", leave=False, disable=not self.ctx.progress)
 
     def _time(self) -> dict[str, Any]:
+        """Wall-clock (``repeats`` timed calls after warm-up; none when ``repeats`` is 0) and peak memory."""
         from harness.measure import ModuleTimer, peak_memory, time_call
 
         p, s = self.prompts[0], self.seeds[0]
         steps = self._steps
+        mem = peak_memory(lambda: self.ctx.call(p, s, steps))
+        if not self.repeats:
+            return {"timing": None, "transformer_s": None, "memory": mem}
         with ModuleTimer(self.pipe.transformer) as mt:
             timing = time_call(lambda: self.ctx.call(p, s, steps), warmup=self.warmup, repeats=self.repeats)
-        mem = peak_memory(lambda: self.ctx.call(p, s, steps))
-        runs = self.warmup + self.repeats + 1
+        runs = self.warmup + self.repeats
         return {"timing": timing, "transformer_s": mt.seconds / runs, "memory": mem}
 
     def full_costs(self) -> dict[str, Any]:
@@ -288,27 +319,16 @@ class BenchSession:
             RunCost(int(mean_flops), mine["timing"], mine["memory"]),
         )
         measured_k = self.ctx.measured_compute(mean_flops)
-        timing = {
-            "repeats": self.repeats,
-            "warmup": self.warmup,
-            "timer": mine["timing"].timer,
-            "full": list(full["timing"].samples),
-            "method": list(mine["timing"].samples),
-            "wall_speedup": list(sp.wall_speedup_samples),
-            "pipeline_s": mine["timing"].median,
-            "pipeline_iqr_s": mine["timing"].iqr,
-            "transformer_s": mine["transformer_s"],
-            "full_pipeline_s": full["timing"].median,
-            "full_transformer_s": full["transformer_s"],
-            "mem_overhead_bytes": sp.mem_overhead_bytes if isinstance(sp.mem_overhead_bytes, int) else None,
-        }
+        timing = _timing_fields(full, mine, sp, self.repeats, self.warmup)
+        if not self.repeats:
+            sp = replace(sp, wall_speedup=Unavailable(NOT_TIMED, "wall_speedup"))
         extra: dict[str, Any] = {"measured_k": measured_k}
         if cfg.is_cache and cfg.budget is not None and cfg.budget < self.ctx.num_steps and not any(hits):
             extra["cache_engaged"] = Unavailable(
                 f"no cache hits at K={cfg.budget} < T={self.ctx.num_steps}: the cache never engaged",
                 "cache_engaged",
             )
-        if mine["transformer_s"] > 0:
+        if mine["transformer_s"]:
             extra["transformer_wall_speedup"] = full["transformer_s"] / mine["transformer_s"]
         quality = fidelity_metrics(images, refs)
         prompt_metrics = _prompt_metrics(self.spec, images, self.prompts)

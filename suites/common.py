@@ -131,7 +131,7 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
         steps=bench_options.steps,
         num_prompts=bench_options.num_prompts or suite.num_prompts,
         num_calibration=suite.num_calibration,
-        repeats=int(os.environ.get("DPCACHE_BENCH_REPEATS", "5")),
+        repeats=bench_options.repeats,
         store=store,
         committed=committed,
         cache_dir=cache,

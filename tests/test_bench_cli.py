@@ -47,7 +47,7 @@ def test_methods_lists_families_and_knobs(capsys):
             ["run", "--model", "flux-tiny", "--random-weights", "--steps", "10", "--budgets", "20"],
             "exceeds T=10",
         ),
-        (["run", "--model", "flux-tiny", "--random-weights", "--repeats", "0"], "--repeats must be >= 1"),
+        (["run", "--model", "flux-tiny", "--random-weights", "--repeats", "-1"], "--repeats must be >= 0"),
         (["report", "--json-in", "/nonexistent/results.jsonl"], "no result records"),
     ],
 )

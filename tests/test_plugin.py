@@ -66,6 +66,7 @@ def test_options_in_one_group_in_help(pytester):
         "--update-expected",
         "--update-references",
         "--gate-timing",
+        "--repeats",
     ):
         assert opt in group, opt
 
@@ -88,7 +89,7 @@ def test_opts(bench_options):
     o = bench_options
     assert o.scale == "medium" and o.budgets == [25, 13, 9] and o.methods == ["full", "dpcache"]
     assert o.steps == 50 and o.num_prompts == 2 and o.device == "cpu" and o.update_references and o.gate_timing
-    assert o.json_out.name == "out.jsonl" and o.refs_dir.name == "refs"
+    assert o.json_out.name == "out.jsonl" and o.refs_dir.name == "refs" and o.repeats == 7
 """
     )
     res = run(
@@ -112,11 +113,18 @@ def test_opts(bench_options):
         "out.jsonl",
         "--refs-dir",
         "refs",
+        "--repeats",
+        "7",
     )
     res.assert_outcomes(passed=1)
-    bad = run(suite, "test_opts.py", "--budgets", "a,b")
-    assert bad.ret == pytest.ExitCode.USAGE_ERROR
-    assert "--budgets must be comma-separated integers" in bad.stderr.str()
+    for args, message in (
+        (("--budgets", "a,b"), "--budgets must be comma-separated integers"),
+        (("--repeats", "-1"), "--repeats must be >= 0"),
+        (("--repeats", "0", "--gate-timing"), "--gate-timing needs >= 5 timed runs"),
+    ):
+        bad = run(suite, "test_opts.py", *args)
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        assert message in bad.stderr.str()
 
 
 def test_gate_passes_and_reports_unavailable_and_where_records_are(suite):

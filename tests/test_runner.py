@@ -158,3 +158,32 @@ def test_cache_check_flags_a_fixed_schedule_off_its_budget():
     assert cache_check(rec(50 / 13.3, {"key_steps": 13})) is None  # 2.3%: within 5%
     assert cache_check(rec(50 / 13.6, {"key_steps": 11})) is None
     assert cache_check(rec(50 / 14.0, {})) is None  # adaptive methods: compute varies with the prompt
+
+
+def test_repeats_zero_records_wall_clock_unavailable_and_nothing_else(tmp_path):
+    """`repeats=0` (the suites' `--repeats 0`) times nothing: wall_speedup is unavailable with the reason;
+    FLOPs speedup, quality and peak memory are measured as with timing on; negative repeats are refused."""
+    import torch
+
+    from harness.metrics import Unavailable
+    from harness.runner import NOT_TIMED, BenchSession
+    from harness.zoo.flux_tiny import build_pipeline
+    from harness.zoo.registry import get_spec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pipe = build_pipeline(trained=False)
+        kw = dict(steps=T, num_prompts=1, num_calibration=1, cache_dir=tmp_path, progress=False)
+        with pytest.raises(ValueError, match="repeats must be >= 0"):
+            BenchSession(get_spec("flux-tiny"), pipe, repeats=-1, **kw)
+        untimed = BenchSession(get_spec("flux-tiny"), pipe, repeats=0, **kw).record("fewer-steps", BUDGET)
+        timed = BenchSession(get_spec("flux-tiny"), pipe, repeats=1, **kw).record("fewer-steps", BUDGET)
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(untimed.wall_speedup, Unavailable) and untimed.wall_speedup.reason == NOT_TIMED
+    assert "wall_speedup" in untimed.unavailable() and "transformer_wall_speedup" not in untimed.extra_metrics
+    assert untimed.timing["repeats"] == 0 and "method" not in untimed.timing
+    assert timed.wall_speedup > 0 and len(timed.timing["method"]) == 1
+    assert untimed.flops_speedup == timed.flops_speedup == pytest.approx(T / BUDGET)
+    assert untimed.psnr == timed.psnr and untimed.peak_mem is not None
