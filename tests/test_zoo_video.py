@@ -151,37 +151,51 @@ def test_video_checks_read_real_clips():
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
-def test_training_script_runs_and_resumes(name, tmp_path):
-    """Every training stage, a few iterations each: stage 1 saves a loadable pipeline; each --resume
-    trains the transformer on and leaves the VAE and its latent normalisation untouched; the record keeps
-    one entry per stage and a resume past the last stage is refused."""
+def test_training_script_components(name, tmp_path):
+    """A few iterations of each component: ``all`` saves a loadable pipeline and gives the same weights as
+    ``vae`` then ``transformer``; a transformer-only run keeps the saved VAE and its normalisation, moves
+    the transformer, and replaces only its own entry in the record; it refuses to run without a VAE."""
     from harness.zoo import train_video
 
-    small = dict(vae_iters=2, vae_batch=1, n_clips=3, iters=2, batch=2)
+    small = dict(vae_iters=2, vae_batch=1, norm_clips=3, n_clips=3, iters=2, batch=2)
     small |= {"decoder_iters": 2} if train_video.CONFIG[name].get("decoder_iters") else {}
-    record = tmp_path / "train.json"
-    out = tmp_path / "pipe"
-    train_video.main(name, out_dir=out, record=record, **small)
-    first = MODULES[name].build_pipeline(trained=True, path=out)
-    for _ in train_video.RESUME_ITERS[name]:
-        train_video.main(name, out_dir=out, resume=True, record=record, **small)
-    second = MODULES[name].build_pipeline(trained=True, path=out)
-    saved = json.loads(record.read_text())
-    assert [s["stage"] for s in saved["stages"]] == list(range(1, len(train_video.RESUME_ITERS[name]) + 2))
-    assert saved["train_seconds"] == pytest.approx(sum(s["train_seconds"] for s in saved["stages"]), abs=0.2)
-    with pytest.raises(SystemExit, match="nothing to resume"):
-        train_video.main(name, out_dir=out, resume=True, record=record, **small)
-    assert dict(first.vae.config) == dict(second.vae.config)
-    for (k, a), b in zip(first.vae.state_dict().items(), second.vae.state_dict().values()):
-        assert torch.equal(a, b), k
+    with pytest.raises(SystemExit, match="needs a trained VAE"):
+        train_video.main(name, out_dir=tmp_path / "none", component="transformer", **small)
+    train_video.main(name, out_dir=tmp_path / "all", record=tmp_path / "all.json", **small)
+    split, record = tmp_path / "split", tmp_path / "split.json"
+    train_video.main(name, out_dir=split, component="vae", record=record, **small)
+    vae_only = MODULES[name].build_pipeline(trained=True, path=split)
+    train_video.main(name, out_dir=split, component="transformer", record=record, **small)
+    one, two = (MODULES[name].build_pipeline(trained=True, path=p) for p in (tmp_path / "all", split))
+    for part in ("vae", "transformer"):
+        for (k, a), b in zip(
+            getattr(one, part).state_dict().items(), getattr(two, part).state_dict().values()
+        ):
+            assert torch.equal(a, b), f"{part}.{k}"
+    configs = [{k: v for k, v in p.vae.config.items() if k != "_name_or_path"} for p in (one, two, vae_only)]
+    assert configs[0] == configs[1] == configs[2]
+    assert all(
+        torch.equal(a, b) for a, b in zip(vae_only.vae.state_dict().values(), two.vae.state_dict().values())
+    )
     moved = [
         k
-        for (k, a), b in zip(first.transformer.state_dict().items(), second.transformer.state_dict().values())
+        for (k, a), b in zip(vae_only.transformer.state_dict().items(), two.transformer.state_dict().values())
         if not torch.equal(a, b)
     ]
-    assert moved, "resuming did not change the transformer"
-    second.set_progress_bar_config(disable=True)
-    assert _run(second, MODULES[name], steps=2).shape[1:] == (9, 3, 32, 32)
+    assert moved, "the transformer component did not change the transformer"
+    saved = json.loads(record.read_text())
+    assert sorted(saved["components"]) == ["transformer", "vae"]
+    assert saved == {
+        **saved,
+        "train_seconds": pytest.approx(
+            sum(c["train_seconds"] for c in saved["components"].values()), abs=0.2
+        ),
+    }
+    vae_entry = saved["components"]["vae"]
+    train_video.main(name, out_dir=split, component="transformer", record=record, **small)
+    assert json.loads(record.read_text())["components"]["vae"] == vae_entry
+    two.set_progress_bar_config(disable=True)
+    assert _run(two, MODULES[name], steps=2).shape[1:] == (9, 3, 32, 32)
 
 
 def test_decoder_finetune_keeps_the_latent_space():

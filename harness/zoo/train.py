@@ -325,7 +325,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--resume",
         action="store_true",
-        help=f"next stage: continue from the saved pipeline ({STAGE2_ITERS}; video: train_video.RESUME_ITERS, one round per --resume, unless --iters)",
+        help=f"image models: second stage, continue from the saved pipeline ({STAGE2_ITERS} iterations unless --iters)",
+    )
+    ap.add_argument(
+        "--component",
+        choices=["all", "vae", "transformer"],
+        default="all",
+        help="video models: train one component alone (transformer: on the saved VAE)",
     )
     ap.add_argument(
         "--eval-every", type=int, default=0, help="log the EMA weights' adherence every N iterations"
@@ -336,8 +342,12 @@ def main(argv: list[str] | None = None) -> None:
         from harness.zoo.train_video import main as train_video_main
 
         over = {"eval_every": args.eval_every} | ({"iters": args.iters} if args.iters else {})
-        train_video_main(args.name, resume=args.resume, threads=args.threads, **over)
+        if args.resume:
+            ap.error("--resume applies to the image models; video models train --component vae|transformer")
+        train_video_main(args.name, component=args.component, threads=args.threads, **over)
         return
+    if args.component != "all":
+        ap.error("--component applies to the video models (wan-tiny, hunyuan-video-tiny) only")
     if args.resume and args.name not in STAGE2_ITERS:
         ap.error(f"--resume applies to {sorted(STAGE2_ITERS)} only")
     kw = {"seed": args.seed} | ({"iters": args.iters} if args.iters else {})

@@ -1,22 +1,23 @@
 """Train the tiny video pipelines (``wan-tiny``, ``hunyuan-video-tiny``) on moving coloured digits.
 
-Reproducible (fixed seed, fixed iteration counts, one CPU thread). Stage 1, ``python -m
-harness.zoo.train NAME``, trains
+Reproducible (fixed seed, fixed iteration counts, one CPU thread). ``python -m harness.zoo.train NAME``
+trains two components in turn, each within 30 minutes (times in ``reports/zoo/<NAME>-train.json``):
 
-1. the video VAE (causal 3D, 4x spatial / 4x temporal, 16 latent channels) on rendered clips as a near-deterministic
-   autoencoder (posterior mean + 0.1 noise): weighted L1 + MSE + a small latent L2;
-   its latent statistics become the pipeline's normalisation (Wan: ``latents_mean``/``latents_std``,
-   HunyuanVideo: ``scaling_factor``);
-2. the transformer with rectified flow in the pipeline's own latent layout ``(B, C, F, H, W)``:
-   ``x_t = (1 - s) x_0 + s e``, target ``e - x_0``, timestep ``1000 s``, ``s`` drawn through the
-   scheduler's own shift; text encoders stay frozen at their random init; 10% prompt dropout to the
-   empty prompt (the negative prompt used for CFG); EMA weights are saved.
-3. where the VAE trained on clips shorter than the pipeline's (HunyuanVideo: 5 of 9 frames), its decoder
-   alone on full clips (``decoder_iters``; encoder, latents and transformer untouched).
+1. the VAE: the video VAE (causal 3D, 4x spatial / 4x temporal, 16 latent channels) on rendered clips as a
+   near-deterministic autoencoder (posterior mean + 0.1 noise): weighted L1 + MSE + a small latent L2;
+   where it trained on clips shorter than the pipeline's (HunyuanVideo: 5 of 9 frames), then its decoder
+   alone on full clips (``decoder_iters``, encoder frozen); the latent statistics of ``norm_clips`` clips
+   become the pipeline's normalisation (Wan: ``latents_mean``/``latents_std``, HunyuanVideo:
+   ``scaling_factor``);
+2. the transformer, freshly initialised, with rectified flow in the pipeline's own latent layout
+   ``(B, C, F, H, W)`` on ``n_clips`` encoded clips: ``x_t = (1 - s) x_0 + s e``, target ``e - x_0``,
+   timestep ``1000 s``, ``s`` drawn through the scheduler's own shift; one warm-up + cosine learning-rate
+   schedule; text encoders stay frozen at their random init; 10% prompt dropout to the empty prompt (the
+   negative prompt used for CFG); EMA weights are saved.
 
-Each ``python -m harness.zoo.train NAME --resume`` (stage 2, 3 …) trains the saved transformer on for
-``RESUME_ITERS[NAME][stage - 2]`` iterations on fresh clips (data seed + stage - 1; VAE and normalisation
-kept); the committed weights are stage 1 followed by every round in ``RESUME_ITERS``. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
+``python -m harness.zoo.train NAME --component vae|transformer`` trains one component alone (the
+transformer on the saved VAE); both in turn give the same weights as the single run, since each component
+seeds its own generator. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
 Saves to ``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
 ``reports/zoo/<NAME>-train.json``.
 """
@@ -42,7 +43,7 @@ REPO = Path(__file__).resolve().parents[2]
 REPORTS = REPO / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 
-# fixed schedules; the measured time of every stage is in reports/zoo/<name>-train.json
+# fixed schedules; the measured time of every component is in reports/zoo/<name>-train.json
 CONFIG: dict[str, dict[str, Any]] = {
     # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
     "wan-tiny": dict(
@@ -53,10 +54,12 @@ CONFIG: dict[str, dict[str, Any]] = {
         vae_lr=3e-3,
         z_noise=0.1,
         latent_l2=1e-3,
-        n_clips=6000,
-        iters=5000,
+        norm_clips=6000,
+        n_clips=12000,
+        iters=12500,
         batch=32,
-        lr=1e-3,
+        lr=2e-3,
+        warmup=300,
         drop=0.1,
         ema=0.998,
     ),
@@ -70,21 +73,19 @@ CONFIG: dict[str, dict[str, Any]] = {
         decoder_lr=1e-3,
         z_noise=0.1,
         latent_l2=1e-3,
-        n_clips=6000,
-        iters=5000,
+        norm_clips=6000,
+        n_clips=12000,
+        iters=15000,
         batch=32,
-        lr=1e-3,
+        lr=2e-3,
+        warmup=300,
         drop=0.1,
         ema=0.998,
     ),
 }
 
 
-#: stages 2, 3 … (``--resume``, once per stage): further transformer iterations from the saved weights
-RESUME_ITERS: dict[str, tuple[int, ...]] = {
-    "wan-tiny": (10000, 10000, 10000),
-    "hunyuan-video-tiny": (10000, 10000, 10000),
-}
+COMPONENTS = ("all", "vae", "transformer")
 
 
 def _log(msg: str) -> None:
@@ -243,7 +244,7 @@ def train_transformer(
     """
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg["lr"], weight_decay=0.01)
-    warm, total = 100, cfg["iters"]
+    warm, total = cfg.get("warmup", 100), cfg["iters"]
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda i: (
@@ -305,7 +306,7 @@ def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
 
 def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Tensor, float]:
     """Latents in the pipeline's normalised space and the sampler's shift; ``fit`` sets the VAE's
-    normalisation from ``lat`` (stage 1), otherwise the saved one is used (stage 2)."""
+    normalisation from ``lat`` (VAE component), otherwise the saved one is used."""
     vae, c = pipe.vae, lat.shape[1]
     if name == "wan-tiny":
         if fit:
@@ -323,61 +324,38 @@ def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Ten
     return lat * vae.config.scaling_factor, float(pipe.scheduler.config.shift)
 
 
-def main(
-    name: str,
-    out_dir: str | os.PathLike | None = None,
-    resume: bool = False,
-    record: str | os.PathLike | None = None,
-    threads: int = 1,
-    **overrides: Any,
-) -> Path:
-    """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory.
-
-    ``record`` is the training record, one entry per stage (default ``reports/zoo/<name>-train.json``
-    when saving to the committed directory, none otherwise). ``resume=True`` runs the next stage n >= 2
-    (counted from the record; 2 without one): the saved pipeline's transformer trains on for ``RESUME_ITERS[name][n - 2]``
-    iterations (unless overridden) on fresh clips (data seed + n - 1), VAE and normalisation unchanged.
-    """
-    if name not in MODULES:
-        raise SystemExit(f"unknown video model {name!r}; choose from {sorted(MODULES)}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(threads)
-    mod = MODULES[name]
-    out = Path(out_dir) if out_dir else mod.TINY_DIR
-    if record is None and out_dir is None:
-        record = REPORTS / f"{name}-train.json"
-    record_file = Path(record) if record is not None else None
-    done = (
-        json.loads(record_file.read_text())["stages"]
-        if resume and record_file and record_file.exists()
-        else []
-    )
-    stage = max(len(done), 1) + 1 if resume else 1
-    rounds = RESUME_ITERS[name]
-    if resume and stage - 2 >= len(rounds):
-        raise SystemExit(f"{name}: all {len(rounds) + 1} stages are done (RESUME_ITERS); nothing to resume")
-    cfg = {**CONFIG[name], **({"iters": rounds[stage - 2]} if resume else {}), **overrides}
-    seed = cfg["seed"] + stage - 1
-    _log(f"{name}: stage {stage}")
+def _vae_component(name: str, cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A fresh pipeline whose VAE is trained (then, where ``decoder_iters``, its decoder on full clips) and
+    whose latent normalisation is fitted; its transformer is the untrained initialisation."""
+    mod, seed = MODULES[name], cfg["seed"]
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    t_start = time.time()
-    if resume:
-        if not (out / "model_index.json").exists():
-            raise SystemExit(f"--resume needs a trained pipeline in {out}: run stage 1 first")
-        pipe = mod.build_pipeline(trained=True, path=out)
-        pipe.vae.requires_grad_(False)
-        vae_curve, t_vae = [], 0.0
-    else:
-        pipe = mod.build_pipeline(seed=seed, trained=False, size="tiny")
-        _log(f"{name}: training VAE ({sum(p.numel() for p in pipe.vae.parameters())} params)")
-        vae_curve = train_vae(pipe.vae, cfg, gen)
-        t_vae = time.time() - t_start
+    pipe = mod.build_pipeline(seed=seed, trained=False, size="tiny")
+    _log(f"{name}: training VAE ({sum(p.numel() for p in pipe.vae.parameters())} params)")
+    vae_curve = train_vae(pipe.vae, cfg, gen)
+    decoder_curve: list[float] = []
+    if cfg.get("decoder_iters"):  # own generator: the encoder, so every latent, does not depend on it
+        _log(f"{name}: decoder fine-tune on {NUM_FRAMES}-frame clips")
+        decoder_curve = finetune_decoder(pipe.vae, cfg, seed)
+    lat, _ = encode_dataset(pipe.vae, cfg["norm_clips"], gen)
+    _normalise(name, pipe, lat, fit=True)
+    return pipe, {
+        "vae_curve": [round(v, 5) for v in vae_curve],
+        "decoder_curve": [round(v, 5) for v in decoder_curve],
+    }
+
+
+def _transformer_component(name: str, pipe, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Train a freshly initialised transformer on clips encoded by ``pipe``'s VAE (its own generator,
+    seed + 1); the EMA weights replace ``pipe.transformer``."""
+    mod, seed = MODULES[name], cfg["seed"]
+    torch.manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    tr = mod.build_transformer("tiny", seed)
     lat, prompts = encode_dataset(pipe.vae, cfg["n_clips"], gen)
-    x0, shift = _normalise(name, pipe, lat, fit=not resume)
+    x0, shift = _normalise(name, pipe, lat, fit=False)
     _log(f"latents {tuple(lat.shape)}; normalised std {float(x0.std()):.3f} mean {float(x0.mean()):.3f}")
     table = text_table(name, pipe)
-    tr = pipe.transformer
     _log(f"{name}: training transformer ({sum(p.numel() for p in tr.parameters())} params)")
     history: list[dict[str, Any]] = []
     pipe.set_progress_bar_config(disable=True)
@@ -386,42 +364,75 @@ def main(
         pipe.transformer = ema
         t0 = time.time()
         history.append({"iter": it, **adherence_probe(pipe, name)})
-        pipe.transformer = tr
         _log(f"{name} it {it} adherence {json.dumps(history[-1])} ({time.time() - t0:.0f}s)")
 
     ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift, probe)
-    pipe.transformer.load_state_dict(ema.state_dict())
-    pipe.transformer.eval()
-    decoder_curve: list[float] = []
-    if not resume and cfg.get("decoder_iters"):
-        # after the transformer, with its own generator: the transformer's data do not depend on it
-        _log(f"{name}: decoder fine-tune on {NUM_FRAMES}-frame clips")
-        decoder_curve = finetune_decoder(pipe.vae, cfg, seed)
-    t_total = time.time() - t_start
+    pipe.transformer = ema
+    return {"loss_curve": [round(v, 5) for v in curve], "adherence_during_training": history}
+
+
+def main(
+    name: str,
+    out_dir: str | os.PathLike | None = None,
+    component: str = "all",
+    record: str | os.PathLike | None = None,
+    threads: int = 1,
+    **overrides: Any,
+) -> Path:
+    """Train ``name`` (``wan-tiny`` or ``hunyuan-video-tiny``) and save the pipeline; returns its directory.
+
+    ``component``: ``"vae"`` trains a fresh pipeline's VAE (transformer left at its initialisation),
+    ``"transformer"`` a fresh transformer on the VAE saved in ``out_dir``, ``"all"`` both in turn (the
+    same weights as the two runs one after the other: each component seeds its own generator).
+    ``record`` is the training record, one entry per component (default ``reports/zoo/<name>-train.json``
+    when saving to the committed directory, none otherwise); a component's new run replaces its entry.
+    """
+    if name not in MODULES:
+        raise SystemExit(f"unknown video model {name!r}; choose from {sorted(MODULES)}")
+    if component not in COMPONENTS:
+        raise SystemExit(f"unknown component {component!r}; choose from {list(COMPONENTS)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(threads)
+    mod = MODULES[name]
+    out = Path(out_dir) if out_dir else mod.TINY_DIR
+    if record is None and out_dir is None:
+        record = REPORTS / f"{name}-train.json"
+    cfg = {**CONFIG[name], **overrides}
+    entries: dict[str, dict[str, Any]] = {}
+    pipe = None
+    if component in ("all", "vae"):
+        t0 = time.time()
+        pipe, info = _vae_component(name, cfg)
+        entries["vae"] = {"train_seconds": round(time.time() - t0, 1), **info}
+    if component in ("all", "transformer"):
+        if pipe is None:
+            if not (out / "model_index.json").exists():
+                raise SystemExit(
+                    f"--component transformer needs a trained VAE in {out}: run --component vae first"
+                )
+            pipe = mod.build_pipeline(trained=True, path=out)
+        t0 = time.time()
+        info = _transformer_component(name, pipe, cfg)
+        entries["transformer"] = {"train_seconds": round(time.time() - t0, 1), **info}
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    info = dict(
-        name=name,
-        config=cfg,
-        train_seconds=round(t_total, 1),
-        vae_seconds=round(t_vae, 1),
-        vae_curve=[round(v, 5) for v in vae_curve],
-        decoder_curve=[round(v, 5) for v in decoder_curve],
-        loss_curve=[round(v, 5) for v in curve],
-        adherence_during_training=history,
-        torch=torch.__version__,
-        threads=threads,
-    )
-    if record_file is not None:  # one entry per stage; the total time is all stages
-        record_file.parent.mkdir(parents=True, exist_ok=True)
-        stages = [*done[: stage - 1], {"stage": stage, **info}]
-        total = round(sum(s["train_seconds"] for s in stages), 1)
-        record = {"name": name, "train_seconds": total, "stages": stages}
-        tmp = record_file.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, record_file)
-    _log(f"saved {out} in {t_total:.0f}s")
+    if record is not None:
+        _write_record(Path(record), name, cfg, threads, entries)
+    _log(f"saved {out}: " + ", ".join(f"{k} {v['train_seconds']:.0f}s" for k, v in entries.items()))
     return out
+
+
+def _write_record(path: Path, name: str, cfg: dict[str, Any], threads: int, entries: dict[str, Any]) -> None:
+    """Merge this run's component entries into the record at ``path`` (atomically)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    components = old.get("components", {}) if old.get("name") == name else {}
+    for k, v in entries.items():
+        components[k] = {**v, "config": cfg, "threads": threads, "torch": torch.__version__}
+    total = round(sum(c["train_seconds"] for c in components.values()), 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"name": name, "train_seconds": total, "components": components}, indent=1))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
