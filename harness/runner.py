@@ -244,13 +244,21 @@ class BenchSession:
 
         p, s = self.prompts[0], self.seeds[0]
         steps = self._steps
-        mem = peak_memory(lambda: self.ctx.call(p, s, steps))
-        if not self.repeats:
-            return {"timing": None, "transformer_s": None, "memory": mem}
-        with ModuleTimer(self.pipe.transformer) as mt:
-            timing = time_call(lambda: self.ctx.call(p, s, steps), warmup=self.warmup, repeats=self.repeats)
-        runs = self.warmup + self.repeats
-        return {"timing": timing, "transformer_s": mt.seconds / runs, "memory": mem}
+        timing, transformer_s = None, None
+        if self.repeats:
+            with ModuleTimer(self.pipe.transformer) as mt:
+                timing = time_call(
+                    lambda: self.ctx.call(p, s, steps), warmup=self.warmup, repeats=self.repeats
+                )
+            transformer_s = mt.seconds / (self.warmup + self.repeats)
+        else:  # still warm up: the peak must not include first-call allocations
+            for _ in range(self.warmup):
+                self.ctx.call(p, s, steps)
+        return {
+            "timing": timing,
+            "transformer_s": transformer_s,
+            "memory": peak_memory(lambda: self.ctx.call(p, s, steps)),
+        }
 
     def full_costs(self) -> dict[str, Any]:
         if self._full is None:
