@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.metrics import Unavailable
+
 DEFAULT_JSON = "results.jsonl"
 DEFAULT_REPORT = "reports/bench"
 
@@ -30,7 +32,10 @@ def _budgets(text: str) -> list[int]:
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
-    return "-" if v is None else format(v, spec)
+    """A number, "-" when absent, "n/a" when unavailable (the reason is in the record)."""
+    if v is None:
+        return "-"
+    return "n/a" if isinstance(v, Unavailable) else format(v, spec)
 
 
 def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:

@@ -61,7 +61,9 @@ def test_unknown_option_exits_2(capsys):
     assert main(["run", "--model", "flux-tiny", "--frobnicate"]) == 2
 
 
-def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("repeats", ["1", "0"])
+def test_run_prints_table_and_writes_report(repeats, tmp_path, monkeypatch, capsys):
+    """End to end on random weights; with --repeats 0 the wall column reads n/a and the report still builds."""
     import torch
 
     monkeypatch.chdir(tmp_path)
@@ -84,7 +86,7 @@ def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
                 "--calibration-prompts",
                 "1",
                 "--repeats",
-                "1",
+                repeats,
                 "--mlflow-uri",
                 f"sqlite:///{tmp_path}/mlflow.db",
                 "--report",
@@ -102,6 +104,7 @@ def test_run_prints_table_and_writes_report(tmp_path, monkeypatch, capsys):
     rows = [line.split() for line in out.splitlines() if line.startswith("flux-tiny")]
     assert [(r[1], r[2]) for r in rows] == [("full", "10"), ("dpcache", "5")]
     assert rows[1][-1] == "10"  # cache hits: 5 predicted steps × 2 CFG branches
+    assert all((r[4] == "n/a") == (repeats == "0") for r in rows)  # wall x
     assert "MLflow store sqlite:///" in out and "report" in out
     pages = list((tmp_path / "rep").glob("*/index.html"))  # rep/<invocation>/index.html + rep/index.html
     assert len(pages) == 1 and (tmp_path / "rep" / "index.html").is_file()
