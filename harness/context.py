@@ -18,14 +18,58 @@ class PromptOverlapError(ValueError):
     """Calibration and evaluation prompts share entries: results would be measured on training data."""
 
 
-def check_prompts_disjoint(calibration: Sequence[Any], evaluation: Sequence[Any], model: str = "") -> None:
-    """Raise `PromptOverlapError` naming the shared prompts when the two sets intersect."""
+_CONDITIONING_KEYS = ("prompt", "prompt_2", "class_labels", "image")
+
+
+def _fingerprint(value: Any) -> Any:
+    """A hashable stand-in for a conditioning value (an image by its pixels)."""
+    if hasattr(value, "tobytes"):
+        return hashlib.sha256(value.tobytes()).hexdigest()[:16]
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    return value
+
+
+def conditioning(spec: Any, prompt: Any) -> tuple:
+    """What the model is actually conditioned on for `prompt`: the prompt-dependent pipeline inputs
+    (text, class labels, conditioning image) from `spec.pipeline_kwargs` — for DiT the class label."""
+    kw = spec.pipeline_kwargs(prompt)
+    return tuple((k, _fingerprint(kw[k])) for k in _CONDITIONING_KEYS if k in kw)
+
+
+def _spec_named(model: str) -> Any:
+    try:
+        from harness.zoo.registry import get_spec
+
+        return get_spec(model)
+    except (KeyError, ImportError):
+        return None
+
+
+def check_prompts_disjoint(
+    calibration: Sequence[Any], evaluation: Sequence[Any], model: str = "", spec: Any = None
+) -> None:
+    """Raise `PromptOverlapError` naming the shared prompts when the two sets intersect — as strings, and as
+    the conditioning the model actually receives (`conditioning`) when the model's spec is known (`spec`, or
+    `model` naming a registry model): DiT's "a red 3 …" and "a blue 3 …" are both class label 3."""
     shared = sorted({str(p) for p in calibration} & {str(p) for p in evaluation})
     if shared:
         head = ", ".join(repr(s) for s in shared[:5]) + (" ..." if len(shared) > 5 else "")
         raise PromptOverlapError(
             f"{model or 'model'}: calibration and evaluation prompts must be disjoint, "
             f"{len(shared)} prompt(s) are in both: {head}"
+        )
+    spec = spec if spec is not None else (_spec_named(model) if model else None)
+    if spec is None or not hasattr(spec, "pipeline_kwargs"):
+        return
+    cal = {conditioning(spec, p): p for p in calibration}
+    both = [(cal[c], p) for p in evaluation if (c := conditioning(spec, p)) in cal]
+    if both:
+        head = ", ".join(f"{a!r} ~ {b!r}" for a, b in both[:3]) + (" ..." if len(both) > 3 else "")
+        raise PromptOverlapError(
+            f"{model or spec.name}: calibration and evaluation must condition the model differently, "
+            f"{len(both)} evaluation prompt(s) give the model the same input as a calibration prompt "
+            f"({', '.join(k for k, _ in conditioning(spec, both[0][1]))}): {head}"
         )
 
 
@@ -58,9 +102,9 @@ class _CountingTransformer:
         object.__setattr__(self, "calls", 0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from torch.utils.flop_counter import FlopCounterMode
+        from harness.measure import flop_counter  # counts attention on CPU too
 
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             out = self._real(*args, **kwargs)
         object.__setattr__(self, "flops", self.flops + int(counter.get_total_flops()))
         object.__setattr__(self, "calls", self.calls + 1)
@@ -110,7 +154,9 @@ class ModelContext:
     _full_flops: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        check_prompts_disjoint(self.calibration_prompts, self.evaluation_prompts, self.spec.name)
+        check_prompts_disjoint(
+            self.calibration_prompts, self.evaluation_prompts, self.spec.name, spec=self.spec
+        )
         self.cache_dir = Path(self.cache_dir)
 
     @property

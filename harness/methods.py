@@ -326,6 +326,33 @@ class BaselineMethod(BenchMethod):
         )
 
 
+class BaselineImportError(ImportError):
+    """A baseline module listed in `baselines.base._MODULES` could not be imported: the harness stops and
+    names it (running `--methods all` without it would silently drop every baseline)."""
+
+    def __init__(self, module: str, exc: BaseException) -> None:
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        super().__init__(
+            f"baseline module baselines.{module} failed to import: {type(exc).__name__}: {detail}"
+        )
+        self.module = module
+
+
+def load_baselines() -> dict[str, Any]:
+    """Every registered baseline; `BaselineImportError` naming the module when one fails to import (a missing
+    file included: every module `baselines.base._MODULES` lists is expected to exist)."""
+    import importlib
+
+    from baselines import base
+
+    for module in base._MODULES:
+        try:
+            importlib.import_module(f"baselines.{module}")
+        except Exception as exc:
+            raise BaselineImportError(module, exc) from exc
+    return base.load_all()
+
+
 def registry() -> dict[str, BenchMethod]:
     """Every method by name: the three core methods, then every `baselines.base.load_all()` entry."""
     out: dict[str, BenchMethod] = {
@@ -337,15 +364,7 @@ def registry() -> dict[str, BenchMethod]:
         "dpcache-o1": DPCacheMethod(order=1, name="dpcache-o1"),
         "dpcache-o0": DPCacheMethod(order=0, name="dpcache-o0"),
     }
-    try:
-        from baselines.base import load_all
-
-        baselines = load_all()
-    except Exception as e:  # a broken baseline module must not take the harness down
-        import warnings
-
-        warnings.warn(f"baselines could not be loaded: {type(e).__name__}: {e}", stacklevel=2)
-        baselines = {}
+    baselines = load_baselines()
     for name, method in sorted(baselines.items()):
         if name not in out:
             out[name] = BaselineMethod(method)

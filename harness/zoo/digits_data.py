@@ -88,6 +88,39 @@ def prompt_split(
     return calib, evals
 
 
+def label_prompt_split(n_evaluation: int = 8) -> tuple[list[str], list[str]]:
+    """The split for a class-label model (DiT conditions on the digit only, not on the prompt text).
+
+    Evaluation: the first ``n_evaluation`` prompts of :func:`prompt_split` (digits 0 … n-1, unchanged);
+    calibration: that split's calibration prompts whose digit is *not* evaluated (8 and 9 for the default 8),
+    so no label the model is calibrated on is scored. ``n_evaluation`` must leave at least one label free.
+    """
+    if not 1 <= n_evaluation <= 9:
+        raise ValueError(
+            f"n_evaluation must be 1..9 (a label must stay free for calibration), got {n_evaluation}"
+        )
+    calib, evals = prompt_split()
+    evals = evals[:n_evaluation]
+    labels = {parse_prompt(p).digit for p in evals}
+    return [p for p in calib if parse_prompt(p).digit not in labels], evals
+
+
+def probe_prompts(n: int = 40, seed: int = 1234) -> list[str]:
+    """Held-out prompts for adherence probes while training: disjoint (as strings) from both lists of
+    :func:`prompt_split`, every digit evenly (drawn after them from the same per-digit shuffle)."""
+    rng = np.random.default_rng(seed)
+    scenes = all_scenes()
+    by_digit: dict[int, list[Scene]] = {d: [s for s in scenes if s.digit == d] for d in range(10)}
+    for lst in by_digit.values():
+        rng.shuffle(lst)
+    calib, evals = prompt_split(seed)
+    used = set(calib) | set(evals)
+    start = (len(calib) + 9) // 10 + (len(evals) + 9) // 10
+    probes = [by_digit[i % 10][start + i // 10].prompt for i in range(n)]
+    assert not used & set(probes)
+    return probes
+
+
 @functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits

@@ -162,12 +162,41 @@ def _digit_prompts() -> tuple[list[str], list[str]]:
     return prompt_split()
 
 
+def _digit_label_prompts() -> tuple[list[str], list[str]]:
+    """DiT conditions on the class label only: calibrate on digits that are never evaluated (8 and 9; the
+    8 evaluation prompts are digits 0-7), so the split is disjoint in what the model actually sees."""
+    from harness.zoo.digits_data import label_prompt_split
+
+    return label_prompt_split(8)
+
+
 def _video_prompts() -> tuple[list[str], list[str]]:
     from harness.zoo import video_data
 
     evals = list(video_data.eval_prompts(20))
     rest = [p for p in video_data.all_prompts() if p not in set(evals)]
     return rest[::12][:16], evals
+
+
+def probe_prompts(spec: ModelSpec | str, n: int) -> list[str]:
+    """Held-out prompts for the zoo's adherence probes while training: disjoint from the model's calibration
+    and evaluation prompts (as strings; a class-label model's 10 labels cannot all be held out, so its probe
+    is held out in the noise: the probes sample with their own seed)."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if spec.family in ("wan", "hunyuan-video"):
+        from harness.zoo import video_data
+
+        used = set(spec.calibration_prompts) | set(spec.evaluation_prompts)
+        probes = [p for p in video_data.all_prompts()[5::7] if p not in used][:n]
+    else:
+        from harness.zoo.digits_data import probe_prompts as digit_probes
+
+        probes = digit_probes(n)
+    if len(probes) < n or set(probes) & (
+        set(map(str, spec.calibration_prompts)) | set(map(str, spec.evaluation_prompts))
+    ):
+        raise ValueError(f"{spec.name}: no {n} held-out probe prompts")
+    return probes
 
 
 def _specs() -> list[ModelSpec]:
@@ -232,7 +261,7 @@ def _specs() -> list[ModelSpec]:
                 hw,
                 input_kind="class_label",
                 builder="harness.zoo.dit_tiny",
-                prompt_sets=dig,
+                prompt_sets="harness.zoo.registry:_digit_label_prompts",
             )
         )
     s += [

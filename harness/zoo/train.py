@@ -122,13 +122,14 @@ def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
 
 
 def adherence_probe(pipe, name: str, n: int = 40) -> dict:
-    """Digit (and colour) adherence of ``pipe``'s full-step samples on the first ``n`` evaluation prompts."""
+    """Digit (and colour) adherence of ``pipe``'s full-step samples on ``n`` held-out probe prompts (disjoint
+    from the calibration and evaluation prompts: ``registry.probe_prompts``)."""
     from harness.zoo import registry
     from harness.zoo.classifier import prompt_adherence
     from harness.zoo.measure import _run
 
     spec = registry.get_spec(name)
-    prompts = list(spec.evaluation_prompts)[:n]
+    prompts = registry.probe_prompts(spec, n)
     samples = _run(pipe, spec, prompts, spec.num_inference_steps, seed=1)
     asked = (
         [spec.pipeline_kwargs(p)["class_labels"][0] for p in prompts]

@@ -290,13 +290,14 @@ def train_transformer(
 
 
 def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
-    """Digit / colour / direction adherence of ``pipe``'s 50-step samples on the first ``n`` eval prompts."""
+    """Digit / colour / direction adherence of ``pipe``'s 50-step samples on ``n`` held-out probe prompts
+    (disjoint from the calibration and evaluation prompts: ``registry.probe_prompts``)."""
     from harness.zoo.measure_video import adherence
-    from harness.zoo.video_data import eval_prompts
+    from harness.zoo.registry import probe_prompts
 
     mod = MODULES[name]
     kw = mod.default_call_kwargs()
-    prompts = eval_prompts(n)
+    prompts = probe_prompts(name, n)
     videos = [
         pipe(prompt=p, generator=torch.Generator().manual_seed(i), **kw).frames[0]
         for i, p in enumerate(prompts)
