@@ -122,3 +122,75 @@ def test_core_configs_tags():
     assert hm.FullMethod().configure(ctx).config_tag == "full-K50"
     few = hm.FewerStepsMethod().configure(ctx, 13)
     assert (few.config_tag, few.num_steps, few.is_cache) == ("fewer-steps-K13", 13, False)
+
+
+def test_a_baseline_that_fails_to_import_stops_the_registry_naming_it(monkeypatch, tmp_path):
+    """Issue 14 #6: `--methods all` silently ran none of the baselines when one import failed."""
+    import sys
+
+    import baselines
+    import baselines.base
+
+    (tmp_path / "broken_probe.py").write_text("raise RuntimeError('boom at import')\n")
+    monkeypatch.setattr(baselines, "__path__", [*baselines.__path__, str(tmp_path)])
+    monkeypatch.setattr(baselines.base, "_MODULES", (*baselines.base._MODULES, "broken_probe"))
+    monkeypatch.delitem(sys.modules, "baselines.broken_probe", raising=False)
+    with pytest.raises(hm.BaselineImportError, match=r"baselines\.broken_probe.*boom at import"):
+        hm.resolve_methods("all")
+
+
+def test_a_listed_baseline_module_that_is_missing_is_named(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "baselines.teacache", None)  # import of it now fails
+    with pytest.raises(hm.BaselineImportError, match=r"baselines\.teacache"):
+        hm.registry()
+
+
+@pytest.mark.parametrize("model", ["flux-tiny", "dit-tiny", "dit-medium", "wan-tiny", "dit-xl-2-256"])
+def test_calibration_and_evaluation_condition_the_model_differently(model):
+    """Issue 14 #7: dit-tiny's calibration labels 0-3 were 4 of its 8 evaluation labels."""
+    from harness.context import conditioning
+    from harness.zoo.registry import get_spec
+
+    spec = get_spec(model)
+    evals = spec.evaluation_prompts[:8]
+    assert len(evals) == 8
+    cal = {conditioning(spec, p) for p in spec.calibration_prompts}
+    assert cal and not cal & {conditioning(spec, p) for p in evals}
+    hm.check_prompts_disjoint(spec.calibration_prompts, spec.evaluation_prompts, model)
+
+
+def test_dit_labels_split_and_the_check_compares_labels_not_strings():
+    from harness.zoo.digits_data import prompt_split
+    from harness.zoo.registry import get_spec
+
+    spec = get_spec("dit-tiny")
+    labels = [spec.pipeline_kwargs(p)["class_labels"][0] for p in spec.evaluation_prompts]
+    assert labels == list(range(8))
+    assert {spec.pipeline_kwargs(p)["class_labels"][0] for p in spec.calibration_prompts} == {8, 9}
+    old_cal, old_eval = prompt_split()  # what dit used: distinct strings, shared labels
+    assert not set(old_cal[:4]) & set(old_eval[:8])
+    with pytest.raises(hm.PromptOverlapError, match="class_labels"):
+        hm.check_prompts_disjoint(old_cal[:4], old_eval[:8], "dit-tiny")
+    hm.check_prompts_disjoint(old_cal[:4], old_eval[:8], "flux-tiny")  # text: the strings differ
+
+
+@pytest.mark.parametrize("model,n", [("flux-tiny", 40), ("dit-tiny", 40), ("wan-tiny", 12)])
+def test_zoo_probe_prompts_are_held_out(model, n):
+    from harness.zoo.registry import get_spec, probe_prompts
+
+    spec = get_spec(model)
+    probes = probe_prompts(model, n)
+    assert len(probes) == n == len(set(probes))
+    assert not set(probes) & (set(spec.calibration_prompts) | set(spec.evaluation_prompts))
+
+
+def test_zoo_training_probes_do_not_read_the_evaluation_prompts():
+    import inspect
+
+    from harness.zoo import train, train_video
+
+    for fn in (train.adherence_probe, train_video.adherence_probe):
+        src = inspect.getsource(fn)
+        assert "probe_prompts(" in src and "evaluation_prompts" not in src and "eval_prompts(" not in src
