@@ -1,5 +1,5 @@
-"""Speed measurement: FLOPs of a whole call (torch.utils.flop_counter), wall-clock with warm-up and
-repeats (CUDA events on GPU), peak memory, and the speedups of a method over the full-step run."""
+"""Speed measurement: FLOPs of a whole call (torch.utils.flop_counter, attention counted on every device),
+wall-clock with warm-up and repeats (CUDA events on GPU), peak memory, and the speedups of a method."""
 
 from __future__ import annotations
 
@@ -13,30 +13,75 @@ from typing import Any
 from harness.metrics import Unavailable
 
 
-def count_flops(fn: Callable[[], Any]) -> int:
-    """Total FLOPs of everything `fn()` runs (all modules, probe work included), counted by
-    `FlopCounterMode` — deterministic, independent of the device's speed."""
+def _sdpa_forward(query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return int(sdpa_flop_count(query_shape, key_shape, value_shape))
+
+
+def _sdpa_backward(
+    grad_out: Any, query_shape: Any, key_shape: Any, value_shape: Any, *_: Any, **__: Any
+) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return int(sdpa_backward_flop_count(grad_out, query_shape, key_shape, value_shape))
+
+
+# SDPA kernels torch's flop_counter has no formula for (so attention counted 0 on CPU): the CPU flash kernel,
+# MPS's math kernel and the out-of-tree "overrideable" backend. Same formulas as torch's CUDA flash /
+# efficient / cuDNN kernels (2 bmm forward; GQA = query heads; a mask or is_causal changes no count), which
+# is also what the math backend counts through its bmm decomposition.
+_ATTENTION_FORWARD = (
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_attention_math_for_mps",
+    "_scaled_dot_product_fused_attention_overrideable",
+)
+_ATTENTION_BACKWARD = (
+    "_scaled_dot_product_flash_attention_for_cpu_backward",
+    "_scaled_dot_product_fused_attention_overrideable_backward",
+)
+
+
+def attention_flop_formulas() -> dict[Any, Callable[..., int]]:
+    """`{aten op: formula over shapes}` for the attention kernels `torch.utils.flop_counter` misses (only the
+    ops this torch build has); pass as `FlopCounterMode(custom_mapping=...)`."""
+    import torch
+
+    aten = torch.ops.aten
+    out: dict[Any, Callable[..., int]] = {}
+    for names, formula in ((_ATTENTION_FORWARD, _sdpa_forward), (_ATTENTION_BACKWARD, _sdpa_backward)):
+        for name in names:
+            if hasattr(aten, name):
+                out[getattr(aten, name)] = formula
+    return out
+
+
+def flop_counter(depth: int | None = None) -> Any:
+    """A silent `FlopCounterMode` that counts attention on every device (CPU flash kernel included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
+    kw: dict[str, Any] = {"depth": depth} if depth is not None else {}
+    return FlopCounterMode(display=False, custom_mapping=attention_flop_formulas(), **kw)
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """Total FLOPs of everything `fn()` runs (all modules, probe work included), counted by
+    `FlopCounterMode` with attention on every device — deterministic, independent of the device's speed."""
+    with flop_counter() as counter:
         fn()
     return int(counter.get_total_flops())
 
 
 def flops_and_result(fn: Callable[[], Any]) -> tuple[int, Any]:
     """Like `count_flops`, also returning `fn()`'s result (one sampling run yields output and FLOPs)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:
         out = fn()
     return int(counter.get_total_flops()), out
 
 
 def flops_by_module(fn: Callable[[], Any], depth: int = 2) -> dict[str, int]:
     """FLOPs per module (up to `depth` levels, 'Global' = total) for reports."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False, depth=depth) as counter:
+    with flop_counter(depth=depth) as counter:
         fn()
     return {mod: int(sum(ops.values())) for mod, ops in counter.get_flop_counts().items()}
 
