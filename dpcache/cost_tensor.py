@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dpcache import __version__
-from dpcache.errors import CostTensorError, CostTensorMismatchError
+from dpcache.errors import CostTensorError, CostTensorMismatchError, CostTensorNotFoundError
 
 FORMAT_VERSION = 1
 TENSOR_NAME = "cost"
@@ -133,6 +133,30 @@ def _sniff(path: Path) -> None:
     raise CostTensorError(f"{path} is not a safetensors cost tensor")
 
 
+def bundled_tensors() -> dict[str, Path]:
+    """The cost tensors shipped with dpcache (`dpcache/data/official/`), by file name."""
+    from importlib import resources
+
+    root = Path(str(resources.files("dpcache").joinpath("data", "official")))
+    return {f.name: f for f in sorted(root.glob("*.safetensors"))} if root.is_dir() else {}
+
+
+def resolve_cost_path(path: str | os.PathLike[str]) -> Path:
+    """`path` when that file exists; otherwise a bundled tensor of that name (a bare file name such as
+    ``"flux_dev_T50_cost.safetensors"``, as in the README); CostTensorError naming both otherwise."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise CostTensorError(f"{p} is a directory, not a cost tensor file")
+    bundled = bundled_tensors()
+    if p.parent == Path(".") and p.name in bundled:
+        return bundled[p.name]
+    raise CostTensorNotFoundError(
+        f"{p}: no such cost tensor file (and no bundled tensor of that name; bundled: {', '.join(bundled) or 'none'})"
+    )
+
+
 class CostTensor:
     """A validated cost tensor and its metadata."""
 
@@ -184,10 +208,11 @@ class CostTensor:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostTensor:
-        """Load a .safetensors cost tensor; anything else (pickle, .npy, other tensors) is refused."""
+        """Load a .safetensors cost tensor (a path, or the name of a bundled one); anything else (pickle, .npy,
+        other tensors) is refused."""
         from safetensors import SafetensorError, safe_open
 
-        p = Path(path)
+        p = resolve_cost_path(path)
         _sniff(p)
         try:
             with safe_open(str(p), framework="numpy") as fh:

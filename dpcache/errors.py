@@ -1,12 +1,40 @@
-"""Exceptions raised by dpcache, each with a message a user can act on."""
+"""Exceptions raised by dpcache, each with a message a user can act on (one line, naming the file involved)."""
+
+from __future__ import annotations
+
+import os
 
 
 class DPCacheError(ValueError):
     """Base class: bad input or a configuration that cannot work."""
 
 
+class UsageError(DPCacheError):
+    """A command-line request refused before any work starts (out of range, absurd, contradictory)."""
+
+
+class InputFileError(DPCacheError):
+    """A file the project reads is missing, unreadable, truncated or not what it should be; names the file."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = str(path)
+
+
+class OutputPathError(DPCacheError):
+    """An output path that cannot be written (a directory where a file is asked, unwritable, ...)."""
+
+    def __init__(self, flag: str, path: str | os.PathLike[str], problem: str) -> None:
+        super().__init__(f"{flag} {path}: {problem}")
+        self.path = str(path)
+
+
 class CostTensorError(DPCacheError):
     """A file or array that is not a valid cost tensor (wrong shape, NaN, pickle, not a tensor file)."""
+
+
+class CostTensorNotFoundError(CostTensorError, FileNotFoundError):
+    """No cost tensor file at the path given (nor a bundled tensor of that name)."""
 
 
 class CostTensorMismatchError(DPCacheError):
