@@ -39,20 +39,23 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:
-    """The terminal table: method, K, FLOPs speedup, wall speedup, PSNR, SSIM, adherence, cache hits."""
-    head = f"{'model':<12} {'method':<16} {'K':>3} {'flops x':>8} {'wall x':>7} {'PSNR':>7} {'SSIM':>7} {'adher.':>7} {'cache hits':>10}"
+    """The terminal table: method, K, FLOPs speedup, wall speedup, PSNR, SSIM, adherence, cache hits, and
+    the compute measured on the evaluation prompts (UNMATCHED when off K by more than 5 %)."""
+    head = f"{'model':<12} {'method':<16} {'K':>3} {'flops x':>8} {'wall x':>7} {'PSNR':>7} {'SSIM':>7} {'adher.':>7} {'cache hits':>10}  measured K"
     lines = [head, "-" * len(head)]
     for r in records:
-        hits = r.cache_hits
-        hits_s = "-" if hits is None else str(sum(hits) if isinstance(hits, list) else hits)
+        i, sp, q = r.identity, r.speed, r.quality
+        hits_s = str(sum(sp.cache_hits)) if sp.cache_hits else "-"
+        k_s = "-" if sp.measured_k is None else f"{sp.measured_k:.2f}" + (" UNMATCHED" if r.unmatched else "")
         lines.append(
-            f"{r.model:<12} {r.method:<16} {r.budget if r.budget is not None else '-':>3} "
-            f"{_fmt(r.flops_speedup):>8} {_fmt(r.wall_speedup):>7} {_fmt(r.psnr):>7} {_fmt(r.ssim, '.4f'):>7} "
-            f"{_fmt(r.adherence):>7} {hits_s:>10}"
+            f"{i.model:<12} {i.method:<16} {i.budget if i.budget is not None else '-':>3} "
+            f"{_fmt(sp.flops_speedup):>8} {_fmt(sp.wall_speedup):>7} {_fmt(q.psnr):>7} {_fmt(q.ssim, '.4f'):>7} "
+            f"{_fmt(q.adherence):>7} {hits_s:>10}  {k_s}"
         )
     for s in skipped:
+        floor = f" (measured floor K={s.floor:.2f})" if getattr(s, "floor", None) is not None else ""
         lines.append(
-            f"{s.model:<12} {s.method:<16} {s.budget if s.budget is not None else '-':>3}  skipped: {s.reason}"
+            f"{s.model:<12} {s.method:<16} {s.budget if s.budget is not None else '-':>3}  did not run{floor}: {s.reason}"
         )
     return "\n".join(lines)
 

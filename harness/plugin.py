@@ -44,6 +44,12 @@ class BenchOptions:
     update_references: bool = False
     gate_timing: bool = False
     repeats: int = 5
+    strict_gates: bool = False
+
+    def strict(self, scale: str) -> bool:
+        """Whether an ungated result fails: always with --strict-gates; by default at tiny scale with the
+        suite's own T and prompt count (the configuration CI runs, whose baselines are committed)."""
+        return self.strict_gates or (scale == "tiny" and self.steps is None and self.num_prompts is None)
 
     def resolved_device(self) -> str:
         """--device, else cuda when available, else cpu (imports torch)."""
@@ -62,6 +68,7 @@ class _State:
     stores: dict[str, Any] = field(default_factory=dict)  # reference-store root → ReferenceStore
     pending: dict[str, list[Any]] = field(default_factory=dict)  # expected.json path → records
     rewritten: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # expectations without a result (strict, complete runs)
 
 
 _STATE = pytest.StashKey[_State]()
@@ -125,6 +132,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also enforce wall-clock gates (noise-aware, needs several samples)",
     )
     group.addoption(
+        "--strict-gates",
+        action="store_true",
+        help="fail every result that is not gated (no baseline for its model / device class, no expectation "
+        "for its config); the default at tiny scale with the suites' own T and prompt count",
+    )
+    group.addoption(
         "--repeats",
         type=int,
         default=None,
@@ -166,6 +179,7 @@ def _parse_options(config: pytest.Config) -> BenchOptions:
         update_references=opt.update_references,
         gate_timing=opt.gate_timing,
         repeats=repeats,
+        strict_gates=opt.strict_gates,
     )
 
 
@@ -278,7 +292,9 @@ def reference_store(request: pytest.FixtureRequest, pytestconfig: pytest.Config)
 def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Config) -> Any:
     """Call `gate(record, *, expected_path=None, images=None, artifacts=(), metrics=None, log=True)`: records
     the result through the tracker (unless `log=False`), then fails the test with the gate messages of
-    `metrics` (all when None) against expected.json (next to the test file by default). With --update-expected it collects the record and the file is rewritten at session end."""
+    `metrics` (all when None) against the baseline of the record's model (and device class for wall-clock) in
+    expected.json (next to the test file by default). A result without a baseline is reported UNGATED, by
+    name, and fails when gates are strict. With --update-expected the file is rewritten at session end."""
     state = pytestconfig.stash[_STATE]
 
     def _gate(
@@ -290,35 +306,38 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         metrics: Iterable[str] | None = None,
         log: bool = True,
     ) -> list[Any]:
-        from harness.gates import check, load_expected
+        from harness.gates import evaluate
 
         if log:
             tracker.log(record, images=images, artifacts=artifacts)
         path = Path(expected_path) if expected_path else Path(request.node.path).parent / "expected.json"
-        info = {
-            "test_id": record.test_id,
-            "unavailable": record.unavailable(),
-            "expected": str(path),
-            "gated": False,
-        }
+        info = record_info(record, path)
         if tracker.mlflow_error:
             info["mlflow_error"] = tracker.mlflow_error
         request.node.user_properties.append(("dpcache_record", info))
         if state.options.update_expected:
             state.pending.setdefault(str(path), []).append(record)
             return []
-        expected = load_expected(path)
-        if metrics is not None:  # gate only these metrics (e.g. the speed ones in a speedup test)
-            keep = set(metrics)
-            expected = {t: {m: v for m, v in e.items() if m in keep} for t, e in expected.items()}
-        info["gated"] = record.config_tag in expected
-        failures = check(record, expected, gate_timing=state.options.gate_timing)
-        if failures:
-            lines = "\n".join(f"  {f.message}" for f in failures)
+        verdict = evaluate(record, path, metrics=metrics, gate_timing=state.options.gate_timing)
+        info["gated"], info["ungated"] = verdict.gated, verdict.ungated
+        if verdict.failures:
+            lines = "\n".join(f"  {f.message}" for f in verdict.failures)
             pytest.fail(f"dpcache gate failed for {record.test_id} ({path}):\n{lines}", pytrace=False)
-        return failures
+        if verdict.ungated and state.options.strict(record.identity.scale):
+            lines = "\n".join(f"  UNGATED: {u}" for u in verdict.ungated)
+            pytest.fail(f"dpcache: {record.test_id} is not gated (strict gates):\n{lines}", pytrace=False)
+        return verdict.failures
 
     return _gate
+
+
+def report_ungated(request: pytest.FixtureRequest, test_id: str, reason: str, *, scale: str) -> None:
+    """A check without a baseline (e.g. a schedule snapshot): listed UNGATED in the summary, by name; fails
+    when gates are strict."""
+    state = request.config.stash[_STATE]
+    request.node.user_properties.append(("dpcache_ungated", {"test_id": test_id, "reason": reason}))
+    if state.options.strict(scale) and not state.options.update_expected:
+        pytest.fail(f"dpcache: {test_id} is not gated (strict gates): UNGATED: {reason}", pytrace=False)
 
 
 def _regroup_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -342,64 +361,16 @@ def _regroup_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
             item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
-def pytest_sessionfinish(session: pytest.Session) -> None:
-    state = session.config.stash.get(_STATE, None)
-    if state is None or not state.pending:
-        return
-    from harness.gates import update_expected
+from harness.plugin_summary import (  # noqa: E402  (hooks registered with this plugin)
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+    record_info,
+)
 
-    for path, records in state.pending.items():
-        update_expected(path, records)
-        state.rewritten.append(path)
-    state.pending.clear()
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash.get(_STATE, None)
-    if state is None:
-        return
-    infos = [
-        dict(value)
-        for reports in terminalreporter.stats.values()
-        for rep in reports
-        if getattr(rep, "when", None) == "call"
-        for key, value in getattr(rep, "user_properties", ())
-        if key == "dpcache_record"
-    ]
-    if not infos and state.tracker is None:
-        return
-    tr = terminalreporter
-    tr.section("dpcache benchmark")
-    shown: set[tuple[str, str]] = set()
-    for info in infos:  # a record gated by several tests (speed, quality) is reported once
-        for metric, reason in sorted(info["unavailable"].items()):
-            if (info["test_id"], metric) not in shown:
-                shown.add((info["test_id"], metric))
-                tr.write_line(
-                    f"{info['test_id']}: {metric} UNAVAILABLE (recorded as null, not passed): {reason}"
-                )
-    if not state.options.update_expected:
-        ungated = sorted({i["test_id"] for i in infos if not i["gated"]})
-        if ungated:
-            tr.write_line(f"not gated (no entry in expected.json): {', '.join(ungated)}")
-    rewritten = sorted(
-        set(state.rewritten) | ({i["expected"] for i in infos} if state.options.update_expected else set())
-    )
-    for path in rewritten:
-        tr.write_line(f"--update-expected: rewrote {path}")
-    if state.tracker is not None:
-        tr.write_line(state.tracker.summary())
-    else:  # xdist controller: the workers wrote the records
-        from harness.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(state.options.mlflow_uri)
-        tr.write_line(f"dpcache: result records in JSON lines {state.options.json_out}")
-        errors = sorted({i["mlflow_error"] for i in infos if i.get("mlflow_error")})
-        if uri is None:
-            tr.write_line("dpcache: MLflow tracking off")
-        elif errors:
-            tr.write_line(
-                f"dpcache: MLflow {uri} was unreachable ({errors[0]}); records kept in {state.options.json_out}"
-            )
-        else:
-            tr.write_line(f"dpcache: MLflow store {uri} (invocation {state.invocation_id})")
+__all__ = [
+    "BenchOptions",
+    "bench_params",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+    "report_ungated",
+]

@@ -19,7 +19,17 @@ from harness.report_data import (
     tag,
     write_text_atomic,
 )
-from harness.report_html import esc, figure, image_grid, index_page, missing, page, results_table
+from harness.report_html import (
+    esc,
+    figure,
+    image_grid,
+    index_page,
+    leader_table,
+    missing,
+    not_run_list,
+    page,
+    results_table,
+)
 from harness.report_plots import method_styles, plottable, schedule_strips, speedup_quality_plot
 
 __all__ = ["build_report", "build_run", "load_records", "write_index"]
@@ -180,7 +190,7 @@ def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: 
     run_dir.mkdir(parents=True, exist_ok=True)
     parts = [_header(invocation, records)]
     for model, all_recs in by_model(records).items():
-        recs = latest_per_config(all_recs)
+        recs = latest_per_config(all_recs) or all_recs
         mdir = _safe(model)
         (run_dir / mdir).mkdir(parents=True, exist_ok=True)
         model_art = artifacts / model if artifacts is not None and (artifacts / model).is_dir() else None
@@ -199,13 +209,15 @@ def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: 
         parts.append(_schedule_section(recs, run_dir, mdir, model))
         parts.append(_cost_section(model_art, run_dir, mdir, model))
         parts.append(_images_section(recs, model_art, run_dir, mdir, model))
-        dup = len(all_recs) - len(recs)
+        dup = sum(1 for r in all_recs if r.get("status", "ok") == "ok") - len(latest_per_config(all_recs))
         note = (
             f'<p class="note">{dup} repeated record(s) of the same config: plots use the last one.</p>'
             if dup
             else ""
         )
-        parts.append(f"<h3>Results</h3>{note}{results_table(all_recs, colours)}</section>")
+        parts.append(f"<h3>Results</h3>{note}{results_table(all_recs, colours)}")
+        parts.append(f"<h3>Ranking at exactly K</h3>{leader_table(recs)}")
+        parts.append(f"{not_run_list(all_recs)}</section>")
     index = write_text_atomic(run_dir / "index.html", page(f"dpcache run {invocation}", "\n".join(parts)))
     summary = {
         "invocation": invocation,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import uuid
@@ -11,23 +10,55 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-Record = dict[str, Any]
+from harness.records import ResultRecord, read_jsonl
+
+Record = dict[str, Any]  # `view()` of a ResultRecord
 # PSNR is capped at 100 dB for outputs identical to the reference: such points are not plotted.
 PSNR_IDENTICAL = 99.99
 # method → preferred position in colour / column order (others follow alphabetically)
 METHOD_ORDER = ("full", "dpcache", "fewer-steps")
 
 
+def view(invocation: str, rec: ResultRecord) -> Record:
+    """The report's flat, read-only view of a typed record (what the tables, plots and pages show)."""
+    i, sp, q = rec.identity, rec.speed, rec.quality
+    out: Record = {
+        "invocation": invocation,
+        "suite": i.suite,
+        "model": i.model,
+        "scale": i.scale,
+        "method": i.method,
+        "budget": i.budget,
+        "num_steps": i.num_steps,
+        "num_prompts": i.num_prompts,
+        "config_tag": i.config_tag,
+        "device_class": i.device_class,
+        "schedule": rec.schedule.key_steps,
+        "prompts": list(rec.references.prompts),
+        "per_prompt": dict(q.per_prompt),
+        "unavailable": rec.unavailable(),
+        "timing": {"repeats": rec.timing.repeats, "warmup": rec.timing.warmup},
+        "git_sha": rec.provenance.git_sha,
+        "versions": dict(rec.provenance.versions),
+        "device": rec.provenance.device,
+        "measured_k": sp.measured_k,
+        "matched": sp.matched,
+        "cache_hits": sum(sp.cache_hits) if sp.cache_hits else None,
+        "status": rec.outcome.status,
+        "reason": rec.outcome.reason,
+        "floor": sp.compute_floor_k,
+        "caveats": list(rec.outcome.caveats),
+    }
+    out |= {name: rec.metric(name) for name in rec.metric_values()}
+    return out
+
+
 def load_records(path: str | Path) -> dict[str, list[Record]]:
-    """Records of a JSON-lines file grouped by invocation (file order kept; unreadable lines skipped)."""
+    """Records of a JSON-lines file (read through `ResultRecord`) grouped by invocation, file order kept;
+    an invalid line is reported with its file and line number (`RecordFileWarning`), not dropped silently."""
     runs: dict[str, list[Record]] = defaultdict(list)
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and rec.get("model") and rec.get("method"):
-            runs[str(rec.get("invocation", "unknown"))].append(rec)
+    for invocation, rec in read_jsonl(path):
+        runs[invocation].append(view(invocation, rec))
     return dict(runs)
 
 
@@ -44,10 +75,25 @@ def tag(r: Record) -> str:
     return str(r.get("config_tag") or f"{r['method']}-K{r.get('budget')}")
 
 
-def latest_per_config(records: Iterable[Record]) -> list[Record]:
-    """One record per (model, config tag): the last one in file order (suites may record a config twice)."""
+def ran(r: Record) -> bool:
+    return r.get("status", "ok") == "ok"
+
+
+def not_run(records: Iterable[Record]) -> list[Record]:
+    """Configurations asked for that did not run (the last word per config: a later run may have run it)."""
     last: dict[tuple[str, str], Record] = {}
     for r in records:
+        last[(str(r["model"]), tag(r))] = r
+    return [r for r in sort_records(last.values()) if not ran(r)]
+
+
+def latest_per_config(records: Iterable[Record]) -> list[Record]:
+    """One record per (model, config tag) that ran: the last one in file order (suites may record a config
+    twice)."""
+    last: dict[tuple[str, str], Record] = {}
+    for r in records:
+        if not ran(r):
+            continue
         key = (str(r["model"]), tag(r))
         last.pop(key, None)
         last[key] = r
@@ -125,10 +171,51 @@ def fmt_metric(r: Record, metric: str) -> tuple[str, str | None]:
 
 def cache_hits(r: Record) -> int | None:
     hits = r.get("cache_hits")
-    if isinstance(hits, list):
-        vals = [h for h in hits if isinstance(h, int)]
-        return sum(vals) if vals else None
     return hits if isinstance(hits, int) else None
+
+
+def unmatched(r: Record) -> bool:
+    """Measured compute on the evaluation prompts off K by more than 5 %: never ranked "at K"."""
+    return r.get("matched") is False
+
+
+def at_k(points: Sequence[tuple[float, float]], k: float) -> tuple[float | None, str]:
+    """(value at exactly K, how): linear in measured K between the two measured settings that bracket K; a
+    setting measured at K itself is used as is; None with the reason when no pair brackets K."""
+    exact = [v for m, v in points if abs(m - k) <= 1e-9]
+    if exact:
+        return exact[0], "measured at K"
+    below = [(m, v) for m, v in points if m < k]
+    above = [(m, v) for m, v in points if m > k]
+    if not below or not above:
+        side = "below" if not below else "above"
+        return None, f"no measured setting {side} K={k:g} to bracket it"
+    (m0, v0), (m1, v1) = max(below), min(above)
+    return v0 + (v1 - v0) * (k - m0) / (m1 - m0), f"interpolated between measured K={m0:.2f} and K={m1:.2f}"
+
+
+def leaders(records: Sequence[Record], metric: str = "psnr") -> dict[int, list[dict[str, Any]]]:
+    """Per requested K: each method's `metric` at exactly K (interpolated in measured K) beside its raw point,
+    best first; a method's raw point off K (unmatched) is shown but never ranked as "at K"."""
+    out: dict[int, list[dict[str, Any]]] = {}
+    recs = [r for r in records if r["method"] != "full" and ran(r)]
+    for k in sorted({int(r["budget"]) for r in recs if r.get("budget") is not None}, reverse=True):
+        rows = []
+        for method in methods_of(recs):
+            mine = [r for r in recs if r["method"] == method]
+            pts = [
+                (float(r["measured_k"]), v)
+                for r in mine
+                if r.get("measured_k") is not None
+                and (v := metric_value(r, metric)) is not None
+                and v < PSNR_IDENTICAL
+            ]
+            value, how = at_k(pts, k)
+            raw = next((r for r in mine if r.get("budget") == k), None)
+            rows.append({"method": method, "value": value, "how": how, "raw": raw})
+        rows.sort(key=lambda row: (row["value"] is None, -(row["value"] or 0.0)))
+        out[k] = rows
+    return out
 
 
 def is_video(model: str) -> bool:

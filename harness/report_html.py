@@ -7,7 +7,19 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-from harness.report_data import Record, cache_hits, fmt_metric, reason, sort_records, tag
+from harness.report_data import (
+    Record,
+    cache_hits,
+    fmt_metric,
+    leaders,
+    metric_value,
+    not_run,
+    ran,
+    reason,
+    sort_records,
+    tag,
+    unmatched,
+)
 
 # (header, metric) columns of the per-model table after method / K / config
 METRIC_COLUMNS = (
@@ -130,7 +142,7 @@ def results_table(records: Sequence[Record], colours: dict[str, str]) -> str:
     head += [f"<th>{esc(h)}</th>" for h, _ in METRIC_COLUMNS]
     head += ["<th>cache hits</th>", '<th class="l">schedule</th>']
     rows = []
-    for r in sort_records(records):
+    for r in sort_records(x for x in records if ran(x)):
         wall = r.get("timing") or {}
         cells = [
             f'<td class="l">{swatch(colours.get(r["method"], "#000"))}{esc(r["method"])}</td>',
@@ -141,6 +153,11 @@ def results_table(records: Sequence[Record], colours: dict[str, str]) -> str:
             text, title = fmt_metric(r, metric)
             if metric == "wall_speedup" and title is None and wall.get("repeats"):
                 title = f"median over {wall['repeats']} timed runs after {wall.get('warmup', 0)} warm-up"
+            if metric == "measured_k" and unmatched(r):
+                text, title = (
+                    f"{text} UNMATCHED",
+                    "more than 5 % off K on the evaluation prompts: not ranked at K",
+                )
             cells.append(_td(text, title))
         hits = cache_hits(r)
         cells.append(_td("–" if hits is None else str(hits), None if hits is not None else "no cache"))
@@ -159,6 +176,53 @@ def results_table(records: Sequence[Record], colours: dict[str, str]) -> str:
             f"{items}</ul></details>"
         )
     return table
+
+
+def leader_table(records: Sequence[Record], metric: str = "psnr") -> str:
+    """The ranking at exactly K: each method's quality interpolated in measured K, beside its raw point."""
+    rows = []
+    for k, entries in leaders(records, metric).items():
+        for n, row in enumerate(entries, start=1):
+            raw, at = row["raw"], row["value"]
+            raw_text = "none at this K"
+            if raw is not None:
+                mk, v = metric_value(raw, "measured_k"), metric_value(raw, metric)
+                raw_text = (
+                    f"{'n/a' if v is None else f'{v:.2f}'} at measured K={'?' if mk is None else f'{mk:.2f}'}"
+                )
+                raw_text += " UNMATCHED" if unmatched(raw) else ""
+            cells = [_td(str(k)), _td(str(n) if at is not None else "–"), _td(row["method"], cls="l")]
+            cells += [_td(f"{at:.2f}" if at is not None else "n/a", row["how"]), _td(row["how"], cls="l")]
+            cells.append(_td(raw_text, cls="l"))
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+    if not rows:
+        return missing("no method ran at a budget below T: nothing to rank")
+    head = "".join(
+        f"<th>{h}</th>" for h in ("K", "rank", "method", f"{metric.upper()} at K", "how", "raw point")
+    )
+    return (
+        '<p class="note">Each method at exactly K: linear in measured K between its two settings that bracket K '
+        "(a raw point off K by more than 5 % is UNMATCHED and never ranked at K).</p>"
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    )
+
+
+def not_run_list(records: Sequence[Record]) -> str:
+    """Configurations asked for that did not run (measured floor, reason), and the records' caveats."""
+    out = ""
+    gone = not_run(records)
+    if gone:
+        items = "".join(
+            f"<li>{esc(r['method'])} K={esc(r.get('budget'))}"
+            + (f" (measured floor K={r['floor']:.2f})" if r.get("floor") is not None else "")
+            + f": {esc(r.get('reason') or 'no reason recorded')}</li>"
+            for r in gone
+        )
+        out += f'<h3>Did not run</h3><ul class="note">{items}</ul>'
+    caveats = [c for r in records if ran(r) for c in r.get("caveats") or []]
+    if caveats:
+        out += '<h3>Caveats</h3><ul class="note">' + "".join(f"<li>{esc(c)}</li>" for c in caveats) + "</ul>"
+    return out
 
 
 def image_grid(

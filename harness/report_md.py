@@ -12,8 +12,11 @@ from harness.report_data import (
     by_model,
     fmt_metric,
     latest_per_config,
+    leaders,
     load_records,
     metric_value,
+    not_run,
+    unmatched,
     write_text_atomic,
 )
 
@@ -48,7 +51,8 @@ def latest_runs(
     json_path: str | Path, scale: str | None = "tiny", invocation: str | None = None
 ) -> dict[str, tuple[str, list[Record]]]:
     """Per model of `scale` (None: any): the latest invocation in file order (or `invocation`) and its
-    records, one per config (the last). `dpcache-bench run` invocations (suite `bench`: timed alone) are
+    records (all of them: `model_section` keeps the last per config and lists those that did not run).
+    `dpcache-bench run` invocations (suite `bench`: timed alone) are
     preferred over pytest-suite ones (often timed next to other xdist workers)."""
     latest: dict[tuple[str, bool], tuple[str, list[Record]]] = {}
     for inv, recs in load_records(json_path).items():
@@ -58,7 +62,7 @@ def latest_runs(
             mine = [r for r in mrecs if scale is None or r.get("scale") == scale]
             if mine:
                 bench = all(r.get("suite") == "bench" for r in mine)
-                latest[(model, bench)] = (inv, latest_per_config(mine))
+                latest[(model, bench)] = (inv, mine)
     models = sorted({m for m, _ in latest})
     return {m: latest.get((m, True)) or latest[(m, False)] for m in models}
 
@@ -73,8 +77,65 @@ def _cell(r: Record, metric: str, notes: dict[str, str]) -> str:
     return text.replace("–", "n/a")
 
 
-def model_section(model: str, invocation: str, records: list[Record]) -> str:
-    """One model's heading, provenance line and table (unavailable metrics footnoted with their reason)."""
+def _k_cell(r: Record) -> str:
+    k, measured = r.get("budget"), metric_value(r, "measured_k")
+    text = "n/a" if k is None else str(k)
+    if unmatched(r):
+        return text + f" (measured {measured:.1f}: UNMATCHED)"
+    if measured is not None and k is not None and r["method"] != "full":
+        text += f" (measured {measured:.1f})"
+    return text
+
+
+def leader_lines(records: list[Record], metric: str = "psnr") -> list[str]:
+    """The ranking: each method's quality at exactly K (interpolated in measured K) beside its raw point."""
+    table = leaders(records, metric)
+    if not table:
+        return []
+    lines = [
+        f"**Ranking at exactly K** ({metric.upper()}, linear in measured K between the two settings that "
+        "bracket K; the raw point beside it, UNMATCHED when its measured K is off by more than 5 %):",
+        "",
+        "| K | rank | method | at K | how | raw point |",
+        "|--:|--:|:--|--:|:--|:--|",
+    ]
+    for k, rows in table.items():
+        for n, row in enumerate(rows, start=1):
+            raw, at = row["raw"], row["value"]
+            raw_text = "none at this K"
+            if raw is not None:
+                mk, v = metric_value(raw, "measured_k"), metric_value(raw, metric)
+                raw_text = (
+                    f"{'n/a' if v is None else f'{v:.2f}'} at measured K={'?' if mk is None else f'{mk:.2f}'}"
+                )
+                raw_text += " UNMATCHED" if unmatched(raw) else ""
+            rank = str(n) if at is not None else "–"
+            value = f"{at:.2f}" if at is not None else "n/a"
+            lines.append(f"| {k} | {rank} | {row['method']} | {value} | {row['how']} | {raw_text} |")
+    return lines
+
+
+def not_run_lines(records: list[Record]) -> list[str]:
+    """Every configuration asked for that did not run, with the measured floor and the reason; caveats."""
+    lines = []
+    gone = not_run(records)
+    if gone:
+        lines += ["", "**Did not run** (asked for, not measured):", ""]
+        for r in gone:
+            floor = f" (measured floor K={r['floor']:.2f})" if r.get("floor") is not None else ""
+            lines.append(
+                f"- {r['method']} K={r.get('budget')}{floor}: {r.get('reason') or 'no reason recorded'}"
+            )
+    caveats = [c for r in latest_per_config(records) for c in r.get("caveats") or []]
+    if caveats:
+        lines += ["", "**Caveats:**", ""] + [f"- {c}" for c in caveats]
+    return lines
+
+
+def model_section(model: str, invocation: str, all_records: list[Record]) -> str:
+    """One model's heading, provenance line and table (unavailable metrics footnoted with their reason), the
+    ranking at exactly K, the configurations that did not run and the caveats."""
+    records = latest_per_config(all_records) or all_records
     r0 = records[0]
     versions = r0.get("versions") or {}
     timing = next((r.get("timing") for r in records if r.get("timing", {}).get("repeats")), {}) or {}
@@ -101,13 +162,8 @@ def model_section(model: str, invocation: str, records: list[Record]) -> str:
         "| method | K | " + " | ".join(h for h, _ in MD_COLUMNS) + " |",
         "|:--|--:|" + "--:|" * len(MD_COLUMNS),
     ]
-    for r in records:
-        k = r.get("budget")
-        measured = metric_value(r, "measured_k")
-        k_text = "n/a" if k is None else str(k)
-        if measured is not None and k is not None and abs(measured - k) > 0.05 * k:
-            k_text += f" (measured {measured:.1f})"
-        cells = [str(r["method"]), k_text] + [_cell(r, m, notes) for _, m in MD_COLUMNS]
+    for r in latest_per_config(all_records):
+        cells = [str(r["method"]), _k_cell(r)] + [_cell(r, m, notes) for _, m in MD_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines.append("")
@@ -115,6 +171,10 @@ def model_section(model: str, invocation: str, records: list[Record]) -> str:
             f"{mark} {why}" + ("  " if i < len(notes) - 1 else "")
             for i, (why, mark) in enumerate(notes.items())
         ]
+    ranking = leader_lines(latest_per_config(all_records))
+    if ranking:
+        lines += [""] + ranking
+    lines += not_run_lines(all_records)
     return "\n".join(lines)
 
 
@@ -151,7 +211,9 @@ def benchmarks_markdown(
         "full-step run (transformer FLOPs; median pipeline wall-clock). PSNR and SSIM: "
         "against the full-step reference on the same prompts and seeds (`ref` = the reference itself). "
         "Adherence: fraction of the prompt's attributes (digit, colour, background) the zoo classifier "
-        "finds. n/a: not available, reason in the footnote. Full reports: `dpcache-bench report` "
+        "finds. K (measured …): full computations measured on the evaluation prompts; UNMATCHED: more than "
+        "5 % off K, so that row is not a result at K (the ranking interpolates each method to exactly K). "
+        "n/a: not available, reason in the footnote. Full reports: `dpcache-bench report` "
         "(HTML, `reports/bench/`).",
     ]
     body = [model_section(m, inv, recs) for m, (inv, recs) in runs.items()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,116 +19,52 @@ from harness.methods import (
     pipeline_weights_hash,
     registry,
 )
-from harness.metrics import MetricResult, Unavailable
-from harness.records import ResultRecord, provenance
+from harness.metrics import Unavailable
+from harness.provenance import device_class, provenance
+from harness.records import (
+    Identity,
+    Provenance,
+    Quality,
+    References,
+    ResultRecord,
+    Schedule,
+    Speed,
+    config_tag,
+    variant_tag,
+)
+from harness.scoring import (
+    NOT_TIMED,
+    cache_check,
+    compute_floor,
+    matched,
+    not_run_record,
+    prompt_metrics,
+    record_knobs,
+    saturation_caveat,
+    save_images,
+    timing_part,
+)
+from harness.session_refs import ReferencesMixin
+
+__all__ = ["NOT_TIMED", "BenchSession", "Skipped", "cache_check", "run_benchmark"]
 
 EVAL_SEED_BASE = 1000
+DEFAULT_PROMPTS = 8  # the suites' and `dpcache-bench run`'s number of evaluation prompts
 
 
 @dataclass(frozen=True)
 class Skipped:
-    """A (method, budget) that did not run, and why (unsupported family, unreachable budget)."""
+    """A (method, budget) that did not run, and why (unsupported family, unreachable budget); `floor` is the
+    least compute (K) the method's knob was measured to reach, when known."""
 
     model: str
     method: str
     budget: int | None
     reason: str
+    floor: float | None = None
 
 
-def cache_check(record: ResultRecord, tol: float = 0.05) -> str | None:
-    """Why a cache method's record is invalid, or None: no cache hit although K < T, or — for a fixed
-    schedule (DPCache), whose compute does not depend on the prompt — measured compute off K by more than
-    `tol`, i.e. not compared at matched compute."""
-    if record.method in ("full", "fewer-steps") or record.budget is None or record.budget >= record.num_steps:
-        return None
-    hits = record.cache_hits if isinstance(record.cache_hits, list) else [record.cache_hits or 0]
-    if sum(h or 0 for h in hits) <= 0:
-        return f"{record.test_id}: no cache hits at K={record.budget} < T={record.num_steps}: the cache never engaged"
-    speedup = record.flops_speedup
-    if "key_steps" in record.knobs and isinstance(speedup, (int, float)) and speedup > 0:
-        measured = record.num_steps / speedup
-        if abs(measured - record.budget) > tol * record.budget:
-            return (
-                f"{record.test_id}: measured compute K={measured:.2f} is off the budget K={record.budget} by more "
-                f"than {tol:.0%} ({record.knobs['key_steps']} key steps): not at matched compute"
-            )
-    return None
-
-
-def _adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
-    """Prompt adherence by the zoo's checks: per prompt, the fraction of the attributes it names (digit,
-    colour, background; for video digit, colour, direction of motion) that the output shows; plus each
-    attribute's and the all-three fraction as extras."""
-    if spec.scale != "tiny":
-        why = "the zoo's prompt-adherence checks read the tiny digit-scene models only"
-        return Unavailable(why, "adherence"), {}
-    video = images.dim() == 5
-    try:
-        if video:  # digit / colour / direction of motion, read by the zoo's video checks
-            from harness.zoo.measure_video import adherence as video_adherence
-
-            res = video_adherence(list(images), [str(p) for p in prompts])
-        else:
-            from harness.zoo.classifier import prompt_adherence
-
-            if spec.input_kind == "class_label":  # DiT is asked for the digit only: colour is its own choice
-                prompts = [int(spec.pipeline_kwargs(p)["class_labels"][0]) for p in prompts]
-            res = prompt_adherence(images, list(prompts))
-    except FileNotFoundError as e:
-        return Unavailable(str(e), "adherence"), {}
-    attrs = ("digit", "colour", "direction") if video else ("digit", "colour", "background")
-    per = [
-        sum(float(r[a]) for a in attrs if a in r) / sum(1 for a in attrs if a in r) for r in res["per_prompt"]
-    ]
-    extras = {f"adherence_{k}": float(res[k]) for k in (*attrs, "all") if res.get(k) is not None}
-    return MetricResult(
-        "adherence", sum(per) / len(per), tuple(per), {"criterion": "attribute fraction"}
-    ), extras
-
-
-def _prompt_metrics(spec: Any, images: Any, prompts: Sequence[Any]) -> dict[str, Any]:
-    from harness import metrics
-
-    adherence, extras = _adherence(spec, images, prompts)
-    out: dict[str, Any] = {"adherence": adherence, "extra_metrics": extras}
-    text = all(isinstance(p, str) for p in prompts) and images.dim() == 4
-    if text and spec.scale == "full":
-        out["clip_score"] = metrics.clip_score(images, list(prompts))
-        out["image_reward"] = metrics.image_reward(images, list(prompts))
-    else:
-        why = "text-to-image at full scale only (tiny models draw digit scenes; adherence is the zoo classifier)"
-        out["clip_score"] = Unavailable(why, "clip_score")
-        out["image_reward"] = Unavailable(why, "image_reward")
-    return out
-
-
-NOT_TIMED = "wall-clock not timed (repeats = 0: no timed runs; FLOPs speedup is exact)"
-
-
-def _timing_fields(
-    full: dict[str, Any], mine: dict[str, Any], sp: Any, repeats: int, warmup: int
-) -> dict[str, Any]:
-    """The record's `timing` block: per-repeat samples and medians, or only `repeats: 0` when untimed."""
-    mem = sp.mem_overhead_bytes if isinstance(sp.mem_overhead_bytes, int) else None
-    if not repeats:
-        return {"repeats": 0, "warmup": 0, "mem_overhead_bytes": mem}
-    return {
-        "repeats": repeats,
-        "warmup": warmup,
-        "timer": mine["timing"].timer,
-        "full": list(full["timing"].samples),
-        "method": list(mine["timing"].samples),
-        "wall_speedup": list(sp.wall_speedup_samples),
-        "pipeline_s": mine["timing"].median,
-        "pipeline_iqr_s": mine["timing"].iqr,
-        "transformer_s": mine["transformer_s"],
-        "full_pipeline_s": full["timing"].median,
-        "full_transformer_s": full["transformer_s"],
-        "mem_overhead_bytes": mem,
-    }
-
-
-class BenchSession:
+class BenchSession(ReferencesMixin):
     """One model's benchmark state: context, references, the full-step costs, and memoised records."""
 
     def __init__(
@@ -137,10 +73,11 @@ class BenchSession:
         pipe: Any = None,
         *,
         steps: int | None = None,
-        num_prompts: int = 8,
+        num_prompts: int = DEFAULT_PROMPTS,
         num_calibration: int = 4,
         repeats: int = 5,
         warmup: int = 1,
+        default_prompts: int = DEFAULT_PROMPTS,
         refs_dir: str | Path | None = None,
         store: Any = None,
         committed: Any = None,
@@ -177,6 +114,7 @@ class BenchSession:
         if len(self.ctx.evaluation_prompts) < num_prompts:
             raise ValueError(f"{spec.name} has only {len(self.ctx.evaluation_prompts)} evaluation prompts")
         self.prompts = list(self.ctx.evaluation_prompts)
+        self.default_prompts = default_prompts
         self.seeds = [EVAL_SEED_BASE + i for i in range(len(self.prompts))]
         self.committed = committed  # read-only store checked first (a suite's committed references)
         self.store = store or ReferenceStore(refs_dir or Path(cache_dir) / "references" / spec.name)
@@ -186,51 +124,6 @@ class BenchSession:
         self.images: dict[str, Any] = {}
         self._refs: Any = None
         self._full: dict[str, Any] | None = None
-
-    # ------------------------------------------------------------------ references
-    def key_fields(self, prompt: Any, seed: int) -> dict[str, Any]:
-        spec, pipe = self.spec, self.pipe
-        kw = self.ctx.kwargs(prompt)
-        return {
-            "model_id": spec.name,
-            "weights_hash": self.ctx.weights_id,
-            "pipeline_class": type(pipe).__name__,
-            "scheduler_config": pipe.scheduler,
-            "num_steps": self.ctx.num_steps,
-            "height": kw.get("height", spec.height),
-            "width": kw.get("width", spec.width),
-            "frames": kw.get("num_frames"),
-            "guidance": kw.get("true_cfg_scale", kw.get("guidance_scale")),
-            "dtype": str(next(pipe.transformer.parameters()).dtype),
-            "prompt": prompt,
-            "seed": seed,
-        }
-
-    def reference_keys(self) -> list[str]:
-        from harness.references import reference_key
-
-        return [reference_key(**self.key_fields(p, s)) for p, s in zip(self.prompts, self.seeds)]
-
-    def references(self) -> Any:
-        """Full-step outputs of the evaluation prompts (N, ...), from the store or computed and stored."""
-        if self._refs is None:
-            import torch
-
-            outs = []
-            for key, p, s in self._bar(
-                list(zip(self.reference_keys(), self.prompts, self.seeds)), "references"
-            ):
-                meta = {**self.key_fields(p, s), "scheduler_config": dict(self.pipe.scheduler.config)}
-                found = self.committed.get(key) if self.committed is not None else None
-                if found is None:
-                    found = self.store.get_or_compute(key, lambda p=p, s=s: self.ctx.call(p, s), meta)
-                outs.append(found)
-            self._refs = torch.cat(outs)
-        return self._refs
-
-    def fresh_full(self, index: int) -> Any:
-        """Recompute the full-step output of evaluation prompt `index` (for the drift check)."""
-        return self.ctx.call(self.prompts[index], self.seeds[index])
 
     # ------------------------------------------------------------------ measurement
     def _bar(self, items: list, desc: str) -> Any:
@@ -288,12 +181,29 @@ class BenchSession:
             raise UnreachableBudget(f"budget K={budget} exceeds T={self.ctx.num_steps}")
         return self.method(name).configure(self.ctx, self.ctx.num_steps if budget is None else budget)
 
+    def tag(self, name: str, budget: int | None, base: str | None = None) -> str:
+        """The config tag of (method, K) in this session: the method's own tag (DPCache's with its M/O/L
+        knobs) plus `-T<T>` / `-N<prompts>` where T and the prompt count differ from the defaults."""
+        if base is None:
+            m = self.methods.get(name)
+            knobs: dict[str, Any] = {}
+            if isinstance(m, DPCacheMethod):
+                first, last = m.settings(self.ctx)
+                knobs = {"M": first, "O": m.order} | ({"L": last} if last else {})
+            base = config_tag(name, self.ctx.num_steps if name == "full" else budget, **knobs)
+        t, n = self.ctx.num_steps, len(self.prompts)
+        return variant_tag(base, t, self.spec.num_inference_steps, n, self.default_prompts)
+
     def record(self, name: str, budget: int | None) -> ResultRecord:
         """The result of method `name` at budget K (memoised); raises UnreachableBudget when it cannot run."""
         key = (name, self.ctx.num_steps if name == "full" or budget is None else budget)
         if key not in self.records:
             self.records[key] = self._run(self.configure(name, key[1]))
         return self.records[key]
+
+    def not_run(self, name: str, budget: int | None, error: Exception) -> ResultRecord:
+        """The record of a configuration that could not run, with the reason and the measured floor."""
+        return not_run_record(self, name, budget, str(error), compute_floor(getattr(error, "match", None)))
 
     def _run(self, cfg: Configured) -> ResultRecord:
         import torch
@@ -326,65 +236,54 @@ class BenchSession:
             RunCost(full["flops"], full["timing"], full["memory"]),
             RunCost(int(mean_flops), mine["timing"], mine["memory"]),
         )
-        measured_k = self.ctx.measured_compute(mean_flops)
-        timing = _timing_fields(full, mine, sp, self.repeats, self.warmup)
-        if not self.repeats:
-            sp = replace(sp, wall_speedup=Unavailable(NOT_TIMED, "wall_speedup"))
-        extra: dict[str, Any] = {"measured_k": measured_k}
-        if cfg.is_cache and cfg.budget is not None and cfg.budget < self.ctx.num_steps and not any(hits):
-            extra["cache_engaged"] = Unavailable(
-                f"no cache hits at K={cfg.budget} < T={self.ctx.num_steps}: the cache never engaged",
-                "cache_engaged",
-            )
+        measured_k = self.ctx.measured_compute(mean_flops)  # on the evaluation prompts
+        t = self.ctx.num_steps
+        extra: dict[str, Any] = {}
+        if cfg.is_cache and cfg.budget is not None and cfg.budget < t and not any(hits):
+            why = f"no cache hits at K={cfg.budget} < T={t}: the cache never engaged"
+            extra["cache_engaged"] = Unavailable(why, "cache_engaged")
         if mine["transformer_s"]:
             extra["transformer_wall_speedup"] = full["transformer_s"] / mine["transformer_s"]
         quality = fidelity_metrics(images, refs)
-        prompt_metrics = _prompt_metrics(self.spec, images, self.prompts)
-        extra.update(prompt_metrics.pop("extra_metrics"))
+        pm = prompt_metrics(self.spec, images, self.prompts)
+        extra.update(pm.pop("extra_metrics"))
+        prov = provenance(self.ctx.device)
+        caveat = saturation_caveat(cfg.method, cfg.budget, cfg.match, t)
         record = ResultRecord(
-            suite=self.suite,
-            model=self.spec.name,
-            scale=self.spec.scale,
-            method=cfg.method,
-            budget=cfg.budget,
-            num_steps=self.ctx.num_steps,
-            config_tag=cfg.config_tag,
-            schedule=cfg.schedule,
-            full_steps=len(cfg.schedule) if cfg.schedule is not None else round(measured_k),
-            flops_speedup=sp.flops_speedup,
-            wall_speedup=sp.wall_speedup,
-            peak_mem=mine["memory"],
-            reference_key=self.reference_keys(),
-            prompts=[str(p) for p in self.prompts],
-            cache_hits=[int(h) for h in hits] if hits and all(h is not None for h in hits) else None,
-            flops=int(mean_flops),
-            timing=timing,
-            knobs=dict(cfg.knobs),
-            extra_metrics=extra,
-            **quality,
-            **prompt_metrics,
-            **provenance(self.ctx.device),
+            Identity(
+                self.suite,
+                self.spec.name,
+                self.spec.scale,
+                cfg.method,
+                cfg.budget,
+                t,
+                len(self.prompts),
+                self.tag(cfg.method, cfg.budget, cfg.config_tag),
+                device_class(self.ctx.device),
+                record_knobs(cfg.knobs),
+            ),
+            Speed(
+                sp.flops_speedup,
+                Unavailable(NOT_TIMED, "wall_speedup") if not self.repeats else sp.wall_speedup,
+                mine["memory"],
+                int(mean_flops),
+                measured_k,
+                matched(measured_k, cfg.budget, t, cfg.method),
+                [int(h) for h in hits if h is not None],
+                compute_floor(cfg.match),
+            ),
+            timing_part(full, mine, sp, self.repeats, self.warmup),
+            Quality(**quality, **pm, extra=extra),
+            Schedule(cfg.schedule, len(cfg.schedule) if cfg.schedule is not None else round(measured_k)),
+            References(self.reference_keys(), [str(p) for p in self.prompts], list(self.seeds)),
+            Provenance(**prov),
         )
+        if caveat:
+            record.outcome.caveats.append(caveat)
         self.images[record.config_tag] = images
         if self.artifacts_dir is not None:
-            self._save_images(record, images)
+            save_images(self.artifacts_dir / record.model / record.config_tag, images)
         return record
-
-    def _save_images(self, record: ResultRecord, images: Any) -> None:
-        from PIL import Image
-
-        from harness.tracking import _to_uint8_images
-
-        d = self.artifacts_dir / record.model / record.config_tag
-        d.mkdir(parents=True, exist_ok=True)
-        if images.dim() == 5:  # video: a strip of up to five evenly spaced frames per prompt
-            f = images.shape[1]
-            for j in sorted({round(x * (f - 1) / 4) for x in range(5)}):
-                for i, arr in enumerate(_to_uint8_images(images[:, j])):
-                    Image.fromarray(arr).save(d / f"prompt{i:02d}_f{j:02d}.png")
-            return
-        for i, arr in enumerate(_to_uint8_images(images)):
-            Image.fromarray(arr).save(d / f"prompt{i:02d}.png")
 
     def heatmap(self, path: str | Path) -> Path:
         """The cost-tensor heatmap and cost-vs-K curve (`dpcache inspect --plot` style)."""
@@ -459,8 +358,10 @@ def run_benchmark(
             try:
                 rec = session.record(name, budget)
             except UnreachableBudget as e:
+                gone = session.not_run(name, budget, e)
+                tracker.log(gone, plot=False)  # the report and BENCHMARKS.md list what did not run
                 if skipped is not None:
-                    skipped.append(Skipped(spec.name, name, budget, str(e)))
+                    skipped.append(Skipped(spec.name, name, budget, str(e), gone.speed.compute_floor_k))
                 continue
             arts = [str(heat)] if heat is not None and name == "dpcache" else []
             tracker.log(rec, images=session.images.get(rec.config_tag), artifacts=arts)

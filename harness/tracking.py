@@ -79,12 +79,13 @@ def _to_uint8_images(images: torch.Tensor) -> list[Any]:
 
 def per_prompt_csv(record: ResultRecord) -> str:
     """The per-prompt table: one row per prompt index, one column per metric with per-prompt values."""
-    names = sorted(record.per_prompt)
-    n = max((len(v) for v in record.per_prompt.values()), default=0)
+    per_prompt, prompts = record.quality.per_prompt, record.references.prompts
+    names = sorted(per_prompt)
+    n = max((len(v) for v in per_prompt.values()), default=0)
     lines = [",".join(["prompt_index", "prompt", *names])]
     for i in range(n):
-        prompt = record.prompts[i] if i < len(record.prompts) else ""
-        vals = [record.per_prompt[m][i] if i < len(record.per_prompt[m]) else None for m in names]
+        prompt = prompts[i] if i < len(prompts) else ""
+        vals = [per_prompt[m][i] if i < len(per_prompt[m]) else None for m in names]
         cells = [str(i), json.dumps(prompt)] + ["" if v is None else repr(float(v)) for v in vals]
         lines.append(",".join(cells))
     return "\n".join(lines) + "\n"
@@ -97,9 +98,9 @@ def schedule_figure(record: ResultRecord) -> Any:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    t = record.num_steps
+    t = record.identity.num_steps
     fig, ax = plt.subplots(figsize=(max(4.0, t * 0.12), 0.9))
-    keys = set(record.schedule or [])
+    keys = set(record.schedule.key_steps or [])
     ax.bar(range(t), [1] * t, width=0.9, color=["#1f77b4" if i in keys else "#dddddd" for i in range(t)])
     ax.set_yticks([])
     ax.set_xlim(-0.5, t - 0.5)
@@ -232,10 +233,12 @@ class Tracker:
                 "dpcache.model": record.model,
                 "dpcache.role": "parent",
             }
-            tags["dpcache.suite"] = record.suite
+            tags["dpcache.suite"] = record.identity.suite
             tags.update(self._provenance_tags(record))
             run = client.create_run(
-                self._experiment_id, tags=tags, run_name=f"{record.suite}-{record.model}-{self.invocation_id}"
+                self._experiment_id,
+                tags=tags,
+                run_name=f"{record.identity.suite}-{record.model}-{self.invocation_id}",
             )
             run_id = run.info.run_id
         self._parents[record.model] = run_id
@@ -243,8 +246,9 @@ class Tracker:
 
     @staticmethod
     def _provenance_tags(record: ResultRecord) -> dict[str, str]:
-        tags = {"git_sha": record.git_sha or "unknown", "device": record.device or "unknown"}
-        tags.update({f"version.{k}": v for k, v in record.versions.items()})
+        prov = record.provenance
+        tags = {"git_sha": prov.git_sha or "unknown", "device": prov.device or "unknown"}
+        tags.update({f"version.{k}": v for k, v in prov.versions.items()})
         return tags
 
     def _log_mlflow(self, record: ResultRecord, images: Any, artifacts: Sequence[Any], plot: bool) -> str:
@@ -267,32 +271,39 @@ class Tracker:
         )
         child = client.create_run(self._experiment_id, tags=tags, run_name=record.test_id).info.run_id
         params = {
-            "suite": record.suite,
+            "suite": record.identity.suite,
             "model": record.model,
-            "scale": record.scale,
+            "scale": record.identity.scale,
+            "device_class": record.identity.device_class,
             "method": record.method,
-            "budget": record.budget,
-            "num_steps": record.num_steps,
+            "budget": record.identity.budget,
+            "num_steps": record.identity.num_steps,
             "config_tag": record.config_tag,
-            "full_steps": record.full_steps,
-            "schedule": json.dumps(record.schedule),
-            "reference_key": json.dumps(record.reference_key),
-            "num_prompts": len(record.prompts),
-            **{f"knob.{k}": v for k, v in record.knobs.items()},
+            "full_steps": record.schedule.full_steps,
+            "schedule": json.dumps(record.schedule.key_steps),
+            "reference_key": json.dumps(record.references.keys),
+            "num_prompts": record.identity.num_prompts,
+            "outcome": record.outcome.status,
+            **{f"knob.{k}": v for k, v in record.identity.knobs.items()},
         }
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, 0) for k, v in record.metric_values().items() if isinstance(v, float)
         ]
-        for name, values in record.per_prompt.items():
+        for name, values in record.quality.per_prompt.items():
             metrics += [
                 Metric(f"{name}.per_prompt", float(v), now, i) for i, v in enumerate(values) if v is not None
             ]
-        if record.cache_hits is not None:
-            hits = record.cache_hits if isinstance(record.cache_hits, list) else [record.cache_hits]
-            metrics.append(Metric("cache_hits", float(sum(hits)), now, 0))
-        if record.flops is not None:
-            metrics.append(Metric("flops", float(record.flops), now, 0))
+        sp = record.speed
+        if sp.cache_hits:
+            metrics.append(Metric("cache_hits", float(sum(sp.cache_hits)), now, 0))
+        if sp.flops is not None:
+            metrics.append(Metric("flops", float(sp.flops), now, 0))
+        # eval_measured_K: on the evaluation prompts (knob.calibration_measured_K: the knob search's prompts)
+        if sp.measured_k is not None:
+            metrics.append(Metric("eval_measured_K", float(sp.measured_k), now, 0))
+        if sp.matched is not None:  # 1: eval_measured_K within ±5 % of K; 0: UNMATCHED, not ranked at K
+            metrics.append(Metric("eval_compute_matched", float(sp.matched), now, 0))
         unavailable = {f"unavailable.{k}": v[:5000] for k, v in record.unavailable().items()}
         client.log_batch(
             child,
@@ -301,12 +312,12 @@ class Tracker:
             tags=[RunTag(k, str(v)) for k, v in unavailable.items()],
         )
         client.log_dict(child, record.to_dict(), "record.json")
-        if record.per_prompt:
+        if record.quality.per_prompt:
             client.log_text(child, per_prompt_csv(record), "per_prompt.csv")
         if images is not None:
             for i, img in enumerate(_to_uint8_images(images)):
                 client.log_image(child, img, key="prompt_images", step=i)
-        if plot and record.schedule is not None:
+        if plot and record.schedule.key_steps is not None:
             fig = schedule_figure(record)
             try:
                 client.log_figure(child, fig, "schedule.png")

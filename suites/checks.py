@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from suites.common import QUALITY_METRICS, SPEED_METRICS, gate_record, load_schedules, result, update_schedule
+from suites.common import (
+    QUALITY_METRICS,
+    SPEED_METRICS,
+    committed,
+    gate_record,
+    load_schedules,
+    result,
+    update_schedule,
+)
 
 
 # ---------------------------------------------------------------- calibration and schedules
@@ -30,24 +38,34 @@ def test_cost_tensor(suite_session):
 
 
 @pytest.mark.schedule
-def test_schedule(suite_session, budget, pytestconfig):
+def test_schedule(suite_session, budget, pytestconfig, request):
     from dpcache.errors import DPCacheError
+    from harness.plugin import report_ungated
 
     ctx, suite = suite_session.ctx, suite_session.suite_def
+    model, t, weights = ctx.spec.name, f"T{ctx.num_steps}", ctx.weights_id[:16]
+    entry = load_schedules(suite).get(model, {}).get(t)
     try:
         steps = suite_session.method("dpcache").schedule(ctx, budget)
     except DPCacheError as e:
+        where = committed(suite_session, "dpcache", budget)
+        if where or (entry and str(budget) in entry["schedules"]):
+            pytest.fail(
+                f"{model} {t} K={budget} has a committed schedule/expectation but is now unplannable: {e}"
+            )
         pytest.skip(str(e))
-    model, t, weights = ctx.spec.name, f"T{ctx.num_steps}", ctx.weights_id[:16]
     if pytestconfig.getoption("--update-expected"):
         update_schedule(suite, model, t, weights, budget, steps)
         return
-    entry = load_schedules(suite).get(model, {}).get(t)
     if entry is None or str(budget) not in entry["schedules"]:
-        pytest.fail(
-            f"no schedule snapshot for {model} {t} K={budget} in {suite.schedules_file}; "
-            "run with --update-expected"
+        what = f"{model} {t}" if entry is None else f"{model} {t} K={budget}"
+        report_ungated(
+            request,
+            f"{model}-dpcache-K{budget}-schedule",
+            f"no schedule baseline for {what} in {suite.schedules_file} (bootstrap it with --update-expected)",
+            scale=ctx.spec.scale,
         )
+        return
     want = entry["schedules"][str(budget)]
     assert steps == want, (
         f"{model} {t} K={budget}: planned key steps {steps} differ from the snapshot {want} "
@@ -57,18 +75,18 @@ def test_schedule(suite_session, budget, pytestconfig):
 
 # ---------------------------------------------------------------- speed, quality, references
 @pytest.mark.speedup
-def test_speedup(suite_session, gate, method, budget):
+def test_speedup(suite_session, gate, tracker, method, budget):
     from harness.runner import cache_check
 
-    record = result(suite_session, method, budget)
+    record = result(suite_session, method, budget, tracker)
     problem = cache_check(record)
     gate_record(suite_session, gate, record, SPEED_METRICS)
     assert problem is None, problem
 
 
 @pytest.mark.quality
-def test_quality(suite_session, gate, method, budget):
-    record = result(suite_session, method, budget)
+def test_quality(suite_session, gate, tracker, method, budget):
+    record = result(suite_session, method, budget, tracker)
     gate_record(suite_session, gate, record, QUALITY_METRICS)
 
 

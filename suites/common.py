@@ -15,7 +15,7 @@ import pytest
 
 from harness.plugin import bench_params
 
-SPEED_METRICS = ("flops_speedup", "wall_speedup")
+SPEED_METRICS = ("flops_speedup", "wall_speedup", "flops")  # flops: the full run's absolute FLOPs
 QUALITY_METRICS = ("psnr", "ssim", "ms_ssim", "lpips", "adherence", "clip_score", "image_reward")
 # ≈ 2×, 3.85× and 5.56× fewer transformer computations than T = 50
 DEFAULT_BUDGETS = (25, 13, 9)
@@ -115,6 +115,10 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
         pipe = importlib.import_module(spec.builder).build_pipeline(seed=0, trained=False, size=size)
     else:
         ok, reason = availability(spec)
+        if not ok and spec.scale == "tiny":  # committed weights: their absence is a failure, never a skip
+            pytest.fail(
+                f"{spec.name} unavailable although its weights are committed: {reason}", pytrace=False
+            )
         if not ok:
             pytest.skip(f"{spec.name} unavailable: {reason}")
     torch.set_num_threads(int(os.environ.get("DPCACHE_THREADS", "1")))
@@ -138,6 +142,7 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
         device=bench_options.resolved_device(),
         suite=suite.name,
         progress=False,
+        default_prompts=suite.num_prompts,
     )
     session.committed_store = ReferenceStore(refs)
     session.logged = set()
@@ -145,8 +150,19 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
     return session
 
 
-def result(session: Any, method: str, budget: int) -> Any:
-    """The session's record of (method, budget), or skip with the reason it cannot run."""
+def committed(session: Any, method: str, budget: int) -> str | None:
+    """The expectation file holding (method, K) for the session's model and T/prompt variant, or None."""
+    from harness.gates import expected_configs
+
+    path = session.suite_def.directory / "expected.json"
+    configs = expected_configs(path, session.spec.name) or {}
+    return str(path) if session.tag(method, budget) in configs else None
+
+
+def result(session: Any, method: str, budget: int, tracker: Any = None) -> Any:
+    """The session's record of (method, budget). A configuration that cannot run fails with the reason when
+    an expectation is committed for it (it became unreachable or unplannable); otherwise it is skipped with
+    the reason, and a not-run record (reason, measured floor) goes to the tracker once."""
     from harness.methods import UnreachableBudget
 
     ok, why = session.supports(method)
@@ -155,6 +171,17 @@ def result(session: Any, method: str, budget: int) -> Any:
     try:
         return session.record(method, budget)
     except UnreachableBudget as e:
+        where = committed(session, method, budget)
+        if where:
+            pytest.fail(
+                f"{session.spec.name} {session.tag(method, budget)} has a committed expectation in {where} but "
+                f"can no longer run: {e}",
+                pytrace=False,
+            )
+        gone = session.not_run(method, budget, e)
+        if tracker is not None and gone.test_id not in session.logged:
+            session.logged.add(gone.test_id)
+            tracker.log(gone, plot=False)
         pytest.skip(str(e))
 
 
@@ -197,9 +224,42 @@ def suite_hooks(suite: Suite) -> tuple[Any, Any, Any]:
     return pytest_generate_tests, pytest_collection_modifyitems, suite_session
 
 
+SCHEDULES_SCHEMA = (
+    2  # {"schema": 2, "models": {model: {"T<steps>": {"weights": ..., "schedules": {K: steps}}}}}
+)
+
+
+class SchedulesFormatError(ValueError):
+    """schedules.json does not follow its schema (the message names the file)."""
+
+
 def load_schedules(suite: Suite) -> dict[str, Any]:
+    """The suite's schedule snapshots by model, validated (`{}` when the file does not exist)."""
     path = suite.schedules_file
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise SchedulesFormatError(f"{path}: not valid JSON ({e})") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("schema") != SCHEDULES_SCHEMA
+        or not isinstance(data.get("models"), dict)
+    ):
+        raise SchedulesFormatError(f"{path}: not a schedules file of schema {SCHEDULES_SCHEMA}")
+    for model, by_t in data["models"].items():
+        for t, entry in by_t.items() if isinstance(by_t, dict) else [("?", None)]:
+            sched = entry.get("schedules") if isinstance(entry, dict) else None
+            ok = isinstance(sched, dict) and all(
+                isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+                for v in sched.values()
+            )
+            if not ok or not isinstance(entry.get("weights"), str):
+                raise SchedulesFormatError(
+                    f"{path}: models.{model}.{t} needs 'weights' and integer 'schedules'"
+                )
+    return data["models"]
 
 
 def update_schedule(
@@ -210,13 +270,18 @@ def update_schedule(
 
     lock = os.path.join(tempfile.gettempdir(), f"dpcache-{suite.name}-schedules.lock")
     with FileLock(lock):
-        data = load_schedules(suite)
-        entry = data.setdefault(model, {}).setdefault(steps_key, {"weights": weights, "schedules": {}})
+        models = load_schedules(suite)
+        entry = models.setdefault(model, {}).setdefault(steps_key, {"weights": weights, "schedules": {}})
         if entry.get("weights") != weights:
             entry["schedules"] = {}
         entry["weights"] = weights
         entry["schedules"][str(budget)] = steps
-        tmp = suite.schedules_file.with_suffix(f".{os.getpid()}.tmp")
-        text = json.dumps(data, indent=2, sort_keys=True)
-        tmp.write_text(re.sub(r"\[[\d,\s]+\]", lambda m: json.dumps(json.loads(m[0])), text) + "\n")
-        os.replace(tmp, suite.schedules_file)
+        write_schedules(suite.schedules_file, models)
+
+
+def write_schedules(path: Path, models: dict[str, Any]) -> None:
+    """Atomically write the snapshot (schema 2), one line per schedule."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    text = json.dumps({"schema": SCHEDULES_SCHEMA, "models": models}, indent=2, sort_keys=True)
+    tmp.write_text(re.sub(r"\[[\d,\s]+\]", lambda m: json.dumps(json.loads(m[0])), text) + "\n")
+    os.replace(tmp, path)

@@ -143,12 +143,15 @@ def test_benchmarks_md_uses_latest_tiny_run_per_model(tmp_path):
     flux = md.split("## flux-tiny")[1].split("## wan-tiny")[0]
     assert "| method | K | FLOPs × | wall × | PSNR (dB) | SSIM | adherence |" in flux
     assert "| full | 20 | 1.00× | 1.00× | ref | 1.0000 | 0.67 |" in flux
-    assert "| dpcache | 10 | 1.95× | 1.56× | 38.00 | 0.8800 | 0.67 |" in flux
-    assert "| teacache | 10 | 1.90× | 1.52× | n/a[1] |" in flux and f"[1] {PSNR_WHY}" in flux
+    assert "| dpcache | 10 (measured 10.2) | 1.95× | 1.56× | 38.00 | 0.8800 | 0.67 |" in flux
+    assert "| teacache | 10 (measured 10.2) | 1.90× | 1.52× | n/a[1] |" in flux and f"[1] {PSNR_WHY}" in flux
     rows = [
         line.split(" | ")[0:2] for line in flux.splitlines() if line.startswith("| ") and "method" not in line
     ]
-    assert rows[0] == ["| full", "20"] and rows[1] == ["| dpcache", "10"]  # full first, then K descending
+    assert rows[0] == ["| full", "20"] and rows[1] == [
+        "| dpcache",
+        "10 (measured 10.2)",
+    ]  # full, then K desc.
     with pytest.raises(ValueError, match="no tiny-scale records"):
         benchmarks_markdown(src, invocation="nope")
 
