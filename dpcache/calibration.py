@@ -95,16 +95,119 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def _part_name(prompt: str, seed: int, num_steps: int, predictor: Predictor, model_id: str) -> str:
-    key = json.dumps([prompt, seed, num_steps, predictor.spec, model_id], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:24] + ".npz"
+PART_FORMAT = (
+    2  # 2: parts keyed by one content hash of everything that changes them (was prompt/seed/T/model)
+)
 
 
-def _save_atomic_npz(path: Path, array: np.ndarray) -> None:
+def _fingerprint(value: object) -> object:
+    """Plain JSON data standing for a call argument: arrays, tensors and images by the hash of their bytes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value if not isinstance(value, float) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): _fingerprint(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_fingerprint(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return {"tensor": str(t.dtype), "shape": list(t.shape), "sha": hashlib.sha256(raw).hexdigest()}
+    if isinstance(value, np.ndarray) or hasattr(value, "tobytes"):
+        arr = np.asarray(value)
+        return {
+            "array": str(arr.dtype),
+            "shape": list(arr.shape),
+            "sha": hashlib.sha256(arr.tobytes()).hexdigest(),
+        }
+    if isinstance(value, torch.dtype):
+        return str(value)
+    return f"{type(value).__name__}:{value!r}"
+
+
+def weights_fingerprint(pipe) -> str:
+    """sha256 over every module component's state dict (names, dtypes, shapes, bytes): part of each
+    calibration part's key, so parts of other weights are never reused."""
+    h = hashlib.sha256()
+    components = getattr(pipe, "components", None) or {"transformer": transformer_of(pipe)}
+    for name, comp in sorted(components.items()):
+        if not hasattr(comp, "state_dict"):
+            continue
+        h.update(f"component {name}\0".encode())
+        for key, t in sorted(comp.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\0".encode())
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def part_key(
+    prompt: str,
+    seed: int,
+    num_steps: int,
+    predictor: Predictor,
+    model_id: str,
+    *,
+    weights: str,
+    call: dict,
+    dtype: str,
+    context: str | None,
+    max_jump: int | None,
+    sentinel_alpha: float,
+    device: str,
+) -> str:
+    """The canonical JSON of everything that changes a calibration part's content (prompt, seed, T, predictor
+    and order, model id and weights hash, every call setting — resolution, frames, guidance … —, dtype,
+    context, cost settings, device, part format)."""
+    return json.dumps(
+        {
+            "part_format": PART_FORMAT,
+            "prompt": prompt,
+            "seed": int(seed),
+            "num_steps": int(num_steps),
+            "predictor": predictor.spec,
+            "model_id": model_id,
+            "weights": weights,
+            "call": _fingerprint(call),
+            "dtype": dtype,
+            "context": context,
+            "max_jump": max_jump,
+            "sentinel_alpha": repr(float(sentinel_alpha)),
+            "device": device,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _part_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".npz"
+
+
+def _load_part(path: Path, key: str, num_steps: int) -> np.ndarray | None:
+    """A stored part made under exactly `key`, or None (absent, or unreadable: then recomputed, with a warning)."""
+    import warnings
+
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored_key, cost = str(data["key"]), data["cost"]
+    except Exception as exc:  # truncated / not an npz / no key: never reused
+        warnings.warn(
+            f"{path}: unreadable calibration part ({type(exc).__name__}); computing it again", stacklevel=3
+        )
+        return None
+    if stored_key != key or cost.shape != (num_steps, num_steps + 1, num_steps + 1):
+        warnings.warn(f"{path}: calibration part made under other settings; computing it again", stacklevel=3)
+        return None
+    return cost
+
+
+def _save_atomic_npz(path: Path, array: np.ndarray, key: str = "") -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, cost=array)
+            np.savez(f, cost=array, key=np.array(key))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -130,12 +233,16 @@ def calibrate(
     device: str | torch.device | None = None,
     progress: bool = True,
     out: str | os.PathLike | None = None,
+    weights_id: str | None = None,
 ):
     """Calibrate a pipeline: build its Path-Aware Cost Tensor from full-compute runs of `prompts`.
 
     Each prompt runs once at full compute with seed `seeds[i]` (default 42 + i); the last-block features
     are streamed to host memory and turned into that prompt's cost tensor, which is written to `work_dir`
-    (atomically) so a killed calibration restarts from the prompts already done. The result is the
+    (atomically) so a killed calibration restarts from the prompts already done. A part is named by one
+    content hash of everything that changes it (`part_key`: prompt, seed, T, predictor, model id, weights —
+    `weights_id`, or the hash of every component's state dict —, every call setting, dtype, context, device),
+    so a part made under other settings is never reused. The result is the
     per-cell mean over prompts, with metadata; it is saved to `out` when given.
 
     Example:
@@ -161,13 +268,35 @@ def calibrate(
         parts.mkdir(parents=True, exist_ok=True)
     costs: list[np.ndarray] = []
     dtype = None
+    transformer = transformer_of(pipe)
+    param = next(transformer.parameters())
+    model_dtype = str(param.dtype).replace("torch.", "")
+    weights = (weights_id or weights_fingerprint(pipe)) if parts is not None else ""
+    where = f"{param.device.type}|cost on {device or 'cpu'}"  # the pipeline's device, then the cost's
     bar = tqdm(list(zip(prompts, seeds)), desc="calibrating", unit="prompt", disable=not progress)
     for prompt, seed in bar:
-        part = parts / _part_name(prompt, seed, num_inference_steps, predictor, model_id) if parts else None
-        if part is not None and part.exists():
-            with np.load(part, allow_pickle=False) as data:
-                costs.append(data["cost"])
-            continue
+        part = key = None
+        if parts is not None:
+            call = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
+            key = part_key(
+                prompt,
+                seed,
+                num_inference_steps,
+                predictor,
+                model_id,
+                weights=weights,
+                call=call,
+                dtype=model_dtype,
+                context=context,
+                max_jump=max_jump,
+                sentinel_alpha=sentinel_alpha,
+                device=where,
+            )
+            part = parts / _part_name(key)
+            found = _load_part(part, key, num_inference_steps)
+            if found is not None:
+                costs.append(found)
+                continue
 
         def run(prompt=prompt, seed=seed):
             gen = torch.Generator("cpu").manual_seed(seed)
@@ -186,9 +315,8 @@ def calibrate(
         )
         del feats
         if part is not None:
-            _save_atomic_npz(part, cost)
+            _save_atomic_npz(part, cost, key)
         costs.append(cost)
-    transformer = transformer_of(pipe)
     ct = CostTensor.from_array(
         mean_finite(costs),
         num_steps=num_inference_steps,
@@ -202,7 +330,7 @@ def calibrate(
         sentinel_alpha=sentinel_alpha,
         prompt_hashes=[prompt_hash(p) for p in prompts],
         seeds=seeds,
-        dtype=dtype or str(next(transformer.parameters()).dtype).replace("torch.", ""),
+        dtype=dtype or model_dtype,
         dpcache_version=__version__,
         source="calibrated",
     )

@@ -149,3 +149,50 @@ def test_prompt_sets_follow_the_released_rules(tmp_path):
         load_prompts(str(tmp_path / "missing.txt"))
     with pytest.raises(ValueError, match="sampling rule"):
         load_prompts("drawbench", "every", 3)
+
+
+def test_parts_are_keyed_by_every_setting_that_changes_them(flux, tmp_path):
+    """Issue 15 #1: a 16x16 calibration into the work dir of a 32x32 one reused its parts (bit-identical
+    tensor in 6 s). Every setting that changes a part's content must change its key."""
+    pipe, base = flux
+    prompts = ["a red 1 on a black background"]
+    common = dict(num_inference_steps=4, work_dir=tmp_path, progress=False, model_id="flux-tiny-random")
+    big = calibrate(pipe, prompts, call_kwargs={**base, "height": 32, "width": 32}, **common)
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    small = calibrate(pipe, prompts, call_kwargs={**base, "height": 16, "width": 16}, **common)
+    assert len(list(tmp_path.glob("*.npz"))) == 2, "the 16x16 run must compute its own part"
+    assert not np.array_equal(big.cost, small.cost)
+    again = calibrate(pipe, prompts, call_kwargs={**base, "height": 16, "width": 16}, **common)
+    assert np.array_equal(again.cost, small.cost) and len(list(tmp_path.glob("*.npz"))) == 2
+    # guidance, weights and the predictor order are in the key too
+    calibrate(pipe, prompts, call_kwargs={**base, "height": 16, "width": 16, "true_cfg_scale": 2.0}, **common)
+    assert len(list(tmp_path.glob("*.npz"))) == 3
+    calibrate(pipe, prompts, call_kwargs={**base, "height": 16, "width": 16}, weights_id="other", **common)
+    assert len(list(tmp_path.glob("*.npz"))) == 4
+    calibrate(
+        pipe,
+        prompts,
+        call_kwargs={**base, "height": 16, "width": 16},
+        predictor=TaylorPredictor(order=1),
+        **common,
+    )
+    assert len(list(tmp_path.glob("*.npz"))) == 5
+
+
+def test_a_part_that_does_not_match_its_key_is_never_reused(flux, tmp_path):
+    from dpcache import calibration as cal
+
+    pipe, base = flux
+    prompts = ["a blue 2 on a white background"]
+    common = dict(num_inference_steps=4, work_dir=tmp_path, progress=False, model_id="m", call_kwargs=base)
+    first = calibrate(pipe, prompts, **common)
+    (part,) = tmp_path.glob("*.npz")
+    np.savez(part, cost=np.zeros_like(first.cost), key=np.array("another key"))  # e.g. an old-format part
+    with pytest.warns(UserWarning, match="other settings"):
+        second = calibrate(pipe, prompts, **common)
+    assert np.array_equal(second.cost, first.cost)
+    part.write_bytes(part.read_bytes()[:40])  # truncated
+    with pytest.warns(UserWarning, match="unreadable calibration part"):
+        third = calibrate(pipe, prompts, **common)
+    assert np.array_equal(third.cost, first.cost)
+    assert cal.weights_fingerprint(pipe) == cal.weights_fingerprint(pipe)
