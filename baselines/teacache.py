@@ -29,6 +29,10 @@ from .base import FAMILIES, CacheMethod, Calibration, register
 _STEP_HOOK = "teacache_step_hook"
 _BLOCK_HOOK = "teacache_block_hook"
 
+# the indicator each family uses (recorded in fitted artifacts, so a fit for another indicator is refused)
+INDICATOR = "block0-modulated;wan-e0"
+# Wan: the authors' --use_ret_steps mode (5 retention steps per branch, no forced last step)
+WAN_RET_STEPS = (5, 0)
 FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
 IDENTITY = (1.0, 0.0)
 
@@ -39,13 +43,23 @@ class TeaCacheConfig:
     Model", CVPR 2025), ported from `ali-vilab/TeaCache` (TeaCache4FLUX, TeaCache4Wan2.1, TeaCache4HunyuanVideo).
 
     At every step the indicator `m_t` — the timestep-modulated input of block 0 (FLUX, HunyuanVideo:
-    `norm1(x, emb=temb)[0]`; Wan: `norm1(x) * (1 + scale_msa) + shift_msa` from the block's scale-shift table, where
-    the authors' Wan2.1 script uses the bare timestep embedding instead; DiT: the ada-norm-zero `norm1`; any other
-    block: its raw input, a generic fallback) — is compared with the previous step's: `E += poly(rel(m_t, m_{t-1}))`.
-    While `E < rel_l1_thresh` the whole block stack is skipped and `x_t + R_last` returned (`R` = stack output −
-    stack input of the last computed step); otherwise the stack runs and `E = 0`. The first and the last step are
-    always computed. State is per cache context (CFG branch, as the authors' Wan even/odd accumulators) and per
-    batch row (so a batch equals its samples run alone, and DiT's batched CFG halves stay separate).
+    `norm1(x, emb=temb)[0]`; DiT: the ada-norm-zero `norm1`; any other block: its raw input, a generic fallback) or,
+    on Wan, the timestep projection `e0` (the block's `temb`, (B, 6, D)) as in the authors' Wan2.1 script with
+    `--use_ret_steps` — is compared with the previous step's: `E += poly(rel(m_t, m_{t-1}))`. While
+    `E < rel_l1_thresh` the whole block stack is skipped and `x_t + R_last` returned (`R` = stack output − stack
+    input of the last computed step); otherwise the stack runs and `E = 0`. The first `first_full_steps` and the
+    last `last_full_steps` steps are always computed (FLUX, HunyuanVideo, DiT: 1 / 1; Wan: the authors' 5
+    retention steps / 0). State is per cache context (CFG branch, as the authors' Wan even/odd accumulators) and
+    per batch row (so a batch equals its samples run alone, and DiT's batched CFG halves stay separate).
+
+    Fidelity (benchmarks/fidelity, `reports/competitors.md`): against ali-vilab/TeaCache @ 7c10efc
+    (`TeaCache4FLUX/teacache_flux.py`, its forward loaded at run time on flux-tiny, T = 10, thresholds 0 / 0.4 / 1,
+    both with the published FLUX polynomial): identical images (max |ours − theirs| = 0) and computed steps. Wan:
+    the authors' forward is written for the official `WanModel`, not diffusers', so it is checked by reading:
+    indicator `e0` and 5 retention steps per branch with `--use_ret_steps` (ported; the port used block 0's
+    modulated input and no retention steps before). Differences kept: the tiny models' polynomials are fitted by
+    `calibrate_teacache` with the authors' recipe (no published coefficients exist for them; the fit's R² is stored
+    in the artifacts), and the batch is handled per row (the authors' code assumes one sample per call).
 
     Args:
         num_inference_steps: T (the last step is always computed).
@@ -86,9 +100,10 @@ def modulated_input(block: torch.nn.Module, args: tuple, kwargs: dict) -> torch.
     norm1 = getattr(block, "norm1", None)
     if norm1 is not None and hasattr(block, "scale_shift_table") and params.get("temb") is not None:
         temb = params["temb"]
-        if temb.dim() == 3:  # Wan: (B, 6, D) timestep projection
-            shift, scale = (block.scale_shift_table + temb.float()).chunk(6, dim=1)[:2]
-            return norm1(hidden.float()) * (1 + scale) + shift
+        if (
+            temb.dim() >= 3
+        ):  # Wan: the (B, 6, D) timestep projection e0 itself, as the authors' --use_ret_steps
+            return temb.float()
     if norm1 is not None and type(norm1).__name__ == "AdaLayerNormZero":
         if params.get("temb") is not None:  # FLUX, HunyuanVideo double-stream blocks
             return norm1(hidden, emb=params["temb"])[0]
@@ -184,15 +199,25 @@ def _is_flux_dev(transformer: torch.nn.Module) -> bool:
     return layout.model_class == "FluxTransformer2DModel" and len(layout.blocks) == 19 + 38
 
 
+def _is_wan(transformer: torch.nn.Module) -> bool:
+    return block_layout(transformer).model_class == "WanTransformer3DModel"
+
+
 def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
     transformer = transformer_of(pipe)
     if artifacts and artifacts.get("coefficients"):
+        if artifacts.get("indicator") != INDICATOR:
+            raise ValueError(
+                f"TeaCache coefficients fitted for indicator {artifacts.get('indicator', 'wan-modulated-x')!r}, "
+                f"this port uses {INDICATOR!r}: delete the cached teacache artifacts of {artifacts.get('model')}"
+            )
         coefficients, source = tuple(artifacts["coefficients"]), f"fitted:{artifacts.get('model', '?')}"
     elif _is_flux_dev(transformer):
         coefficients, source = FLUX_COEFFICIENTS, "flux-published"
     else:
         coefficients, source = IDENTITY, "identity"
-    apply_teacache(pipe, TeaCacheConfig(num_steps, knob, coefficients, source))
+    first, last = WAN_RET_STEPS if _is_wan(transformer) else (1, 1)
+    apply_teacache(pipe, TeaCacheConfig(num_steps, knob, coefficients, source, first, last))
 
 
 def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
@@ -208,14 +233,21 @@ def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
     ys = np.array([v for _, y in record for v in y], dtype=np.float64)
     if len(xs) <= degree:
         raise ValueError(f"TeaCache calibration needs more than {degree} step pairs, got {len(xs)}")
+    coefficients = np.polyfit(xs, ys, degree)
+    fit = np.polyval(coefficients, xs)
     artifacts = {
         "method": "teacache",
         "model": calibration.model_name,
         "num_steps": calibration.num_steps,
         "degree": degree,
         "points": len(xs),
-        "coefficients": [float(c) for c in np.polyfit(xs, ys, degree)],
-        "recipe": "np.polyfit(rel-L1 of block-0 modulated input, rel-L1 of the stack output) over full runs",
+        "coefficients": [float(c) for c in coefficients],
+        "indicator": INDICATOR,
+        # how well the polynomial predicts the output change from the indicator change over the calibration runs
+        "r2": float(1 - np.sum((ys - fit) ** 2) / max(np.sum((ys - ys.mean()) ** 2), 1e-30)),
+        "mean_abs_rel_error": float(np.mean(np.abs(ys - fit) / np.maximum(np.abs(ys), 1e-12))),
+        "recipe": "np.polyfit(rel-L1 of the indicator, rel-L1 of the stack output, 4) over every (step, branch) pair "
+        "of full-compute runs of the calibration prompts (the authors' recipe)",
     }
     out_dir = Path(calibration.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,6 +263,7 @@ METHOD = register(
         families=frozenset(FAMILIES),
         knob="rel_l1_thresh",
         knob_range=(0.0, 5.0),
+        config_id="wan-e0-ret5",
         compute_grows_with_knob=False,
         never_skip=0.0,
         apply=_apply,
@@ -239,7 +272,8 @@ METHOD = register(
         calibrate=calibrate_teacache,
         origin=(
             "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
-            "calibrate (degree 4, authors' recipe), else identity; indicator for Wan/DiT is the block-0 modulated input"
+            "calibrate (degree 4, authors' recipe), else identity; Wan: indicator e0 and 5 retention steps (authors' "
+            "--use_ret_steps); DiT: the block-0 ada-norm modulated input"
         ),
     )
 )
