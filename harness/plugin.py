@@ -25,6 +25,7 @@ MARKERS = {
     "nightly": "long-running, full-scale (nightly GPU workflow)",
 }
 _WORKER_KEY = "dpcache_invocation"
+pytest_plugins = ["harness.sharding"]  # the nightly fan-out: --shard I/N, --shard-by, --cache-dir
 
 
 @dataclass
