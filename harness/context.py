@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_CACHE_DIR = Path(".dpcache-cache")
+CACHE_DIR_ENV = "DPCACHE_CACHE_DIR"
+
+
+def resolve_cache_dir(
+    option: str | os.PathLike[str] | None = None, root: str | os.PathLike[str] = "."
+) -> Path:
+    """The calibration / budget / reference cache: `option` (`--cache-dir`), else $DPCACHE_CACHE_DIR, else
+    <root>/.dpcache-cache. Point it outside the checkout to keep calibrations across runs (the nightly does)."""
+    chosen = option or os.environ.get(CACHE_DIR_ENV)
+    return Path(chosen).expanduser() if chosen else Path(root) / DEFAULT_CACHE_DIR
 
 
 class PromptOverlapError(ValueError):

@@ -102,6 +102,7 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
     """The suite model's `BenchSession` (skips with the registry's reason when its weights are absent)."""
     import torch
 
+    from harness.context import resolve_cache_dir
     from harness.references import ReferenceStore
     from harness.runner import BenchSession
     from harness.zoo.registry import availability, get_spec
@@ -124,7 +125,7 @@ def open_session(suite: Suite, bench_options: Any, config: pytest.Config) -> Any
     torch.set_num_threads(int(os.environ.get("DPCACHE_THREADS", "1")))
     root = Path(config.rootpath)
     refs = bench_options.refs_dir or suite.references_dir
-    cache = root / ".dpcache-cache"
+    cache = resolve_cache_dir(config.getoption("dpcache_cache_dir", None), root)  # --cache-dir or env
     if bench_options.update_references:
         store, committed = ReferenceStore(refs, refresh=True), None
     else:
