@@ -1,8 +1,9 @@
 """The `dpcache` command line: plan schedules, convert released tensors, inspect cost tensor files.
 
-Pipeline commands (`calibrate`, `generate`) are registered from ``dpcache.cli_pipeline``. Every
-subcommand sets ``func(args) -> int``; any DPCacheError or OSError becomes one line on stderr and
-exit code 2.
+Pipeline commands (`calibrate`, `generate`) are registered from ``dpcache.cli_pipeline``; a new
+subcommand module adds itself in `build_parser` with one `register_*(sub)` call. Every subcommand sets
+``func(args) -> int`` and validates its arguments with ``dpcache.cli_args`` before any work; any
+DPCacheError or OSError becomes one line on stderr and exit code 2, SIGINT one line and exit 130.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpcache import cli_args as ca
 from dpcache.cost_tensor import CostTensor
 from dpcache.errors import DPCacheError
 from dpcache.planner import SOLVERS, Schedule, default_max_jump, mandatory_steps, plan, plan_all_budgets
@@ -71,6 +73,13 @@ def load_cost_tensor(path: str, args: argparse.Namespace) -> CostTensor:
     return tensor
 
 
+def _check_planning_flags(args: argparse.Namespace) -> None:
+    ca.check_steps(getattr(args, "steps", None))
+    ca.int_in("--first-full", getattr(args, "first_full", None), 0, ca.MAX_STEPS)
+    ca.int_in("--last-full", getattr(args, "last_full", None), 0, ca.MAX_STEPS)
+    ca.int_in("--max-jump", getattr(args, "max_jump", None), 1, ca.MAX_STEPS)
+
+
 def _planning_options(tensor: CostTensor, args: argparse.Namespace) -> dict:
     return {
         "first_full_steps": tensor.meta.first_full_steps if args.first_full is None else args.first_full,
@@ -81,9 +90,10 @@ def _planning_options(tensor: CostTensor, args: argparse.Namespace) -> dict:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    _check_planning_flags(args)
+    budgets = parse_budgets(args.budget)
     tensor = load_cost_tensor(args.cost, args)
     opts = _planning_options(tensor, args)
-    budgets = parse_budgets(args.budget)
     if budgets is not None and len(budgets) == 1:
         schedules = {budgets[0]: plan(tensor, budgets[0], **opts)}
     else:
@@ -110,6 +120,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".safetensors":
         raise DPCacheError(f"--out must end in .safetensors, got {out}")
+    _check_planning_flags(args)
+    ca.int_in("--order", args.order, 0, ca.MAX_ORDER)
+    ca.finite("--sentinel-alpha", args.sentinel_alpha, 0.0)
+    ca.check_input_file("SRC", args.src)
+    ca.check_output_file("--out", out)
     meta = {
         "num_steps": args.steps,
         "model_id": args.model_id,
@@ -155,6 +170,8 @@ def _plot(tensor: CostTensor, png: str, opts: dict) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     args.steps = None
+    _check_planning_flags(args)
+    ca.check_output_file("--plot", args.plot)
     tensor = load_cost_tensor(args.file, args)
     meta = tensor.meta
     for name, value in vars(meta).items():
@@ -192,9 +209,7 @@ def _add_planning_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dpcache", description="DPCache: cost tensors and key-step schedules."
-    )
+    parser = ca.OneLineParser(prog="dpcache", description="DPCache: cost tensors and key-step schedules.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("plan", help="pick K key steps from a cost tensor")
@@ -232,18 +247,20 @@ def build_parser() -> argparse.ArgumentParser:
     from dpcache.cli_pipeline import register_pipeline_commands
 
     register_pipeline_commands(sub)
+    from dpcache.cli_tune import register_tune_commands
+
+    register_tune_commands(sub)  # `tune`, and `generate --schedule-file`
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dpcache` command; returns the exit code."""
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (DPCacheError, OSError) as exc:
-        message = " ".join(str(exc).split())
-        print(f"dpcache: error: {message}", file=sys.stderr)
-        return 2
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("dpcache: interrupted", file=sys.stderr)
+        return ca.EXIT_INTERRUPTED
+    return ca.run_main("dpcache", args.func, args)
 
 
 if __name__ == "__main__":

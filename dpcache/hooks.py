@@ -38,10 +38,16 @@ class DPCacheConfig:
         cost: a `CostTensor` or the path of a `.safetensors` cost tensor.
         first_full_steps: steps 0 … M-1 are always key steps (released: FLUX 3, Wan 4).
         last_full_steps: the final L steps are always key steps (released: FLUX 0, Wan 1).
-        order: Taylor order of the default predictor (released: 2).
+        order: Taylor order of the default predictor (default 2, as released; with a schedule file, the
+            file's order, and a different explicit order is refused).
         predictor: a custom `Predictor`; it must be the one the cost tensor was calibrated with.
         solver: "exact" (true minimum of the path cost, default) or "official" (released recurrence).
         max_jump: longest distance between key steps (default `max(int(0.3 T), 1)`).
+        segment_orders: with `schedule`, the Taylor order of the predictions after each key step (one per
+            key step, each <= `order`); default: `order` everywhere.
+        schedule_file: a file written by `dpcache tune`: its key steps, per-segment orders and first/last
+            full steps are used; it is refused (naming the field) for another T, predictor or `model_id`.
+        model_id: the model this runs on, checked against a schedule file when given.
     """
 
     num_inference_steps: int = 50
@@ -50,20 +56,65 @@ class DPCacheConfig:
     cost: object | None = None
     first_full_steps: int = 3
     last_full_steps: int = 0
-    order: int = 2
+    order: int | None = None
     predictor: Predictor | None = None
     solver: str = "exact"
     max_jump: int | None = None
+    segment_orders: Sequence[int] | None = None
+    schedule_file: str | os.PathLike | None = None
+    model_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self._tuned = None
+        if self.schedule_file is not None:
+            self._load_schedule_file()  # fail at construction, before any model runs
+
+    def _load_schedule_file(self):
+        if self._tuned is None:
+            from .schedule_file import ScheduleFile
+
+            if self.schedule is not None or self.cost is not None:
+                raise DPCacheError("give either `schedule_file` or `schedule` / `cost`, not both")
+            tuned = ScheduleFile.load(self.schedule_file)
+            pred = self.predictor
+            tuned.check_compatible(
+                num_steps=self.num_inference_steps,
+                predictor=pred.name if pred is not None else None,
+                predictor_order=pred.order if pred is not None else self.order,
+                model_id=self.model_id,
+                source=f"schedule file {self.schedule_file}",
+            )
+            self._tuned = tuned
+        return self._tuned
 
     def make_predictor(self) -> Predictor:
         """The predictor each cache context clones (the released warm-up gate for the default one)."""
+        tuned = self._load_schedule_file() if self.schedule_file is not None else None
+        first = tuned.first_full_steps if tuned else self.first_full_steps
+        order = tuned.predictor_order if tuned else (2 if self.order is None else self.order)
+        if tuned:
+            segments = tuned.orders_by_step
+        elif self.segment_orders is not None:
+            steps = self.resolve_schedule()
+            if len(self.segment_orders) != len(steps):
+                raise DPCacheError(
+                    f"segment_orders needs one order per key step ({len(steps)}), got {len(self.segment_orders)}"
+                )
+            segments = dict(zip(steps, self.segment_orders))
+        else:
+            segments = {}
         if self.predictor is not None:
-            return self.predictor.clone()
-        return TaylorPredictor(order=self.order, derivative_start=max(self.first_full_steps - 1, 0))
+            return self.predictor.clone(segment_orders=segments) if segments else self.predictor.clone()
+        try:
+            return TaylorPredictor(order=order, derivative_start=max(first - 1, 0), segment_orders=segments)
+        except ValueError as exc:
+            raise DPCacheError(str(exc)) from None
 
     def resolve_schedule(self) -> tuple[int, ...]:
-        """The sorted key steps: the explicit schedule, or the plan of `cost` at `budget`."""
+        """The sorted key steps: the schedule file's, the explicit schedule, or the plan of `cost` at `budget`."""
         T = self.num_inference_steps
+        if self.schedule_file is not None:
+            return tuple(self._load_schedule_file().key_steps)
         if self.schedule is not None:
             steps = tuple(getattr(self.schedule, "key_steps", self.schedule))
             if list(steps) != sorted(set(steps)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -78,15 +78,25 @@ class TaylorPredictor(Predictor):
     Args:
         order: highest difference order (0 = plain reuse of the last key feature; 1, 2, 3 …).
         derivative_start: first key step at which difference terms may be formed.
+        segment_orders: optional order per segment, keyed by the key step the segment starts at: the
+            steps predicted after key step `s` use the first `segment_orders[s] + 1` factors (exactly the
+            prediction of an order-`segment_orders[s]` predictor); segments not listed use `order`.
     """
 
     name = "taylor"
 
-    def __init__(self, order: int = 2, derivative_start: int = 0) -> None:
+    def __init__(
+        self, order: int = 2, derivative_start: int = 0, segment_orders: Mapping[int, int] | None = None
+    ) -> None:
         if not isinstance(order, int) or order < 0:
             raise ValueError(f"TaylorPredictor order must be an integer >= 0, got {order!r}")
+        seg = {int(s): int(o) for s, o in (segment_orders or {}).items()}
+        bad = {s: o for s, o in seg.items() if not 0 <= o <= order}
+        if bad:
+            raise ValueError(f"segment orders must lie in 0..{order} (the predictor's order), got {bad}")
         self.order = order
         self.derivative_start = derivative_start
+        self.segment_orders = seg
         self.reset()
 
     def reset(self) -> None:
@@ -110,13 +120,21 @@ class TaylorPredictor(Predictor):
             raise RuntimeError("TaylorPredictor.predict called before any key step was seen")
         if step <= self._last_step:
             raise ValueError(f"cannot predict step {step}: the last key step is {self._last_step}")
-        out = taylor_evaluate(self._factors, step - self._last_step)
+        factors = self._factors
+        if self.segment_orders:
+            factors = factors[: self.segment_orders.get(self._last_step, self.order) + 1]
+        out = taylor_evaluate(factors, step - self._last_step)
         if self._dtype == torch.float16:
             out = out.clamp(-_FP16_MAX, _FP16_MAX)
         return out.to(self._dtype)
 
     def clone(self, **overrides) -> TaylorPredictor:
-        kwargs = {"order": self.order, "derivative_start": self.derivative_start, **overrides}
+        kwargs = {
+            "order": self.order,
+            "derivative_start": self.derivative_start,
+            "segment_orders": self.segment_orders,
+            **overrides,
+        }
         return TaylorPredictor(**kwargs)
 
     def calibration_history(self, anchor: int) -> list[int]:
@@ -124,7 +142,8 @@ class TaylorPredictor(Predictor):
         return list(range(anchor - max(self.order - 1, 0), anchor + 1))
 
     def __repr__(self) -> str:
-        return f"TaylorPredictor(order={self.order}, derivative_start={self.derivative_start})"
+        seg = f", segment_orders={self.segment_orders}" if self.segment_orders else ""
+        return f"TaylorPredictor(order={self.order}, derivative_start={self.derivative_start}{seg})"
 
 
 def make_predictor(name: str, order: int, derivative_start: int = 0) -> Predictor:
