@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from .errors import DPCacheError
+from . import cli_args as ca
+from .errors import DPCacheError, InputFileError
 
 CALL_DEFAULTS_FILE = "dpcache_call.json"
 
@@ -37,7 +38,15 @@ def load_pipeline(path_or_id: str, device: str = "cpu", dtype: str | None = None
 def call_defaults(path_or_id: str) -> dict:
     """Default call kwargs shipped next to a pipeline (`dpcache_call.json`), e.g. a tiny model's size."""
     f = Path(path_or_id) / CALL_DEFAULTS_FILE
-    return json.loads(f.read_text()) if f.is_file() else {}
+    if not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise InputFileError(f, f"unreadable call defaults ({ca.one_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise InputFileError(f, "call defaults must be a JSON object")
+    return data
 
 
 def prompt_kwargs(pipe, prompt: str) -> dict:
@@ -78,6 +87,27 @@ def _call_kwargs(args: argparse.Namespace) -> dict:
     kwargs.update(_parse_sets(args.set))
     kwargs.pop("num_inference_steps", None)
     return kwargs
+
+
+def check_pipeline_args(args: argparse.Namespace, call: dict) -> None:
+    """Everything `calibrate` / `generate` get, checked before the pipeline loads (`dpcache.cli_args`)."""
+    local = Path(args.pipeline).is_dir()
+    limit = ca.model_step_limit(args.pipeline if local else None)
+    ca.check_steps(args.steps, limit)
+    ca.int_in("--order", args.order, 0, ca.MAX_ORDER)
+    ca.int_in("--first-full", args.first_full, 0, args.steps, "at most --steps")
+    ca.int_in(
+        "--last-full",
+        args.last_full,
+        0,
+        args.steps - args.first_full,
+        "--first-full + --last-full <= --steps",
+    )
+    ca.int_in("--seed", args.seed, 0, ca.MAX_SEED - 10_000)
+    args.device = ca.resolve_device(args.device)
+    if args.dtype is not None and args.dtype not in ("float32", "float16", "bfloat16", "float64"):
+        raise ca.UsageError(f"--dtype must be float32, float16, bfloat16 or float64, got {args.dtype!r}")
+    ca.check_call_kwargs(call)
 
 
 def _is_video(pipe) -> bool:
@@ -124,6 +154,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DPCacheError("give either --cost FILE --budget K, or --no-cache")
     if args.cost is not None and args.budget is None:
         raise DPCacheError("--cost needs --budget K")
+    call = _call_kwargs(args)
+    check_pipeline_args(args, call)
+    ca.int_in("--budget", args.budget, 1, args.steps, "at most --steps")
+    ca.check_output_file("--out", args.out)
     cfg = None
     if args.cost is not None:
         from .cost_tensor import CostTensor
@@ -147,7 +181,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg.schedule = cfg.resolve_schedule()  # plan before the slow model load, so bad input fails fast
     pipe = load_pipeline(args.pipeline, args.device, args.dtype)
     schedule = apply_dpcache(pipe, cfg) if cfg is not None else None
-    kwargs = {**_call_kwargs(args), **prompt_kwargs(pipe, args.prompt)}
+    kwargs = {**call, **prompt_kwargs(pipe, args.prompt)}
     kwargs["output_type"] = "np" if _is_video(pipe) else "pil"
     gen = torch.Generator("cpu").manual_seed(args.seed)
     start = time.perf_counter()
@@ -168,12 +202,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .predictors import TaylorPredictor
     from .prompts import calibration_seeds, load_prompts
 
-    prompts = load_prompts(args.prompts, args.sample_rule, args.sample_size)
-    pipe = load_pipeline(args.pipeline, args.device, args.dtype)
+    ca.int_in("--sample-size", args.sample_size, 0, None, "0 takes every prompt")
     base = call_defaults(args.pipeline)
     extra = {**base, **_parse_sets(args.set)}
     extra.pop("num_inference_steps", None)
+    check_pipeline_args(args, extra)
     work_dir = args.work_dir or f"{Path(args.out).with_suffix('')}.parts"
+    ca.check_output_file("--out", args.out)
+    ca.check_output_dir("--work-dir", work_dir)
+    try:
+        prompts = load_prompts(args.prompts, args.sample_rule, args.sample_size)
+    except (OSError, ValueError) as exc:
+        raise ca.UsageError(f"--prompts {args.prompts}: {ca.one_line(exc)}") from None
+    ca.check_memory(
+        f"calibrating T={args.steps} on {len(prompts)} prompts (float64 cost tensors)",
+        ca.cost_tensor_bytes(args.steps, len(prompts)),
+        "--steps",
+    )
+    pipe = load_pipeline(args.pipeline, args.device, args.dtype)
     ct = calibrate(
         pipe,
         prompts,
@@ -201,7 +247,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--first-full", type=int, default=3, help="steps 0..M-1 always computed (default 3)")
     p.add_argument("--last-full", type=int, default=0, help="final L steps always computed (default 0)")
     p.add_argument("--seed", type=int, default=42, help="seed (calibration: prompt i uses seed + i)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda (cuda:N), mps or auto (default cpu)")
     p.add_argument("--dtype", default=None, help="torch dtype for the pipeline, e.g. bfloat16")
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="extra pipeline call argument (JSON value)"
