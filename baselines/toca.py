@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +15,7 @@ from dpcache.adapters import block_layout
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
 from ._stack_hooks import (
+    ATTENTION_CHILDREN,
     TOKENWISE_CHILDREN,
     StepHook,
     StepState,
@@ -25,51 +29,76 @@ from .base import FAMILIES, CacheMethod, register
 
 _STEP_HOOK = "toca_step_hook"
 _MODULE_HOOK = "toca_module_hook"
+# joint attention's key order: FLUX puts the text tokens first, HunyuanVideo after the image tokens
+_TEXT_FIRST = {"FluxTransformer2DModel": True, "HunyuanVideoTransformer3DModel": False}
+_PART = {
+    "ff": "img",
+    "ff_context": "txt",
+}  # double-stream MLPs; every other token-wise module sees all tokens
 
 
 @dataclass
 class ToCaConfig:
     """Configuration of ToCa (Zou et al., "Accelerating Diffusion Transformers with Token-wise Feature Caching",
     ICLR 2025), ported from its re-implementation in `Shenyi-Z/TaylorSeer` (TaylorSeer-FLUX `cache_init` mode
-    "ToCa": `fresh_ratio = 0.1`, `first_enhance = 3`; `cal_type`, `cache_cutfresh`, `update_cache`).
+    "ToCa": `cache_type = 'attention'`, `fresh_ratio = 0.1`, `fresh_ratio_schedule = 'ToCa'`, `first_enhance = 3`;
+    `cal_type`, `cache_cutfresh`, `scores.attn_score`, `fresh_ratio_scheduler`, `update_cache`).
 
-    Full steps: the first `first_enhance` steps, then every `interval`-th. On the other (ToCa) steps each block's
-    attention outputs are reused from the cache (as in the authors' FLUX blocks), and each token-wise module (MLPs
-    `ff`, `ff_context`, `ffn`; single-stream `proj_mlp`, `proj_out`) is recomputed for the `fresh_ratio` share of
-    tokens with the highest score only — a real partial computation the FLOP counter sees — and those tokens are
-    written into its cache; the other tokens keep their cached outputs.
+    Full steps: the first `first_enhance` steps, then every `interval`-th. On a full step each block's self / joint
+    attention is computed explicitly (softmax(QKᵀ)V, as the authors' `dot_product_attention`) and its map, averaged
+    over heads and queries, kept as the block's token score (the attention each token receives). On the other (ToCa)
+    steps each block's attention outputs are reused from the cache, and each token-wise module (MLPs `ff`,
+    `ff_context`, `ffn`; single-stream `proj_mlp`, `proj_out`) is recomputed for the tokens with the highest score
+    only — `int(r · N)` of its N tokens, a real partial computation the FLOP counter sees — and those tokens are
+    written into its cache; the other tokens keep their cached outputs. The share follows the authors' 'ToCa'
+    schedule: `r = fresh_ratio · (1.5 − layer / 27) · s`, s = 0.4 in double-stream blocks, 1.6 in single-stream
+    blocks (layer = index within its stream; 27 is the authors' constant), clipped to [0, 1]. A double-stream
+    block's image / text MLPs take the image / text columns of the score. In a FLUX single-stream block
+    `proj_mlp` and `proj_out` refresh the same tokens, so the block output equals the authors' `linear2` of the
+    cached attention and the fresh MLP at those tokens.
 
-    Simplified against the authors: the score is the "similarity" option of their code (1 − cosine similarity of
-    the module's current input token to the input it had when last refreshed) instead of the attention-map score
-    (which needs attention maps from a custom processor); the layer/stream-dependent fresh-ratio schedule and the
-    cache-age bonus (`soft_fresh_weight`, 0 in their ToCa mode) are not ported: the fresh ratio is constant.
+    Fidelity: the TaylorSeer code is written for BFL's `flux` package, not diffusers, so it is checked by reading
+    (Shenyi-Z/TaylorSeer @ 288776d): schedule, score, fresh-ratio schedule and the partial recomputation above
+    follow it. Interpretation: single-stack models (Wan, DiT), which the authors' FLUX code does not cover, take
+    stream factor s = 1; the score of a step is the one of the last full step (as the authors, whose map is only
+    refreshed on full steps). The former port (similarity score, constant ratio) stays available as
+    `score="similarity", schedule="constant"`.
 
     Args:
         interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any
             N; N ≥ T − 3 computes only the warm-up). The authors report N up to 12 (ToCa N=12 on FLUX).
-        fresh_ratio: share of tokens recomputed per token-wise module on ToCa steps (authors: 0.1).
+        fresh_ratio: base share of tokens recomputed per token-wise module on ToCa steps (authors: 0.1).
         first_enhance: the first steps always full (authors' ToCa mode: 3).
-
-    Least compute (`METHOD.budget_limit`): the `first_enhance` steps, plus every ToCa step's partial work (the fresh
-    tokens' MLP rows, the norms, modulation, embedding and output layers) — at T = 50 on flux-tiny K ≥ 6.8
-    (N = 50), dit-tiny K ≥ 7.0. K = 13 and K = 9 are reached on both (flux-tiny N = 6 → 13.3, N = 18 → 8.7;
-    dit-tiny N = 6 → 13.4, N = 18 → 8.8); K = 9 needs intervals beyond the former 1 … 10.
+        score: "attention" (authors' `cache_type`) or "similarity" (1 − cosine similarity to the cached input).
+        schedule: "toca" (authors' layer / stream schedule) or "constant".
     """
 
     interval: int = 5
     fresh_ratio: float = 0.1
     first_enhance: int = 3
     num_inference_steps: int = 50
+    score: str = "attention"
+    schedule: str = "toca"
+
+
+def fresh_ratio_for(base: float, layer: int, stream: str, schedule: str = "toca") -> float:
+    """The authors' 'ToCa' fresh-ratio schedule (step weight 0, layer weight 0.5, stream weight 0.6)."""
+    if schedule == "constant":
+        return min(max(base, 0.0), 1.0)
+    stream_factor = {"double": 1 - 0.6, "single": 1 + 0.6}.get(stream, 1.0)
+    return min(max(base * (1 + 0.5 - 2 * 0.5 * layer / 27) * stream_factor, 0.0), 1.0)
 
 
 class ToCaState(StepState):
-    """Per cache context: whether this step is full, each module's cached output and (token-wise) cached input."""
+    """Per cache context: whether this step is full; each module's cached output, input and each block's score."""
 
     def reset(self) -> None:
         super().reset()
         self.full = True
+        self.record = False
         self.outputs: dict[int, object] = {}
         self.inputs: dict[int, torch.Tensor] = {}
+        self.scores: dict[int, torch.Tensor] = {}
 
 
 class ToCaStepHook(StepHook):
@@ -80,29 +109,73 @@ class ToCaStepHook(StepHook):
         self.config = config
 
     def forward_step(self, module: torch.nn.Module, state: ToCaState, args: tuple, kwargs: dict):
-        state.full = (
-            interval_full(state.step, self.config.interval, self.config.first_enhance) or not state.outputs
+        c = self.config
+        state.full = interval_full(state.step, c.interval, c.first_enhance) or not state.outputs
+        # the score is only needed when a ToCa step follows (so interval 1 runs the fused kernel: == uncached)
+        nxt = state.step + 1
+        state.record = (
+            state.full and nxt < self.num_steps and not interval_full(nxt, c.interval, c.first_enhance)
         )
         if not state.full:
             state.hits += batch_rows(args, kwargs)
         return self.fn_ref.original_forward(*args, **kwargs)
 
 
-class ToCaModuleHook(ModelHook):
-    """On an attention (reused whole) or token-wise module (fresh tokens recomputed, the rest reused)."""
+@contextmanager
+def _attention_maps(sink: list[torch.Tensor]) -> Iterator[None]:
+    """Inside: scaled_dot_product_attention computed explicitly, each map's mean over heads and queries (B, S)
+    appended to `sink` (the authors' `dot_product_attention`; same FLOPs as the fused kernel)."""
+    fused = F.scaled_dot_product_attention
 
-    def __init__(self, manager: ContextStateManager, key: int, tokenwise: bool, fresh_ratio: float) -> None:
+    def explicit(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        if is_causal or kw.get("enable_gqa"):
+            return fused(query, key, value, attn_mask, dropout_p, is_causal, scale, **kw)
+        weight = (query @ key.transpose(-2, -1)) * (
+            1 / math.sqrt(query.shape[-1]) if scale is None else scale
+        )
+        if attn_mask is not None:
+            weight = (
+                weight.masked_fill(~attn_mask, -math.inf)
+                if attn_mask.dtype == torch.bool
+                else weight + attn_mask
+            )
+        attn = weight.softmax(dim=-1)
+        sink.append(attn.mean(dim=1).mean(dim=1))
+        return attn @ value
+
+    torch.nn.functional.scaled_dot_product_attention = explicit
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = fused
+
+
+class ToCaModuleHook(ModelHook):
+    """On an attention module (reused whole; on full steps it records its block's score if `block` is set) or a
+    token-wise module (fresh tokens recomputed, the rest reused)."""
+
+    def __init__(self, manager: ContextStateManager, key: int, config: ToCaConfig, **site) -> None:
         super().__init__()
-        self.manager = manager
-        self.key = key
-        self.tokenwise = tokenwise
-        self.fresh_ratio = fresh_ratio
+        self.manager, self.key, self.config = manager, key, config
+        self.tokenwise: bool = site.get("tokenwise", False)
+        self.block: int | None = site.get("block")  # the block whose score this module records / reads
+        self.ratio: float = site.get("ratio", config.fresh_ratio)
+        self.part: str = site.get("part", "all")
+        self.text_first: bool = site.get("text_first", True)
+        self.records = site.get("records", False)
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: ToCaState = self.manager.get_state()
         x = args[0] if args else kwargs.get("hidden_states")
         if state.full or self.key not in state.outputs:
-            output = self.fn_ref.original_forward(*args, **kwargs)
+            if self.records and state.record and self.config.score == "attention":
+                sink: list[torch.Tensor] = []
+                with _attention_maps(sink):
+                    output = self.fn_ref.original_forward(*args, **kwargs)
+                if sink:
+                    state.scores[self.block] = sink[0].float()
+            else:
+                output = self.fn_ref.original_forward(*args, **kwargs)
             state.outputs[self.key] = output
             if self.tokenwise and isinstance(x, torch.Tensor):
                 state.inputs[self.key] = x
@@ -110,11 +183,11 @@ class ToCaModuleHook(ModelHook):
         cached = state.outputs[self.key]
         if not self.tokenwise or not isinstance(cached, torch.Tensor) or x is None or x.dim() != 3:
             return cached
-        fresh = int(self.fresh_ratio * x.shape[1])
-        if fresh == 0:
+        fresh = int(self.ratio * x.shape[1])
+        score = self._score(state, x)
+        if fresh == 0 or score is None:
             return cached
-        score = 1 - F.cosine_similarity(x.float(), state.inputs[self.key].float(), dim=-1)  # (B, N)
-        idx = score.topk(fresh, dim=1).indices.unsqueeze(-1)  # (B, k, 1)
+        idx = score.argsort(dim=-1, descending=True)[:, :fresh].unsqueeze(-1)  # (B, k, 1), authors' argsort
         fresh_x = x.gather(1, idx.expand(-1, -1, x.shape[-1]))
         rest = args[1:]
         fresh_out = (
@@ -126,6 +199,34 @@ class ToCaModuleHook(ModelHook):
         state.outputs[self.key] = output
         state.inputs[self.key] = state.inputs[self.key].scatter(1, idx.expand(-1, -1, x.shape[-1]), fresh_x)
         return output
+
+    def _score(self, state: ToCaState, x: torch.Tensor) -> torch.Tensor | None:
+        """(B, N) score of this module's tokens: the block's attention columns, or 1 − cosine similarity."""
+        if self.config.score == "similarity":
+            return 1 - F.cosine_similarity(x.float(), state.inputs[self.key].float(), dim=-1)
+        s = state.scores.get(self.block)
+        if s is None or s.shape[0] != x.shape[0]:
+            return None
+        n, total = x.shape[1], s.shape[1]
+        if total == n:
+            return s
+        img_last = self.text_first
+        take_last = (self.part == "img") == img_last
+        return s[:, total - n :] if take_last else s[:, :n]
+
+
+def _sites(transformer: torch.nn.Module) -> list[tuple[int, str, int, torch.nn.Module]]:
+    """(block index, stream, layer within the stream, block) for every block: double / single on two-stream
+    models (FLUX, HunyuanVideo), 'stack' on single-stack ones."""
+    layout = block_layout(transformer)
+    lists = {name.rsplit(".", 1)[0] for name in layout.names}
+    two = {"transformer_blocks", "single_transformer_blocks"} <= lists
+    out = []
+    for i, (name, block) in enumerate(zip(layout.names, layout.blocks, strict=True)):
+        list_name, idx = name.rsplit(".", 1)
+        stream = ("single" if list_name == "single_transformer_blocks" else "double") if two else "stack"
+        out.append((i, stream, int(idx), block))
+    return out
 
 
 def apply_toca(module: torch.nn.Module | object, config: ToCaConfig) -> None:
@@ -147,11 +248,23 @@ def apply_toca(module: torch.nn.Module | object, config: ToCaConfig) -> None:
         raise RuntimeError("ToCa is already applied to this transformer; call remove_toca first")
     manager = ContextStateManager(ToCaState)
     registry.register_hook(ToCaStepHook(manager, config), _STEP_HOOK)
+    text_first = _TEXT_FIRST.get(type(transformer).__name__, True)
     key = 0
-    for block in block_layout(transformer).blocks:
+    for block_idx, stream, layer, block in _sites(transformer):
+        ratio = fresh_ratio_for(config.fresh_ratio, layer, stream, config.schedule)
+        recorder = next((n for n in ("attn", "attn1") if getattr(block, n, None) is not None), None)
         for name, child in block_submodules(block):
-            hook = ToCaModuleHook(manager, key, name in TOKENWISE_CHILDREN, config.fresh_ratio)
-            HookRegistry.check_if_exists_or_initialize(child).register_hook(hook, _MODULE_HOOK)
+            site = {
+                "block": block_idx,
+                "tokenwise": name in TOKENWISE_CHILDREN,
+                "ratio": ratio,
+                "part": _PART.get(name, "all"),
+                "text_first": text_first,
+                "records": name == recorder and name in ATTENTION_CHILDREN,
+            }
+            HookRegistry.check_if_exists_or_initialize(child).register_hook(
+                ToCaModuleHook(manager, key, config, **site), _MODULE_HOOK
+            )
             key += 1
     refresh_hook_tree(transformer)
 
@@ -172,17 +285,17 @@ METHOD = register(
         knob="interval",
         knob_values=tuple(range(1, 51)),
         budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
-        "fresh_ratio=0.1 of the tokens of each MLP plus the norms, modulation, embedding and output layers; "
-        "the interval values 1..50 reach that floor",
-        config_id="fe3;fresh0.1;similarity",
+        "the scheduled share of the tokens of each MLP (base 0.1, authors' layer/stream schedule) plus the norms, "
+        "modulation, embedding and output layers; the interval values 1..50 reach that floor",
+        config_id="fe3;fresh0.1;attention;toca-schedule",
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,
         remove=remove_toca,
         cache_hits=cache_hits_counter(_STEP_HOOK),
         origin=(
-            "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer; simplified: similarity score instead of "
-            "attention-map score, constant fresh ratio 0.1; ToCa steps are partial compute (fresh tokens of MLPs)"
+            "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer (FLUX ToCa mode): attention-map score, "
+            "the authors' layer/stream fresh-ratio schedule, first_enhance 3; ToCa steps are partial compute"
         ),
     )
 )
