@@ -26,6 +26,15 @@ DPCACHE_FIRST_FULL = 3
 DPCACHE_ORDER = 2
 
 
+# the name a table shows where the registry name alone would mislead (issue 19): OmniCache has no public code
+DISPLAY_NAMES = {"omnicache": "omnicache (re-impl.)"}
+
+
+def display_name(method: str) -> str:
+    """The name tables and reports show for a registry method name (`omnicache` → `omnicache (re-impl.)`)."""
+    return DISPLAY_NAMES.get(method, method)
+
+
 class UnreachableBudget(RuntimeError):
     """A method cannot be configured at this budget; `match` says which budgets it can hit."""
 
