@@ -83,8 +83,10 @@ def pipeline_fingerprint(pipe: Any) -> str:
     for name, comp in sorted(getattr(pipe, "components", {}).items()):
         h.update(name.encode() + b"\0")
         cfg = getattr(comp, "config", None)
-        if cfg is not None:
+        if isinstance(cfg, Mapping):
             h.update(json.dumps(_canon(dict(cfg)), sort_keys=True).encode())
+        if hasattr(comp, "get_vocab"):  # tokenizers
+            h.update(json.dumps(sorted(comp.get_vocab().items())).encode())
         if isinstance(comp, torch.nn.Module):
             for key, tensor in sorted(comp.state_dict().items()):
                 h.update(key.encode() + str(tensor.dtype).encode())
