@@ -24,6 +24,8 @@ from harness.records import config_tag
 CORE_METHODS = ("full", "fewer-steps", "dpcache")
 DPCACHE_FIRST_FULL = 3
 DPCACHE_ORDER = 2
+DPCACHE_SOLVER = "official"  # the released recurrence, so `dpcache` reproduces the paper
+TUNE_ORDERS = (2, 1, 0)
 
 
 # the name a table shows where the registry name alone would mislead (issue 19): OmniCache has no public code
@@ -98,17 +100,23 @@ class FewerStepsMethod(BenchMethod):
 
 class DPCacheMethod(BenchMethod):
     name, knob = "dpcache", "key steps (sized so the measured compute is K)"
-    description = "path-aware cost tensor + DP key steps, Taylor predictor (M3, O2)"
+    description = "DPCache as released: path-aware cost tensor, the released DP recurrence, Taylor O2, M3"
 
     def __init__(
-        self, first_full_steps: int = DPCACHE_FIRST_FULL, order: int = DPCACHE_ORDER, name: str = "dpcache"
+        self,
+        first_full_steps: int = DPCACHE_FIRST_FULL,
+        order: int = DPCACHE_ORDER,
+        name: str = "dpcache",
+        solver: str = DPCACHE_SOLVER,
     ) -> None:
-        self.first_full_steps, self.order, self.name = first_full_steps, order, name
+        self.first_full_steps, self.order, self.name, self.solver = first_full_steps, order, name, solver
         if order != DPCACHE_ORDER:
             self.description = (
                 f"DPCache with a Taylor predictor of order {order} (released: {DPCACHE_ORDER}); its cost "
                 f"tensor is calibrated for that order"
             )
+        if solver != DPCACHE_SOLVER:
+            self.description = f"DPCache planned with the {solver!r} solver (released: {DPCACHE_SOLVER!r})"
 
     def settings(self, ctx: ModelContext) -> tuple[int, int]:
         """(first_full_steps, last_full_steps) for this model: the spec's released settings (Wan I2V: 4, 1)
@@ -158,11 +166,14 @@ class DPCacheMethod(BenchMethod):
         self.cost_tensor(ctx)
 
     def plan_steps(self, ctx: ModelContext, k: int) -> list[int]:
-        """The DP-optimal k key steps on this model's cost tensor."""
+        """The k key steps this method's solver plans on the model's cost tensor."""
         from dpcache import plan
 
         first, last = self.settings(ctx)
-        return list(plan(self.cost_tensor(ctx), k, first_full_steps=first, last_full_steps=last).key_steps)
+        sched = plan(
+            self.cost_tensor(ctx), k, first_full_steps=first, last_full_steps=last, solver=self.solver
+        )
+        return list(sched.key_steps)
 
     def _config(self, ctx: ModelContext, steps: list[int]) -> Any:
         from dpcache import DPCacheConfig
@@ -247,6 +258,95 @@ class DPCacheMethod(BenchMethod):
             schedule=steps,
             is_cache=True,
             match=match,
+        )
+
+
+class DPCacheTunedMethod(BenchMethod):
+    """DPCache with the settings `dpcache.tune` chooses per model and K on the calibration prompts (solver,
+    Taylor order per segment, first/last full steps, extrapolation cap, key-step moves), sized like `dpcache`
+    (the same number of key steps, so the same measured compute); the schedule file is cached per model."""
+
+    name, knob = "dpcache-tuned", "key steps (sized like dpcache); settings tuned on calibration prompts"
+    description = "DPCache, settings chosen by `dpcache tune` on the calibration prompts (final-output PSNR)"
+
+    def __init__(self) -> None:
+        self.released = DPCacheMethod()
+        self.variants = {o: DPCacheMethod(order=o, name=f"dpcache-o{o}") for o in TUNE_ORDERS}
+
+    def tensors(self, ctx: ModelContext) -> dict[int, Any]:
+        """One cost tensor per Taylor order (each calibrated once per model, shared with `dpcache-o<N>`)."""
+        return {o: m.cost_tensor(ctx) for o, m in self.variants.items()}
+
+    def prepare(self, ctx: ModelContext) -> None:
+        self.tensors(ctx)
+
+    def tuned(self, ctx: ModelContext, k: int) -> tuple[Path, Any]:
+        """(schedule file, tune result) for k key steps; scores and references cached in `<cache>/tune`."""
+        from filelock import FileLock
+
+        from dpcache.tune import tune
+
+        n = len(ctx.calibration_prompts)
+        path = ctx.cache_dir / "tune" / f"{ctx.key('tuned', f'k{k}', f'n{n}')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=7200):
+            result = tune(
+                ctx.pipe,
+                self.tensors(ctx),
+                k,
+                list(ctx.calibration_prompts),  # never the evaluation prompts
+                seeds=[42 + i for i in range(n)],
+                num_inference_steps=ctx.num_steps,
+                prompt_to_kwargs=lambda p: ctx.kwargs(p),
+                model_id=ctx.spec.name,
+                weights_hash=ctx.weights_id,
+                cache_dir=ctx.cache_dir / "tune",
+                out=path,
+                progress=ctx.progress,
+            )
+        return path, result
+
+    def configure(self, ctx: ModelContext, budget: int) -> Configured:
+        from dpcache import DPCacheConfig, apply_dpcache, dpcache_stats, remove_dpcache
+        from dpcache.errors import DPCacheError
+
+        try:
+            self.released.plan_steps(ctx, min(budget, ctx.num_steps))
+            match = None if budget >= ctx.num_steps else self.released.match(ctx, budget)
+        except DPCacheError as e:
+            raise UnreachableBudget(f"{self.name} cannot plan K={budget} at T={ctx.num_steps}: {e}") from None
+        if match is not None and not match.reachable:
+            raise UnreachableBudget(match.message, match)
+        k = ctx.num_steps if match is None else int(match.value)
+        path, result = self.tuned(ctx, k)
+        sf = result.schedule
+        cfg = DPCacheConfig(num_inference_steps=ctx.num_steps, schedule_file=path, model_id=ctx.spec.name)
+        cap = sf.settings.get("max_extrapolation")
+        knobs = {
+            "key_steps": len(sf.key_steps),
+            "solver": sf.settings.get("solver"),
+            "segment_orders": "".join(map(str, sf.segment_orders)),
+            "M": sf.first_full_steps,
+            "L": sf.last_full_steps,
+            "max_extrapolation": "none" if cap is None else cap,
+            "key_step_moves": len(sf.settings.get("moves", [])),
+            "calibration_psnr": sf.calibration_score,
+            "released_calibration_psnr": sf.released_score,
+            "tune_samples": sf.samples,
+        } | ({"measured_K": round(match.measured, 4)} if match else {})
+        return Configured(
+            self.name,
+            budget,
+            ctx.num_steps,
+            config_tag(self.name, budget),
+            apply=lambda: apply_dpcache(ctx.pipe, cfg),
+            remove=lambda: remove_dpcache(ctx.pipe),
+            cache_hits=lambda: sum(s.cache_hits for s in dpcache_stats(ctx.pipe).values()),
+            knobs=knobs,
+            schedule=list(sf.key_steps),
+            is_cache=True,
+            match=match,
+            artifacts=[str(path)],
         )
 
 
@@ -368,6 +468,10 @@ def registry() -> dict[str, BenchMethod]:
         "full": FullMethod(),
         "fewer-steps": FewerStepsMethod(),
         "dpcache": DPCacheMethod(),
+        # the exact minimum of the path cost (not of the image error): a named variant, not the release
+        "dpcache-exact": DPCacheMethod(solver="exact", name="dpcache-exact"),
+        # every setting tuned per model and budget on the calibration prompts by the final output
+        "dpcache-tuned": DPCacheTunedMethod(),
         # the predictor's order is the released method's one free choice that the planner cannot make
         # (each order has its own cost tensor); run these next to `dpcache` to pick one per model
         "dpcache-o1": DPCacheMethod(order=1, name="dpcache-o1"),

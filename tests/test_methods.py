@@ -24,7 +24,7 @@ def test_registry_works_with_zero_baselines(monkeypatch):
     import baselines.base
 
     monkeypatch.setattr(baselines.base, "load_all", lambda: {})
-    own = ["full", "fewer-steps", "dpcache", "dpcache-o1", "dpcache-o0"]
+    own = ["full", "fewer-steps", "dpcache", "dpcache-exact", "dpcache-tuned", "dpcache-o1", "dpcache-o0"]
     assert list(hm.registry()) == own and hm.resolve_methods("all") == own
 
 
