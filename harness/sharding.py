@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 GROUP = "dpcache benchmark"
-SHARD_BY = ("group", "method")
+SHARD_BY = ("group", "method", "budget")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -52,17 +52,31 @@ def item_group(item: pytest.Item) -> str:
     return "_".join(names) if names else item.nodeid.split("::")[0]
 
 
-def item_method(item: pytest.Item) -> str | None:
+def _param(item: pytest.Item, name: str) -> str | None:
     callspec = getattr(item, "callspec", None)
-    method = callspec.params.get("method") if callspec is not None else None
-    return str(method) if method is not None else None
+    value = callspec.params.get(name) if callspec is not None else None
+    return str(value) if value is not None else None
+
+
+def item_method(item: pytest.Item) -> str | None:
+    return _param(item, "method")
+
+
+def unit_suffix(item: pytest.Item, by: str) -> str | None:
+    """What `by` adds to the loadgroup: the method (`method`), or method and budget (`budget`); None for
+    tests that are not parametrized by a method (calibration, references, runtime checks)."""
+    method = item_method(item)
+    if by == "group" or method is None:
+        return None
+    budget = _param(item, "budget") if by == "budget" else None
+    return f"{method}.K{budget}" if budget is not None else method
 
 
 def unit_key(item: pytest.Item, by: str = "group") -> str:
-    """The unit a shard keeps whole: the loadgroup, or with `by="method"` the loadgroup × method (a model's
-    tests of one method: its budgets share the method's knob search)."""
-    group, method = item_group(item), item_method(item)
-    return f"{group}.{method}" if by == "method" and method else group
+    """The unit a shard keeps whole: the loadgroup; with `by="method"` the loadgroup × method (a model's
+    tests of one method); with `by="budget"` × budget too (one knob search and one record each)."""
+    group, suffix = item_group(item), unit_suffix(item, by)
+    return f"{group}.{suffix}" if suffix else group
 
 
 def select(
@@ -91,8 +105,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--shard-by",
         choices=SHARD_BY,
         default="group",
-        help="the unit kept whole: 'group' (a model's tests) or 'method' (a model's tests of one method, "
-        "which also becomes the xdist loadgroup, so one job's GPUs share a model) (default: group)",
+        help="the unit kept whole: 'group' (a model's tests), 'method' (a model's tests of one method) or "
+        "'budget' (of one method at one budget); a finer unit also becomes the xdist loadgroup, so one "
+        "job's GPUs share a model's methods (default: group)",
     )
     group.addoption(
         "--cache-dir",
@@ -115,21 +130,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Runs after the suites' conftests mark each model's xdist_group and before the harness plugin turns
-    the groups into node ids (trylast), so `--shard-by method` groups reach `--dist loadgroup`."""
+    the groups into node ids (trylast), so `--shard-by method|budget` groups reach `--dist loadgroup`."""
     by = config.getoption("shard_by", "group")
-    if by == "method":
-        for item in items:
-            method = item_method(item)
-            if method and item.get_closest_marker("xdist_group"):
-                item.add_marker(pytest.mark.xdist_group(f"{item_group(item)}.{method}"))
     spec = config.getoption("shard", None)
-    if not spec:
-        return
-    i, n = parse_shard(spec)
-    kept, dropped = select(items, i, n, by)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-    items[:] = kept
+    if spec:
+        i, n = parse_shard(spec)
+        kept, dropped = select(items, i, n, by)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+    for item in items:  # the finer unit becomes the loadgroup (the plugin joins an item's group names)
+        suffix = unit_suffix(item, by)
+        if suffix and item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(f"{item_group(item)}.{suffix}"))
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from harness.context import resolve_cache_dir
-from harness.sharding import assign, main, matrix, parse_shard
+from harness.sharding import assign, gather, item_group, main, matrix, parse_shard
+
+GROUPS: dict[str, str] = {}  # test id → its xdist loadgroup, from the last _run
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -46,6 +48,8 @@ def _run(tmp_path: Path, *args: str) -> tuple[int, list[str]]:
     class Recorder:
         def pytest_collection_finish(self, session):
             ids.extend(item.nodeid.split("::", 1)[1] for item in session.items)
+            GROUPS.clear()
+            GROUPS.update({i.nodeid.split("::", 1)[1]: item_group(i) for i in session.items})
 
     base = ["-p", "harness.sharding", "-p", "no:cacheprovider", "--import-mode=importlib", "-q", "--co"]
     code = pytest.main(
@@ -89,6 +93,45 @@ def test_shard_by_method_splits_a_model_but_not_a_method(tmp_path):
     alpha = {i for i, s in enumerate(shards) for t in s if "[alpha-" in t}
     assert len(alpha) > 1  # alpha's 18 tests (3 methods) spread; by group they could not be
     assert len(shards[0]) + len(shards[1]) + len(shards[2]) == len(_collect(tmp_path))
+
+
+def test_shard_by_budget_is_the_loadgroup(tmp_path):
+    ids = _collect(tmp_path, "--shard-by", "budget")
+    assert GROUPS["test_bench[alpha-dpcache-K3]"] == "alpha_alpha.dpcache.K3"
+    assert GROUPS["test_plain_one"] == "test_fake_suite.py"  # no xdist_group: the file
+    bench = [t for t in ids if "[" in t]
+    assert len({GROUPS[t] for t in bench}) == len(bench)  # every (model, method, budget) its own group
+    shards = [_collect(tmp_path, "--shard", f"{i}/4", "--shard-by", "budget") for i in (1, 2, 3, 4)]
+    sizes = sorted(len(x) for x in shards)
+    assert sum(sizes) == len(ids) and sizes[-1] - sizes[0] <= 2  # 24 one-test units + 1 of two: balanced
+
+
+def test_gather_reads_the_nights_child_runs(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("dpcache-flux-full", artifact_location=(tmp_path / "art").as_uri())
+    other = client.create_experiment("someone-else", artifact_location=(tmp_path / "art2").as_uri())
+
+    def run(exp_id, sha, role="child", tag="dpcache-K13"):
+        r = client.create_run(
+            exp_id, tags={"dpcache.role": role, "git_sha": sha, "dpcache.invocation": "inv1"}
+        )
+        client.log_dict(r.info.run_id, {"config_tag": tag, "model": "flux-dev"}, "record.json")
+        return r
+
+    run(exp, "abc")
+    run(exp, "abc", tag="dpcache-K9")
+    run(exp, "abc", role="parent")
+    run(exp, "old-sha")
+    run(other, "abc")
+    out = tmp_path / "night.jsonl"
+    assert gather(uri, "abc", 0, out) == 2
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert sorted(x["config_tag"] for x in lines) == ["dpcache-K13", "dpcache-K9"]
+    assert all(x["invocation"] == "inv1" for x in lines)
+    assert gather(uri, "abc", 2**62, out) == 0  # nothing started after that
 
 
 def test_bad_shard_is_a_usage_error(tmp_path, capsys):
