@@ -39,7 +39,7 @@ def int_in(flag: str, value: int | None, lo: int, hi: int | None = None, why: st
     if value is None:
         return None
     if value < lo or (hi is not None and value > hi):
-        span = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+        span = f">= {lo}" if hi is None else f">= {lo} and <= {hi}"
         raise UsageError(f"{flag} must be {span}, got {value}" + (f" ({why})" if why else ""))
     return value
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from dpcache.errors import InputFileError
 from harness.gates import write_json_atomic
 
 DEFAULT_TOLERANCE = 0.05
@@ -279,32 +280,68 @@ def _lock(path: Path) -> FileLock:
     return FileLock(str(Path(tempfile.gettempdir()) / f"dpcache-budget-{digest}.lock"), timeout=3600)
 
 
+class BudgetCacheError(InputFileError):
+    """A budget cache file that exists but cannot be read as `{key: search}`; names the file."""
+
+
 def load_cache(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
-    """The budget cache file ({key: BudgetMatch dict}); `{}` when absent or unreadable."""
+    """The budget cache file ({key: BudgetMatch dict}); `{}` when absent. A file that exists but is not a
+    JSON object (truncated, corrupt, `"abc"`) raises BudgetCacheError naming it — never read as empty."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError):
+        text = p.read_text()
+    except FileNotFoundError:
         return {}
-    return data if isinstance(data, dict) else {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BudgetCacheError(p, f"budget cache is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BudgetCacheError(p, f"budget cache must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _set_aside(p: Path, exc: BudgetCacheError) -> dict[str, dict[str, Any]]:
+    """Keep an unreadable cache next to itself (`<name>.corrupt-<pid>`), say so on stderr once, start anew."""
+    import sys
+
+    aside = p.with_name(f"{p.name}.corrupt-{os.getpid()}")
+    os.replace(p, aside)
+    print(
+        f"dpcache-bench: warning: {exc}; kept as {aside}, its searches run again", file=sys.stderr, flush=True
+    )
+    return {}
 
 
 def _current(entry: Any) -> bool:
     """A cached search written by this format (older entries are searched again and overwritten)."""
-    return isinstance(entry, dict) and entry.get("format") == FORMAT_VERSION
+    if not (isinstance(entry, dict) and entry.get("format") == FORMAT_VERSION):
+        return False
+    try:
+        BudgetMatch.from_dict(entry)
+    except (TypeError, ValueError):  # a damaged entry: searched again
+        return False
+    return True
 
 
 def cached_search(
     cache_path: str | os.PathLike[str], key: str, search: Callable[[], BudgetMatch]
 ) -> BudgetMatch:
     """`search()` once per `key`: the result is stored in the JSON file `cache_path` (atomic write under a
-    lock, so parallel workers neither collide nor repeat the search) and reused afterwards."""
+    lock, so parallel workers neither collide nor repeat the search) and reused afterwards. An unreadable
+    cache file is never overwritten silently: it is kept aside and named in a warning."""
     p = Path(cache_path)
-    found = load_cache(p).get(key)
+    try:
+        found = load_cache(p).get(key)
+    except BudgetCacheError:
+        found = None  # handled under the lock
     if _current(found):
         return BudgetMatch.from_dict(found)
     with _lock(p):
-        data = load_cache(p)
+        try:
+            data = load_cache(p)
+        except BudgetCacheError as exc:
+            data = _set_aside(p, exc)
         if _current(data.get(key)):
             return BudgetMatch.from_dict(data[key])
         result = search()

@@ -11,14 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dpcache import cli_args as ca
+from dpcache.errors import UsageError
 from harness.metrics import Unavailable
 
 DEFAULT_JSON = "results.jsonl"
 DEFAULT_REPORT = "reports/bench"
 
 
-class BenchUsageError(ValueError):
-    """Bad command-line input: reported on one line, exit status 2."""
+class BenchUsageError(UsageError):
+    """Bad command-line input: reported on one line, exit status 2 (the `dpcache` CLI's UsageError)."""
 
 
 def _budgets(text: str) -> list[int]:
@@ -79,29 +81,68 @@ def check_model(name: str, random_weights: bool = False) -> Any:
 
 
 def configure_threads(threads: int | None) -> None:
-    """One torch thread per process on CPU by default (oversubscribed cores run tiny models 5x slower)."""
+    """One torch thread per process on CPU by default (oversubscribed cores run tiny models 5x slower);
+    `--threads` (checked: >= 1) or $DPCACHE_THREADS otherwise."""
     import torch
 
-    torch.set_num_threads(threads or int(os.environ.get("DPCACHE_THREADS", "1")))
+    if threads is None:
+        env = os.environ.get("DPCACHE_THREADS", "1")
+        try:
+            threads = int(env)
+        except ValueError:
+            raise BenchUsageError(f"DPCACHE_THREADS must be an integer, got {env!r}") from None
+        ca.int_in("DPCACHE_THREADS", threads, 1, ca.MAX_THREADS)
+    torch.set_num_threads(ca.check_threads(threads))
+
+
+def check_run_args(args: argparse.Namespace, spec: Any) -> tuple[int, list[int]]:
+    """(T, budgets) after every `run` argument is checked against the model, before anything loads or is
+    written: bounds from the model's scheduler and prompt sets, a memory estimate, and the output paths."""
+    limit = ca.model_step_limit(spec.path if spec.scale != "medium" else None)
+    ca.check_steps(args.steps, limit)
+    steps = args.steps or spec.num_inference_steps
+    budgets = _budgets(args.budgets)
+    if max(budgets) > steps:
+        raise BenchUsageError(f"--budgets {args.budgets}: a budget exceeds T={steps} steps")
+    n_eval, n_cal = len(spec.evaluation_prompts), len(spec.calibration_prompts)
+    ca.int_in("--num-prompts", args.num_prompts, 1, n_eval, f"{spec.name} has {n_eval} evaluation prompts")
+    ca.int_in(
+        "--calibration-prompts",
+        args.calibration_prompts,
+        1,
+        n_cal,
+        f"{spec.name} has {n_cal} calibration prompts",
+    )
+    ca.int_in("--repeats", args.repeats, 0, ca.MAX_REPEATS, "0: no wall-clock timing")
+    ca.check_threads(args.threads)
+    args.device = ca.resolve_device(args.device)
+    asked = [m.strip() for m in args.methods.split(",")]
+    if {"all", "default"} & set(asked) or any(m.startswith("dpcache") for m in asked):
+        ca.check_memory(
+            f"DPCache's cost tensor at T={steps} over {args.calibration_prompts} calibration prompts",
+            ca.cost_tensor_bytes(steps, args.calibration_prompts),
+            "--steps",
+        )
+    ca.check_output_file("--json-out", args.json_out)
+    ca.check_output_dir("--report", args.report)
+    ca.check_output_dir("--cache-dir", args.cache_dir)
+    ca.check_output_dir("--refs-dir", args.refs_dir)
+    return steps, budgets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness.methods import resolve_methods
+    from harness.zoo.registry import get_spec
 
+    try:
+        steps, budgets = check_run_args(args, get_spec(args.model))  # before anything heavy is imported
+    except KeyError as e:
+        raise BenchUsageError(str(e).strip("'\"")) from None
     spec = check_model(args.model, args.random_weights)
-    budgets = _budgets(args.budgets)
     try:
         methods = resolve_methods(args.methods if args.methods != "default" else None)
     except ValueError as e:
         raise BenchUsageError(str(e)) from None
-    for name, v in (("--steps", args.steps), ("--num-prompts", args.num_prompts)):
-        if v is not None and v < 1:
-            raise BenchUsageError(f"{name} must be >= 1, got {v}")
-    if args.repeats < 0:
-        raise BenchUsageError(f"--repeats must be >= 0 (0: no wall-clock timing), got {args.repeats}")
-    steps = args.steps or spec.num_inference_steps
-    if max(budgets) > steps:
-        raise BenchUsageError(f"--budgets {args.budgets}: a budget exceeds T={steps} steps")
     configure_threads(args.threads)
     if args.no_progress:
         from diffusers.utils import logging as dlog
@@ -121,13 +162,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         size = "medium" if spec.scale == "medium" else "tiny"
         pipe = importlib.import_module(spec.builder).build_pipeline(seed=0, trained=False, size=size)
+        pipe = pipe.to(args.device)
     print(
-        f"dpcache-bench: {spec.name} T={steps} methods={','.join(methods)} budgets={budgets} "
+        f"dpcache-bench: {spec.name} T={steps} methods={','.join(methods)} budgets={budgets} device={args.device} "
         f"prompts={args.num_prompts} repeats={args.repeats} (invocation {tracker.invocation_id})",
         flush=True,
     )
-    from harness.methods import PromptOverlapError
-
     try:
         records = run_benchmark(
             spec.name,
@@ -145,9 +185,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             suite="bench",
             pipe=pipe,
+            device=args.device,
         )
-    except PromptOverlapError as e:
-        raise BenchUsageError(str(e)) from None
     finally:
         tracker.close()
     print()
@@ -160,9 +199,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report_dir is not None:
         from harness.report import build_report
 
-        index = build_report(
-            json_out, report_dir, invocation=tracker.invocation_id, artifacts_root=artifacts.parent
-        )
+        try:
+            index = build_report(
+                json_out, report_dir, invocation=tracker.invocation_id, artifacts_root=artifacts.parent
+            )
+        except (OSError, ValueError) as e:  # the records are already in the JSON lines: say where
+            raise BenchUsageError(
+                f"--report {report_dir}: {ca.one_line(e)}; the {len(records)} records are in {json_out} "
+                f"(rebuild with `dpcache-bench report --json-in {json_out}`)"
+            ) from None
         print(f"dpcache: report {index}")
     print("dpcache: browse MLflow with `dpcache-bench ui`" if tracker.mlflow_uri else "")
     return 1 if problems else 0
@@ -216,6 +261,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     src = Path(args.json_in)
     if not src.is_file():
         raise BenchUsageError(f"no result records at {src} (run `dpcache-bench run --json-out {src}` first)")
+    ca.check_output_dir("--out", args.out)
+    ca.check_output_file("--benchmarks-md", args.benchmarks_md)
+    if args.artifacts is not None and not Path(args.artifacts).is_dir():
+        raise BenchUsageError(f"--artifacts {args.artifacts}: no such folder")
     try:
         page = build_report(src, Path(args.out), invocation=args.invocation, artifacts_root=args.artifacts)
     except ValueError as e:
@@ -239,6 +288,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     from harness.tracking import resolve_tracking_uri
 
+    ca.int_in("--port", args.port, 1, 65535)
     uri = resolve_tracking_uri(args.mlflow_uri)
     if uri is None:
         raise BenchUsageError("MLflow tracking is off; give --mlflow-uri")
@@ -268,7 +318,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpcache-bench", description=__doc__.splitlines()[0])
+    p = ca.OneLineParser(prog="dpcache-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="benchmark methods × budgets on one model; print the table")
     r.add_argument("--model", required=True, help="a model name from `dpcache-bench models`")
@@ -285,7 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="timed runs after warm-up (>= 5 for reported wall-clock; 0: none, wall_speedup unavailable)",
     )
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1 on CPU)")
+    r.add_argument("--threads", type=int, default=None, help="torch CPU threads, >= 1 (default 1 on CPU)")
+    r.add_argument(
+        "--device", default="cpu", help="where the pipeline and generators run: cpu, cuda (cuda:N), mps, auto"
+    )
     r.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///./mlflow.db; 'off')")
     r.add_argument("--json-out", default=DEFAULT_JSON, help="JSON-lines records file")
     r.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
@@ -333,16 +386,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `dpcache-bench`: a refused request or a bad file is one line on stderr and exit 2,
+    SIGINT one line and exit 130 (`dpcache.cli_args.run_main`)."""
+    from harness.context import PromptOverlapError
+    from harness.methods import BaselineImportError
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse already printed a one-line usage error
         return int(e.code or 0)
-    try:
-        return int(args.func(args) or 0)
-    except BenchUsageError as e:
-        print(f"dpcache-bench: error: {e}", file=sys.stderr)
-        return 2
+    return ca.run_main("dpcache-bench", args.func, args, errors=(PromptOverlapError, BaselineImportError))
 
 
 if __name__ == "__main__":

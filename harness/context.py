@@ -184,7 +184,7 @@ class ModelContext:
 
         out = self.pipe(
             num_inference_steps=steps or self.num_steps,
-            generator=torch.Generator("cpu").manual_seed(int(seed)),
+            generator=torch.Generator(self.device).manual_seed(int(seed)),  # on the pipeline's device
             output_type="pt",
             **self.kwargs(prompt, steps),
         )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from dpcache.errors import InputFileError
+
 if TYPE_CHECKING:
     import torch
 
@@ -40,6 +42,16 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".j
 
 class ReferenceDriftError(AssertionError):
     """A freshly computed full-step output no longer matches its stored reference."""
+
+
+class ReferenceFileError(InputFileError):
+    """A stored reference file that cannot be read (truncated, corrupt, no tensor); names the file. It is
+    never replaced silently: delete it, or recompute it with --update-references."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            path, f"unreadable reference ({problem}); delete it or re-run with --update-references"
+        )
 
 
 def _canonical(value: Any) -> Any:
@@ -172,7 +184,13 @@ class ReferenceStore:
             return None
         from safetensors.torch import load_file
 
-        return load_file(str(path))[TENSOR_NAME]
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # SafetensorError, OSError, ...: one error naming the file
+            raise ReferenceFileError(path, " ".join(str(exc).split()) or type(exc).__name__) from None
+        if TENSOR_NAME not in tensors:
+            raise ReferenceFileError(path, f"no tensor named {TENSOR_NAME!r}")
+        return tensors[TENSOR_NAME]
 
     def meta(self, key: str) -> dict[str, Any] | None:
         """The metadata stored with the tensor (read from the `.safetensors` header, not the sidecar)."""
@@ -181,9 +199,12 @@ class ReferenceStore:
             return None
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-        return json.loads(header.get("meta", "{}"))
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = f.metadata() or {}
+            return json.loads(header.get("meta", "{}"))
+        except Exception as exc:
+            raise ReferenceFileError(path, " ".join(str(exc).split()) or type(exc).__name__) from None
 
     def put(self, key: str, tensor: torch.Tensor, meta: Mapping[str, Any]) -> Path:
         """Store `tensor` under `key` atomically (overwrites). Returns the tensor path."""
@@ -228,7 +249,7 @@ class ReferenceStore:
         if refresh is None:
             refresh = self.refresh and key not in self._refreshed
         if not refresh:
-            found = self.get(key)
+            found = self.get(key)  # a corrupt file raises ReferenceFileError: never silently replaced
             if found is not None:
                 return found
         with self.lock(key):
