@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,19 @@ ATTENTION_IDENTIFIERS = (
 class TaylorSeerBenchConfig:
     """TaylorSeer (Liu et al., arXiv 2503.06923) as benchmarked: diffusers' `TaylorSeerCacheConfig`.
 
-    Rule (diffusers `taylorseer_cache.py`): steps `< disable_cache_before_step` compute; afterwards a step computes
-    when `(step − disable_cache_before_step − 1) % cache_interval == 0` (and every step `>= disable_cache_after_step`
-    when set); at the other steps every hooked module returns its order-`max_order` Taylor forecast (finite
-    differences over the previous computed steps) instead of running.
+    Rule: the authors' (`Shenyi-Z/TaylorSeer` `cal_type`, TaylorSeer mode): the first `first_enhance` steps
+    compute (here `disable_cache_before_step`, 3 as theirs), then every `cache_interval`-th step after the last of
+    them; a computed step before step `first_enhance − 1` starts a new expansion (order 0 only, as their
+    `derivative_approximation`). At the other steps every hooked module returns its order-`max_order` Taylor
+    forecast (divided differences over the last computed steps) instead of running — diffusers' hook, whose own
+    step rule (`(step − before − 1) % N == 0`, higher orders from step 1 on) is replaced by the authors'.
+
+    Fidelity (benchmarks/fidelity/taylorseer.py, `reports/competitors.md`): against Shenyi-Z/TaylorSeer @ 288776d,
+    its diffusers FLUX forwards (`TaylorSeers-Diffusers/taylorseer_flux`, loaded at run time) on flux-tiny, T = 10,
+    N = 3 and 4, max_order 2: identical images (max |ours − theirs| = 0) and computed steps. With diffusers' own
+    step rule (`authors_schedule=False`, the former port) the computed steps differ ([0, 1, 2, 4, 7] vs theirs
+    [0, 1, 2, 5, 8] at N = 3) and the images by up to 0.47. Kept from diffusers: the hook machinery, float32
+    factors; the module patterns follow the authors' forwards (attention and MLP outputs, single-stream "total").
 
     Args:
         cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
@@ -54,18 +64,18 @@ class TaylorSeerBenchConfig:
         max_order: Taylor order; 2 as in the paper's reported FLUX settings (N=4/O=2, N=7/O=2); diffusers' default is 1.
         taylor_factors_dtype: storage dtype of the factors; float32 here (diffusers' default bf16 would add a
             rounding error of its own to these fp32 models).
+        authors_schedule: True: the authors' step rule above; False: diffusers' (`(step − before − 1) % N == 0`).
         forecast_mlp: True (the authors' method): attention and MLP outputs are forecast (`FORECAST_IDENTIFIERS`,
             `INACTIVE_IDENTIFIERS`); False: diffusers' attention-only default (`ATTENTION_IDENTIFIERS`), whose
             forecast steps still run every MLP — on flux-tiny that bounds the compute at K ≥ 36.8 of 50.
 
-    Least compute (`BUDGET_LIMIT`): the warm-up steps and step `before + 1` (the rule's first refresh) compute, and
-    forecast steps still run the norms / timestep modulation and the embedding and output layers, so a sample
-    costs at least `before + 1 + (T − before − 1)·m` full steps (m = that share of a step, a few %). Measured at
-    T = 50: flux-tiny K ≥ 4.8 (N = 50), N = 5 → 13.6, N = 10 → 8.7 (K = 13 and K = 9 reached); dit-tiny K ≥ 5.1,
-    N = 5 → 13.9, N = 6 → 11.9, N = 10 → 9.0 — K = 9 is reached, K = 13 falls between two intervals (an integer
-    interval moves the compute in steps of a few K; the nearest budgets are reported).
+    Least compute (`BUDGET_LIMIT`): the warm-up steps and step `before − 1 + N` (the rule's first refresh) compute,
+    and forecast steps still run the norms / timestep modulation and the embedding and output layers, so a sample
+    costs at least `before + (T − before)·m` full steps (m = that share of a step, a few %). (Measured with the
+    former diffusers rule at T = 50: flux-tiny K ≥ 4.8, N = 5 → 13.6, N = 10 → 8.7; dit-tiny N = 6 → 11.9,
+    N = 10 → 9.0; the authors' rule computes about one step fewer at the same N.)
 
-    Differences from diffusers' defaults, all stated above: the module patterns, `max_order`, dtype. State is per
+    Differences from diffusers' defaults, all stated above: the step rule, the module patterns, `max_order`, dtype. State is per
     cache context and per module; the schedule is fixed, so a batch behaves like its samples run alone.
     """
 
@@ -75,6 +85,7 @@ class TaylorSeerBenchConfig:
     max_order: int = 2
     taylor_factors_dtype: torch.dtype = torch.float32
     forecast_mlp: bool = True
+    authors_schedule: bool = True
 
     def diffusers_config(self) -> TaylorSeerCacheConfig:
         active = FORECAST_IDENTIFIERS if self.forecast_mlp else ATTENTION_IDENTIFIERS
@@ -96,7 +107,27 @@ def apply_taylorseer(pipe: Any, config: TaylorSeerBenchConfig) -> None:
     probes = _wrapped.hooked_modules(transformer, [_TAYLORSEER_CACHE_HOOK])
     if not probes:
         raise RuntimeError(f"TaylorSeer found no attention module in {type(transformer).__name__}")
+    if config.authors_schedule:
+        for module in probes:
+            hook = module._diffusers_hook.get_hook(_TAYLORSEER_CACHE_HOOK)
+            hook._measure_should_compute = types.MethodType(_authors_should_compute, hook)
     _wrapped.install(pipe, probes)
+
+
+def _authors_should_compute(hook: Any) -> tuple[bool, Any]:
+    """The authors' `cal_type` (TaylorSeer mode) in place of diffusers' rule: full on the first
+    `first_enhance = disable_cache_before_step` steps and then every `cache_interval`-th step after the last of
+    them (`interval_full`); and, as their `derivative_approximation`, a full step before step `first_enhance − 1`
+    keeps only the order-0 factor (the update starts a new expansion)."""
+    from ._stack_hooks import interval_full
+
+    state = hook.state_manager.get_state()
+    state.current_step += 1
+    step, first = state.current_step, hook.disable_cache_before_step
+    compute = interval_full(step, hook.cache_interval, first)
+    if compute and step <= first - 2:
+        state.last_update_step = None
+    return compute, state
 
 
 def remove_taylorseer(pipe: Any) -> None:
@@ -109,7 +140,7 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
 
 
 BUDGET_LIMIT = (
-    "TaylorSeer computes its disable_cache_before_step=3 warm-up steps and step 4 (its first refresh), and its "
+    "TaylorSeer computes its first_enhance=3 warm-up steps and step 2+N (its first refresh), and its "
     "forecast steps still run the norms, timestep modulation, embedding and output layers; the interval values "
     "1..50 reach that floor"
 )
@@ -121,14 +152,15 @@ METHOD = register(
         knob="cache_interval",
         knob_values=tuple(range(1, 51)),
         budget_limit=BUDGET_LIMIT,
-        config_id="attn+mlp;before3;after-none;O2;f32",
+        config_id="attn+mlp;before3;after-none;O2;f32;authors-schedule",
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,
         remove=remove_taylorseer,
         cache_hits=_wrapped.cache_hits,
-        origin="diffusers 0.42 TaylorSeerCacheConfig hook, wrapped; forecasts attention and MLP outputs as the authors "
-        "do (diffusers' default: attention only), max_order 2 (paper), float32 factors; DiT through "
+        origin="diffusers 0.42 TaylorSeerCacheConfig hook with the authors' step rule (cal_type, first_enhance 3); "
+        "forecasts attention and MLP outputs as the authors do (diffusers' default: attention only), max_order 2 "
+        "(paper), float32 factors; matches Shenyi-Z/TaylorSeer's diffusers FLUX forwards exactly; DiT through "
         "apply_taylorseer_cache in a default cache context",
     )
 )

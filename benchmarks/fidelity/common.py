@@ -316,3 +316,23 @@ def compare_pair(model: Model, pair: Pair, steps: int, prompt: Any, seed: int) -
         tb.steps(n),
         extra=dict(pair.extra),
     )
+
+
+def materialize(src: AuthorsSource, subdir: str) -> Path:
+    """The authors' `subdir` as files in a temporary directory outside the repository (their modules import
+    each other by top-level name, so they need a directory on sys.path); removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if (src.root / subdir).is_dir():
+        return src.root / subdir
+    tmp = Path(tempfile.mkdtemp(prefix="authors-src-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    archive = subprocess.run(
+        ["git", f"--git-dir={src.root}", "archive", "HEAD", subdir], capture_output=True, check=False
+    )
+    if archive.returncode != 0:
+        raise AuthorsSourceMissing(f"{src.repo}: no {subdir} in {src.root}")
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    return tmp / subdir

@@ -14,7 +14,7 @@ import importlib
 import os
 import sys
 
-METHODS = ("teacache", "dicache", "magcache")
+METHODS = ("teacache", "dicache", "magcache", "taylorseer")
 
 
 def main(argv: list[str] | None = None) -> int:
