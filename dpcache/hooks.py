@@ -41,7 +41,8 @@ class DPCacheConfig:
         order: Taylor order of the default predictor (default 2, as released; with a schedule file, the
             file's order, and a different explicit order is refused).
         predictor: a custom `Predictor`; it must be the one the cost tensor was calibrated with.
-        solver: "exact" (true minimum of the path cost, default) or "official" (released recurrence).
+        solver: "official" (the released recurrence, default: its images were better on calibration prompts)
+            or "exact" (the true minimum of the path cost, which is a proxy of the image error).
         max_jump: longest distance between key steps (default `max(int(0.3 T), 1)`).
         segment_orders: with `schedule`, the Taylor order of the predictions after each key step (one per
             key step, each <= `order`); default: `order` everywhere.
@@ -58,7 +59,7 @@ class DPCacheConfig:
     last_full_steps: int = 0
     order: int | None = None
     predictor: Predictor | None = None
-    solver: str = "exact"
+    solver: str = "official"
     max_jump: int | None = None
     segment_orders: Sequence[int] | None = None
     schedule_file: str | os.PathLike | None = None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -281,11 +283,12 @@ class Search:
                     end = best.key_steps[k + 1] if k + 1 < self.K else self.T
                     if end - best.key_steps[k] < 2:
                         continue  # nothing is predicted after this key step
+                    base = best
                     for o in space.orders:
-                        if o != best.segment_orders[k]:
-                            orders = best.segment_orders[:k] + (o,) + best.segment_orders[k + 1 :]
-                            settings = {**best.settings, "segment_orders": list(orders)}
-                            cand = self.score(Candidate(best.key_steps, orders, settings), "per_segment")
+                        if o != base.segment_orders[k]:
+                            orders = base.segment_orders[:k] + (o,) + base.segment_orders[k + 1 :]
+                            settings = {**base.settings, "segment_orders": list(orders)}
+                            cand = self.score(Candidate(base.key_steps, orders, settings), "per_segment")
                             best = cand if cand.score > best.score else best
             for _ in range(space.refine_passes):
                 improved = False
@@ -442,5 +445,14 @@ def tune(
     path = result.save(out) if out is not None else None
     return TuneResult(result, search.samples_run, path, search.stopped)
 
+
+class _CallableModule(types.ModuleType):
+    """`import dpcache.tune` binds the module as `dpcache.tune`; calling it runs `tune`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TuneResult:
+        return tune(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["TuneResult", "TuneSpace", "pipeline_fingerprint", "tune"]
