@@ -9,7 +9,6 @@ programming, and sample with only those steps running the transformer blocks::
 
 __version__ = "0.1.0"
 
-from .cost_tensor import CostTensor  # noqa: E402
 from .errors import (  # noqa: E402
     CostTensorError,
     CostTensorMismatchError,
@@ -17,9 +16,10 @@ from .errors import (  # noqa: E402
     ScheduleMismatchError,
     UnreachablePlanError,
 )
-from .planner import Schedule, plan, plan_all_budgets  # noqa: E402
 
 _LAZY = {
+    "cost_tensor": ("CostTensor",),
+    "planner": ("Schedule", "plan", "plan_all_budgets"),
     "hooks": ("DPCacheConfig", "apply_dpcache", "remove_dpcache", "dpcache_stats", "RunStats"),
     "calibration": ("calibrate", "record_features"),
     "pact": ("build_cost_tensor",),
@@ -29,7 +29,8 @@ _LAZY = {
 
 
 def __getattr__(name: str):
-    # torch/diffusers-heavy parts load on first use, so `import dpcache`, the planner and the CLI stay light.
+    # numpy/torch/diffusers parts load on first use, so `import dpcache` (its errors, the CLI argument layer)
+    # stays light.
     import importlib
 
     for module, names in _LAZY.items():

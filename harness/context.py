@@ -83,6 +83,14 @@ def check_prompts_disjoint(
         )
 
 
+def contained_path(root: str | os.PathLike[str], *parts: str) -> Path | None:
+    """`root/parts…` resolved (symlinks and `..` followed) when it stays inside `root`, else None: for paths
+    built from untrusted text such as a record's `invocation` or model name."""
+    base = Path(root).resolve()
+    target = base.joinpath(*parts).resolve()
+    return target if target == base or base in target.parents else None
+
+
 def pipeline_weights_hash(pipe: Any, path: str | os.PathLike[str] | None = None) -> str:
     """sha256 of what determines the outputs: the weights directory when given, else every module's state."""
     from harness.references import weights_hash

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.context import contained_path
 from harness.report_data import (
     Record,
     by_model,
@@ -55,7 +56,7 @@ def _prompt_images(config_dir: Path) -> dict[int, list[Path]]:
     if config_dir.is_dir():
         for f in sorted(config_dir.glob("prompt*.png")):
             m = _PROMPT_FILE.match(f.name)
-            if m:
+            if m and contained_path(config_dir, f.name):  # a symlink out of the folder is not read
                 out[int(m[1])].append(f)
     return dict(out)
 
@@ -120,7 +121,11 @@ def _cost_section(model_art: Path | None, run_dir: Path, mdir: str, model: str) 
 
 def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
     out = "<h3>Per-prompt images</h3>"
-    found = {tag(r): _prompt_images(model_art / tag(r)) for r in recs} if model_art is not None else {}
+    found = (
+        {tag(r): _prompt_images(d) if (d := contained_path(model_art, tag(r))) else {} for r in recs}
+        if model_art is not None
+        else {}
+    )
     if not any(found.values()):
         return out + missing(
             "no per-prompt images saved for this run (they are saved by `dpcache-bench run`; "
@@ -193,7 +198,8 @@ def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: 
         recs = latest_per_config(all_recs) or all_recs
         mdir = _safe(model)
         (run_dir / mdir).mkdir(parents=True, exist_ok=True)
-        model_art = artifacts / model if artifacts is not None and (artifacts / model).is_dir() else None
+        inside = contained_path(artifacts, model) if artifacts is not None else None
+        model_art = inside if inside is not None and inside.is_dir() else None
         colours = {m: c for m, (c, _) in method_styles(methods_of(all_recs)).items()}
         r0 = recs[0]
         facts = [
@@ -271,7 +277,8 @@ def build_report(
     )
     pages = []
     for inv, recs in runs.items():
-        art = next((c / inv for c in candidates if (c / inv).is_dir()), None)
+        # `inv` comes from the records: only folders inside the artifacts root are read ("../x" is not)
+        art = next((p for c in candidates if (p := contained_path(c, inv)) is not None and p.is_dir()), None)
         pages.append(build_run(inv, recs, out / _safe(inv), art))
     index = write_index(out)
     return pages[0] if len(pages) == 1 else index

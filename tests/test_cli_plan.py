@@ -123,7 +123,7 @@ def pickle_as_safetensors(tmp_path) -> Path:
         (["--cost", FLUX, "--budget", "4"], "finite-cost budgets are K=6..50"),
         (["--cost", FLUX, "--budget", "13", "--steps", "40"], "num_steps: expected 40, found 50"),
         (["--cost", FLUX, "--budget", "x"], "--budget must be"),
-        (["--cost", "/nonexistent/cost.safetensors", "--budget", "13"], "No such file"),
+        (["--cost", "/nonexistent/cost.safetensors", "--budget", "13"], "no such cost tensor file"),
     ],
 )
 def test_plan_errors_are_one_line(capsys, nan_npy, pickle_as_safetensors, extra, fragment):
