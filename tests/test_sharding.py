@@ -13,6 +13,7 @@ from harness.context import resolve_cache_dir
 from harness.sharding import assign, gather, item_group, main, matrix, parse_shard
 
 GROUPS: dict[str, str] = {}  # test id → its xdist loadgroup, from the last _run
+pytest_plugins = ["pytester"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -177,3 +178,43 @@ def test_cache_dir_option_then_env_then_checkout(tmp_path, monkeypatch):
     monkeypatch.setenv("DPCACHE_CACHE_DIR", str(tmp_path / "persistent"))
     assert resolve_cache_dir(None, tmp_path) == tmp_path / "persistent"
     assert resolve_cache_dir(str(tmp_path / "opt"), tmp_path) == tmp_path / "opt"
+
+
+def test_shard_by_method_spreads_one_model_over_the_workers(pytester: pytest.Pytester):
+    """Inside one job: each (model, method) stays on one xdist worker, and a model's methods use every
+    worker (with the model as the loadgroup, one worker would run them all)."""
+    pytester.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize(
+            "method,budget",
+            [pytest.param(m, k, marks=pytest.mark.xdist_group("model-a")) for m in "abcd" for k in (9, 13, 25)],
+        )
+        def test_bench(method, budget):
+            with open(os.path.join(os.environ["OUT_DIR"], f"{method}{budget}"), "w") as f:
+                f.write(os.environ.get("PYTEST_XDIST_WORKER", "main"))
+        """
+    )
+    out = pytester.path / "out"
+    out.mkdir()
+    pytester._monkeypatch.setenv("OUT_DIR", str(out))
+    res = pytester.runpytest_subprocess(
+        "-p",
+        "harness.plugin",
+        "-n",
+        "2",
+        "--dist",
+        "loadgroup",
+        "--shard-by",
+        "method",
+        "-p",
+        "no:cacheprovider",
+    )
+    res.assert_outcomes(passed=12)
+    by_method: dict[str, set[str]] = {}
+    for p in out.iterdir():
+        by_method.setdefault(p.name[0], set()).add(p.read_text())
+    assert all(len(w) == 1 for w in by_method.values()), by_method
+    assert len(set().union(*by_method.values())) == 2, by_method
