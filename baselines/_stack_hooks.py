@@ -134,6 +134,7 @@ class SpanState(StepState):
     def reset(self) -> None:
         super().reset()
         self.span_in: torch.Tensor | None = None
+        self.span_enc_in: torch.Tensor | None = None
         self.rows: Rows = None
 
 
@@ -150,11 +151,12 @@ class SpanBlockHook(ModelHook):
         last: bool,
         decide: Callable | None = None,
         finish: Callable | None = None,
+        finish_encoder: Callable | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
         self.first, self.last = first, last
-        self.decide, self.finish = decide, finish
+        self.decide, self.finish, self.finish_encoder = decide, finish, finish_encoder
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.io = BlockIO(module)
@@ -165,6 +167,7 @@ class SpanBlockHook(ModelHook):
         hidden = self.io.hidden(args, kwargs)
         if self.first:
             state.span_in = hidden
+            state.span_enc_in = self.io.encoder(args, kwargs)
             state.rows = self.decide(state, module, args, kwargs)
             if state.rows is not None and state.rows.all():
                 state.rows = None
@@ -187,6 +190,8 @@ class SpanBlockHook(ModelHook):
             output = self.io.build(out_h, out_e)
         if self.last:
             out_h, out_e = self.io.split(output)
+            if self.finish_encoder is not None and out_e is not None:
+                out_e = self.finish_encoder(state, out_e, rows)
             output = self.io.build(self.finish(state, out_h, rows), out_e)
         return output
 
@@ -197,11 +202,20 @@ def attach_span(
     hook_name: str,
     decide: Callable,
     finish: Callable,
+    finish_encoder: Callable | None = None,
 ) -> None:
-    """Register a SpanBlockHook on every block of `blocks` (in execution order)."""
+    """Register a SpanBlockHook on every block of `blocks` (in execution order); `finish_encoder(state, enc,
+    rows)`, if given, fills the text stream of two-stream blocks as `finish` fills the image stream."""
     for idx, block in enumerate(blocks):
         first, last = idx == 0, idx == len(blocks) - 1
-        hook = SpanBlockHook(manager, first, last, decide if first else None, finish if last else None)
+        hook = SpanBlockHook(
+            manager,
+            first,
+            last,
+            decide if first else None,
+            finish if last else None,
+            finish_encoder if last else None,
+        )
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, hook_name)
 
 

@@ -20,73 +20,113 @@ _BLOCK_HOOK = "delta_dit_block_hook"
 @dataclass
 class DeltaDiTConfig:
     """Configuration of Δ-DiT (Chen et al., "Δ-DiT: A Training-Free Acceleration Method Tailored for Diffusion
-    Transformers", 2024), ported from its re-implementation in `Shenyi-Z/TaylorSeer` (TaylorSeer-FLUX `cache_init`
-    mode "Delta": `fresh_threshold = 3`, `first_enhance = 1`; `model.py` keeps `Delta-Cache = out − in`).
+    Transformers", 2024, arXiv 2406.01125).
 
-    On full steps the whole model runs and the cached span's deviation `Δ = out − in` is stored; on the other steps
-    the blocks before the span run in full and the span returns `in + Δ` without running. The span is FLUX's (and
-    HunyuanVideo's) single-stream stack, as in the TaylorSeer re-implementation; for single-stack models (Wan,
-    DiT) it is the back `span_blocks` blocks (default: the back half). The paper's stage switch (back blocks early,
-    front blocks late) is not in the re-implementation and not ported.
+    Full steps: the first `first_enhance` steps, then every `interval`-th (the fixed schedule of the
+    re-implementation in `Shenyi-Z/TaylorSeer`, TaylorSeer-FLUX `cache_init` mode "Delta": `fresh_threshold = 3`,
+    `first_enhance = 1`). On full steps the whole model runs and each cached span's deviation `Δ = out − in` is
+    stored (Δ-Cache); on the other steps one span returns `in + Δ` without running while the rest of the model
+    runs. The paper's stage switch ("accelerate the rear DiT blocks in the early sampling stages and the front DiT
+    blocks in the later stages"): before step `stage_boundary · T` the back span is cached, from it on the front
+    span. Spans: FLUX / HunyuanVideo — back = the single-stream stack (as the re-implementation), front = the
+    double-stream stack (its image and text streams each get their Δ); single-stack models (Wan, DiT) — the back /
+    front `span_blocks` blocks (default: half of them each).
+
+    Fidelity: the paper's code was never released; the public code is the TaylorSeer re-implementation
+    (Shenyi-Z/TaylorSeer @ 288776d), written for BFL's `flux` package — checked by reading. It caches the
+    single-stream stack at every cached step (no stage switch: `stage_switch=False` here reproduces that), and its
+    `cal_type` turns every other cached step of its "Delta" mode into a plain FORA-like reuse step (fresh ratio
+    0), a quirk of its shared step classifier that is not ported. Interpretation: the boundary `b` is a tuned
+    hyperparameter in the paper; 0.5 · T here (the steps' midpoint).
 
     Args:
         interval: N, a full step every N steps (authors' FLUX setting: 3). 1 never skips. The bench searches
             N = 1 … 50 (N ≥ T − 1 refreshes at step 0 only; the rule allows any N).
         first_enhance: the first steps always full (1).
-        span_blocks: how many back blocks form the span on single-stack models (None: half of them).
+        span_blocks: how many blocks form each span on single-stack models (None: half of them).
+        stage_switch: cache the back span before the boundary and the front span after it (the paper); False:
+            the back span at every cached step (the TaylorSeer re-implementation, the former port).
+        stage_boundary: the switch, as a fraction of T.
 
-    Least compute (`METHOD.budget_limit`): only the span is ever skipped — the blocks before it (FLUX's double-stream
-    stack, the front half of a single-stack model) and the embedding / output layers run at every step — so a
-    sample costs at least `1 + (T − 1)·f` full steps, f = the non-span share of a step. Measured at T = 50 (N = 50):
-    flux-tiny K ≥ 25.8 (f ≈ 0.51), dit-tiny K ≥ 25.8. K = 13 and K = 9 are beyond Δ-DiT's design on these models.
+    Least compute (`METHOD.budget_limit`): only one span is ever skipped — the other half of the model and the
+    embedding / output layers run at every step — so a sample costs at least `1 + (T − 1)·f` full steps, f = the
+    non-span share of a step (flux-tiny and dit-tiny, back span only: K ≥ 25.8 at T = 50, f ≈ 0.51). K = 13 and
+    K = 9 are beyond Δ-DiT's design on these models.
     """
 
     interval: int = 3
     first_enhance: int = 1
     span_blocks: int | None = None
     num_inference_steps: int = 50
+    stage_switch: bool = True
+    stage_boundary: float = 0.5
 
 
 class DeltaDiTState(SpanState):
-    """Per cache context: the cached deviation Δ of the span."""
+    """Per cache context: the cached deviations Δ of each span (image stream; text stream of two-stream spans)."""
 
     def reset(self) -> None:
         super().reset()
-        self.delta: torch.Tensor | None = None
+        self.delta: dict[str, torch.Tensor] = {}
+        self.delta_enc: dict[str, torch.Tensor] = {}
 
 
 class DeltaDiTHook(StepHook):
-    """On the transformer: step tracking; `decide` (span's first block) and `finish` (span's last block)."""
+    """On the transformer: step tracking; per span, `decide` (its first block) and `finish` (its last block)."""
 
     def __init__(self, manager: ContextStateManager, config: DeltaDiTConfig) -> None:
         super().__init__(manager, config.num_inference_steps)
         self.config = config
 
-    def decide(self, state: DeltaDiTState, block: torch.nn.Module, args: tuple, kwargs: dict):
-        full = interval_full(state.step, self.config.interval, self.config.first_enhance)
-        if full or state.delta is None or state.delta.shape != state.span_in.shape:
+    def cached_span(self, step: int) -> str | None:
+        """Which span a step reuses ("back" / "front"), or None on full steps."""
+        c = self.config
+        if interval_full(step, c.interval, c.first_enhance):
             return None
-        return torch.zeros(state.span_in.shape[0], dtype=torch.bool, device=state.span_in.device)
+        if c.stage_switch and step >= c.stage_boundary * self.num_steps:
+            return "front"
+        return "back"
 
-    def finish(self, state: DeltaDiTState, out: torch.Tensor, rows) -> torch.Tensor:
-        if rows is None:
-            state.delta = out - state.span_in
-            return out
-        return state.span_in + state.delta
+    def deciders(self, span: str):
+        def decide(state: DeltaDiTState, block: torch.nn.Module, args: tuple, kwargs: dict):
+            delta = state.delta.get(span)
+            if self.cached_span(state.step) != span or delta is None or delta.shape != state.span_in.shape:
+                return None
+            return torch.zeros(state.span_in.shape[0], dtype=torch.bool, device=state.span_in.device)
+
+        def finish(state: DeltaDiTState, out: torch.Tensor, rows) -> torch.Tensor:
+            if rows is None:
+                state.delta[span] = out - state.span_in
+                return out
+            return state.span_in + state.delta[span]
+
+        def finish_encoder(state: DeltaDiTState, out: torch.Tensor, rows) -> torch.Tensor:
+            if rows is None:
+                state.delta_enc[span] = out - state.span_enc_in
+                return out
+            return state.span_enc_in + state.delta_enc[span]
+
+        return decide, finish, finish_encoder
 
 
-def delta_span(transformer: torch.nn.Module, span_blocks: int | None = None) -> tuple[torch.nn.Module, ...]:
-    """The blocks whose deviation Δ-DiT caches: the single-stream stack if the model has one, else the back ones."""
+def delta_spans(transformer: torch.nn.Module, span_blocks: int | None = None) -> dict[str, tuple]:
+    """The back and front spans whose deviations Δ-DiT caches (see DeltaDiTConfig)."""
+    double = getattr(transformer, "transformer_blocks", None)
     single = getattr(transformer, "single_transformer_blocks", None)
-    if span_blocks is None and isinstance(single, torch.nn.ModuleList) and len(single) > 0:
-        return tuple(single)
+    if span_blocks is None and isinstance(single, torch.nn.ModuleList) and len(single) > 0 and double:
+        return {"front": tuple(double), "back": tuple(single)}
     blocks = block_layout(transformer).blocks
     n = span_blocks if span_blocks is not None else max(1, len(blocks) // 2)
     if not 0 < n < len(blocks):
         raise ValueError(
-            f"Δ-DiT span of {n} blocks must leave at least one front block (model has {len(blocks)})"
+            f"Δ-DiT span of {n} blocks must leave at least one other block (model has {len(blocks)})"
         )
-    return blocks[-n:]
+    return {"front": tuple(blocks[:n]), "back": tuple(blocks[-n:])}
+
+
+def delta_span(transformer: torch.nn.Module, span_blocks: int | None = None) -> tuple[torch.nn.Module, ...]:
+    """The back span (the re-implementation's only one): the single-stream stack if the model has one."""
+    return delta_spans(transformer, span_blocks)["back"]
 
 
 def apply_delta_dit(module: torch.nn.Module | object, config: DeltaDiTConfig) -> None:
@@ -109,7 +149,12 @@ def apply_delta_dit(module: torch.nn.Module | object, config: DeltaDiTConfig) ->
     manager = ContextStateManager(DeltaDiTState)
     hook = DeltaDiTHook(manager, config)
     registry.register_hook(hook, _STEP_HOOK)
-    attach_span(manager, delta_span(transformer, config.span_blocks), _BLOCK_HOOK, hook.decide, hook.finish)
+    spans = delta_spans(transformer, config.span_blocks)
+    used = ("back", "front") if config.stage_switch else ("back",)
+    if config.stage_switch and set(map(id, spans["front"])) & set(map(id, spans["back"])):
+        raise ValueError("Δ-DiT's front and back spans overlap: set span_blocks to at most half the blocks")
+    for name in used:
+        attach_span(manager, spans[name], _BLOCK_HOOK, *hook.deciders(name))
     refresh_hook_tree(transformer)
 
 
@@ -128,18 +173,18 @@ METHOD = register(
         families=frozenset(FAMILIES),
         knob="interval",
         knob_values=tuple(range(1, 51)),
-        budget_limit="Δ-DiT only ever skips its span (FLUX: the single-stream stack; single-stack models: the back "
-        "half): the front blocks, embedding and output layers run at every step, so a sample costs at least "
-        "1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
-        config_id="fe1;span-single-or-back-half",
+        budget_limit="Δ-DiT only ever skips one span (FLUX: the single- or the double-stream stack; single-stack "
+        "models: the back or the front half): the other blocks, embedding and output layers run at every step, "
+        "so a sample costs at least 1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
+        config_id="fe1;span-single-or-back-half;stage-switch0.5",
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,
         remove=remove_delta_dit,
         cache_hits=cache_hits_counter(_STEP_HOOK),
         origin=(
-            "ported from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer (FLUX: single-stream stack); "
-            "Wan/DiT: back half of the blocks; the paper's front/back stage switch is not ported"
+            "schedule from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer; the paper's stage switch: back span "
+            "(FLUX: single-stream stack; Wan/DiT: back half) before T/2, front span (double-stream / front half) after"
         ),
     )
 )

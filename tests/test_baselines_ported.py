@@ -116,7 +116,9 @@ def test_skipping_knob(family, method_name):
     assert torch.isfinite(out).all()
     # (6) skipped steps really skip the block: its attention runs fewer times
     assert count < full_count, "skipped steps must not run the block"
-    if name != "dit":  # one row per call: every (step, branch) hit is one attention call not made
+    if method_name == "delta-dit":  # late hits skip the front span, whose last block is not the one counted
+        assert 0 < full_count - count < hits
+    elif name != "dit":  # one row per call: every (step, branch) hit is one attention call not made
         assert full_count - count == hits
     # (5) state resets between calls
     assert torch.equal(out, again), "state must reset between pipeline calls"

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--label", default="", help="e.g. before / after / ema0.7")
     ap.add_argument("--override", action="append", default=[])
+    ap.add_argument("--knobs", default=None, help="fixed knob values instead of budgets (no search)")
     ap.add_argument("--out", default=None, help="append one JSON line per budget here")
     args = ap.parse_args(argv)
 
@@ -87,6 +88,27 @@ def main(argv: list[str] | None = None) -> int:
     method = BaselineMethod(get_method(args.method))
     prompts = list(ctx.evaluation_prompts)
     refs = [model.sample(p, 100 + i, steps) for i, p in enumerate(prompts)]
+    if args.knobs:
+        m = method.method
+        artifacts = method.artifacts(ctx)
+        for value in [float(v) for v in args.knobs.split(",")]:
+            measured = ctx.search_compute(
+                lambda v=value: m.apply(model.pipe, v, steps, artifacts), lambda: m.remove(model.pipe)
+            )
+            m.apply(model.pipe, value, steps, artifacts)
+            try:
+                outs = [model.sample(p, 100 + i, steps) for i, p in enumerate(prompts)]
+            finally:
+                m.remove(model.pipe)
+            values = [psnr(o, r) for o, r in zip(outs, refs, strict=True)]
+            row = {"method": args.method, "model": args.model, "T": steps, "knob": value, "label": args.label}
+            row |= {"overrides": args.override, "measured_K": round(measured, 4), "psnr": values}
+            row["psnr_mean"] = sum(values) / len(values)
+            print(json.dumps(row), flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+        return 0
     for k in [int(b) for b in args.budgets.split(",")]:
         row = {"method": args.method, "model": args.model, "T": steps, "K": k, "label": args.label}
         row["overrides"] = args.override
