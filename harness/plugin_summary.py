@@ -43,9 +43,10 @@ def _infos(reporter: Any, key: str) -> list[dict[str, Any]]:
 
 def _complete_run(config: pytest.Config, options: Any) -> bool:
     """Whether every default configuration of the suites was selected (nothing narrowed by -k, -m, node ids,
-    --deselect, --budgets or --methods), so an expectation without a result means a result went missing."""
+    --deselect, --shard, --budgets or --methods), so an expectation without a result means a result went missing."""
     opt = config.option
     narrowed = getattr(opt, "keyword", "") or getattr(opt, "markexpr", "") or getattr(opt, "deselect", None)
+    narrowed = narrowed or getattr(opt, "shard", None)
     node_ids = any("::" in str(a) for a in config.args)
     methods = options.methods is None or options.methods == ["all"]
     return not narrowed and not node_ids and options.budgets is None and methods

@@ -408,3 +408,22 @@ def test_a_missing_tiny_model_fails_the_suite_not_skips(monkeypatch, tmp_path):
     config = SimpleNamespace(getoption=lambda name: "full", rootpath=tmp_path)
     with pytest.raises(pytest.skip.Exception, match="weights file missing"):
         open_session(suite, SimpleNamespace(), config)
+
+
+def test_unmatched_compute_is_marked_in_the_pytest_summary(suite):
+    """Old: only the HTML column showed that TeaCache's "K=13" ran at K=15.6 on the evaluation prompts."""
+    suite.makepyfile(
+        test_unmatched="""
+from harness.records import ResultRecord
+
+def test_u(gate):
+    gate(ResultRecord.create(suite="demo", model="demo-medium", scale="medium", method="teacache", budget=13,
+                             num_steps=50, measured_k=15.6, cache_hits=[30]))
+"""
+    )
+    res = run(suite, "test_unmatched.py")
+    res.assert_outcomes(passed=1)
+    assert (
+        "demo-medium-teacache-K13: UNMATCHED compute: measured K=15.60 on the evaluation prompts vs K=13 "
+        "(not ranked at K)" in res.stdout.str()
+    )

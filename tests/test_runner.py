@@ -119,12 +119,12 @@ def test_references_and_calibration_cached(run):
     assert not list(d.rglob("*.tmp"))
 
 
-def _rec(method: str, budget: int, hits: list[int], measured_k: float | None = None):
+def _rec(method: str, budget: int, hits: list[int], measured_k: float | None = None, knobs=None):
     from harness.records import ResultRecord
 
     return ResultRecord.create(
         suite="s", model="m", scale="tiny", method=method, budget=budget, num_steps=50, cache_hits=hits,
-        measured_k=measured_k,
+        measured_k=measured_k, knobs=knobs,
     )  # fmt: skip
 
 
@@ -137,14 +137,16 @@ def test_cache_check_flags_a_cache_that_never_hit():
     assert cache_check(_rec("fewer-steps", 13, [])) is None
 
 
-def test_cache_check_flags_any_method_off_its_budget_on_the_evaluation_prompts():
-    """Old: only a fixed schedule was checked (adaptive methods were matched on the calibration prompts only);
-    TeaCache's "K=13" measured K=15.6 on the evaluation prompts and was ranked at K=13."""
+def test_compute_off_k_on_the_evaluation_prompts_is_unmatched():
+    """Old: an adaptive method was matched on the calibration prompts only; TeaCache's "K=13" measured K=15.6
+    on the evaluation prompts with nothing in the record saying so. Now the record carries it (unmatched), and
+    a fixed schedule off its budget (a bug: its compute cannot depend on the prompt) fails the check."""
     from harness.runner import cache_check
 
-    assert "UNMATCHED" in cache_check(_rec("teacache", 13, [30], 15.6))
-    assert "UNMATCHED" in cache_check(_rec("dpcache", 13, [37], 14.0))  # 7.7 % over
-    assert cache_check(_rec("teacache", 13, [30], 13.5)) is None  # 3.8 %: matched
+    tea = _rec("teacache", 13, [30], 15.6)
+    assert tea.unmatched and tea.speed.matched is False and cache_check(tea) is None  # marked, not a bug
+    assert not _rec("teacache", 13, [30], 13.5).unmatched  # 3.8 %: matched
+    assert "UNMATCHED" in cache_check(_rec("dpcache", 13, [37], 14.0, {"key_steps": 13}))  # 7.7 % over
 
 
 def test_repeats_zero_records_wall_clock_unavailable_and_nothing_else(tmp_path):
