@@ -218,6 +218,7 @@ class DPCacheMethod(BenchMethod):
         """(key steps, size match) at budget K; DPCacheError saying why when K cannot be run."""
         from dpcache.errors import DPCacheError
 
+        self.cost_tensor(ctx)  # an unreadable cached tensor is an error naming its file, not an unreachable K
         try:
             steps = self.plan_steps(ctx, budget)  # a budget the planner refuses is refused before measuring
         except DPCacheError as e:
