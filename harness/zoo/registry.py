@@ -450,6 +450,19 @@ def call_kwargs(
     return spec.pipeline_kwargs(prompt, num_inference_steps)
 
 
+def json_call_kwargs(spec: ModelSpec | str) -> dict[str, Any]:
+    """The complete ``pipe(...)`` arguments of ``spec`` but the prompt / class label and the generator, as
+    JSON: what a diffusers user passes to reproduce the harness's samples. A conditioning image (I2V) is
+    described by a string, since it is not JSON."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    kw = spec.pipeline_kwargs(0 if spec.input_kind == "class_label" else "a white 3 on a black background")
+    kw.pop("prompt", None)
+    kw.pop("class_labels", None)
+    if "image" in kw:
+        kw["image"] = f"skimage.data.astronaut() resized to {spec.width}x{spec.height} (PIL)"
+    return kw
+
+
 def models_json() -> list[dict[str, Any]]:
     """One dict per model for ``dpcache-bench models --json``."""
     rows = []
@@ -467,6 +480,10 @@ def models_json() -> list[dict[str, Any]]:
                 "width": spec.width,
                 "num_frames": spec.num_frames,
                 "guidance_scale": spec.guidance_scale,
+                "input": {"text": "prompt", "class_label": "class_labels", "text+image": "prompt + image"}[
+                    spec.input_kind
+                ],
+                "call_kwargs": json_call_kwargs(spec),
                 "available": ok,
                 "reason": reason,
             }

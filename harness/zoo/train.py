@@ -158,8 +158,15 @@ def train_flux(
     lr: float = 1e-3,
     resume: bool = False,
     eval_every: int = 0,
+    time_sampling: str = "logit-normal",
+    ema_decay: float = 0.999,
+    out_dir: str | Path | None = None,
 ) -> dict:
     """Rectified flow for flux-tiny on the pipeline's own packed latents and prompt embeddings.
+
+    ``time_sampling``: ``"logit-normal"`` (FLUX's sigmoid of a standard normal, shifted) or ``"mixed"``
+    (half of each batch uniform in t, half logit-normal, both shifted — the video models' recipe, which
+    trains the low-noise end of the trajectory more).
 
     ``resume=True`` is the second stage: it continues from the saved pipeline's (EMA) transformer on
     fresh scenes (another data seed), with a quarter of the peak learning rate.
@@ -191,7 +198,7 @@ def train_flux(
     pidx = torch.tensor([prompts.index(s.prompt) for s in scenes])
     null = len(prompts) - 1
     model = pipe.transformer.train()
-    ema = EMA(model, 0.999)
+    ema = EMA(model, ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed + 1)
     t0, losses, history = time.time(), [], []
@@ -203,6 +210,9 @@ def train_flux(
         p = pidx[idx].clone()
         p[torch.rand(batch, generator=g) < 0.1] = null
         t = torch.sigmoid(torch.randn(batch, generator=g))
+        if time_sampling == "mixed":
+            u = torch.rand(batch, generator=g)
+            t = torch.where(torch.rand(batch, generator=g) < 0.5, u, t)
         sigma = FLUX_SHIFT * t / (1 + (FLUX_SHIFT - 1) * t)
         noise = torch.randn(x0.shape, generator=g)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
@@ -228,13 +238,14 @@ def train_flux(
             log(f"flux it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
     pipe.transformer = ema.shadow
     pipe.register_modules(transformer=ema.shadow)
-    out_dir = flux_tiny.TINY_DIR
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    pipe.save_pretrained(out_dir or flux_tiny.TINY_DIR, safe_serialization=True)
     return {
         "train_seconds": time.time() - t0,
         "iters": iters,
         "batch": batch,
         "peak_lr": lr,
+        "time_sampling": time_sampling,
+        "ema_decay": ema_decay,
         "final_loss": float(np.mean(losses[-200:])),
         "adherence_during_training": history,
     }
@@ -248,6 +259,7 @@ def train_dit(
     lr: float = 1e-3,
     resume: bool = False,
     eval_every: int = 0,
+    out_dir: str | Path | None = None,
 ) -> dict:
     """DiT's DDPM objective (v-prediction, see dit_tiny.PREDICTION_TYPE) on labels 0–9, 10% null-class dropout.
 
@@ -302,7 +314,7 @@ def train_dit(
             log(f"dit it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
     pipe.transformer = ema.shadow
     pipe.register_modules(transformer=ema.shadow)
-    pipe.save_pretrained(dit_tiny.TINY_DIR, safe_serialization=True)
+    pipe.save_pretrained(out_dir or dit_tiny.TINY_DIR, safe_serialization=True)
     return {
         "train_seconds": time.time() - t0,
         "iters": iters,
@@ -337,6 +349,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--eval-every", type=int, default=0, help="log the EMA weights' adherence every N iterations"
     )
+    ap.add_argument(
+        "--time-sampling",
+        choices=["logit-normal", "mixed"],
+        default="logit-normal",
+        help="flux-tiny: training distribution of t (default: logit-normal)",
+    )
+    ap.add_argument("--ema", type=float, default=0.999, help="flux-tiny: EMA decay (default: 0.999)")
+    ap.add_argument(
+        "--out-dir",
+        default=None,
+        help="image models: save the pipeline here instead of harness/zoo/tiny/NAME",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.name in ("wan-tiny", "hunyuan-video-tiny"):
@@ -352,7 +376,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.resume and args.name not in STAGE2_ITERS:
         ap.error(f"--resume applies to {sorted(STAGE2_ITERS)} only")
     kw = {"seed": args.seed} | ({"iters": args.iters} if args.iters else {})
-    gen_kw = {"resume": args.resume, "eval_every": args.eval_every}
+    gen_kw = {"resume": args.resume, "eval_every": args.eval_every, "out_dir": args.out_dir}
+    if args.name == "flux-tiny":
+        gen_kw |= {"time_sampling": args.time_sampling, "ema_decay": args.ema}
     if args.resume and not args.iters:
         kw["iters"] = STAGE2_ITERS[args.name]
     t0 = time.time()
@@ -370,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
     log(f"{args.name} done: {json.dumps(info)}")
     suffix = "-stage2" if getattr(args, "resume", False) else ""
     report = ZOO.parent.parent / "reports" / "zoo" / f"train-{args.name}{suffix}.json"
+    if args.out_dir:
+        report = Path(args.out_dir) / "train.json"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(info, indent=2) + "\n")
 
