@@ -199,12 +199,13 @@ class Comparison:
 
 
 def write_results(rows: list[Comparison], path: Path = RESULTS) -> None:
-    """Replace this method's rows in the results file (one JSON object per line), keep the others."""
-    methods = {r.method for r in rows}
+    """Replace the rows of these (method, model, T) in the results file (one JSON object per line), keep the
+    others."""
+    keys = {(r.method, r.model, r.num_steps) for r in rows}
     old = []
     if path.is_file():
         old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        old = [r for r in old if r.get("method") not in methods]
+        old = [r for r in old if (r.get("method"), r.get("model"), r.get("num_steps")) not in keys]
     new = old + [{k: (None if v == math.inf else v) for k, v in asdict(r).items()} for r in rows]
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in new))
 

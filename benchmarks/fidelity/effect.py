@@ -4,8 +4,9 @@ Run: ``python -m benchmarks.fidelity.effect --method toca --budgets 13,9 --label
 method's knob is searched as the harness does (`harness.methods.BaselineMethod`, measured compute = K on the
 calibration prompts); each evaluation prompt is sampled with the cache and at full compute (T steps) and compared.
 `--override module:Class.field=value` sets a config field after construction (e.g. OmniCache's EMA weight) to
-measure one design choice at the same schedule. Run the "before" side with `PYTHONPATH=<old tree>` so the old
-`baselines` package is imported.
+measure one design choice at the same schedule. Run the "before" side from an old tree holding `baselines/` and
+`benchmarks/` (``cd <old> && PYTHONPATH=<old> python -m benchmarks.fidelity.effect ...``: `python -m` puts the
+working directory first on sys.path); each row records which `baselines` directory ran.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    import baselines
     from baselines.base import get_method
     from harness.context import ModelContext, pipeline_weights_hash
     from harness.methods import BaselineMethod, UnreachableBudget
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from .common import load_model, psnr
 
     torch.set_num_threads(1)
+    code = str(Path(baselines.__file__).parent)  # which `baselines` ran (before / after trees)
     for spec in args.override:
         _override(spec)
     model = load_model(args.model)
@@ -102,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                 m.remove(model.pipe)
             values = [psnr(o, r) for o, r in zip(outs, refs, strict=True)]
             row = {"method": args.method, "model": args.model, "T": steps, "knob": value, "label": args.label}
-            row |= {"overrides": args.override, "measured_K": round(measured, 4), "psnr": values}
+            row |= {
+                "overrides": args.override,
+                "measured_K": round(measured, 4),
+                "psnr": values,
+                "code": code,
+            }
             row["psnr_mean"] = sum(values) / len(values)
             print(json.dumps(row), flush=True)
             if args.out:
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for k in [int(b) for b in args.budgets.split(",")]:
         row = {"method": args.method, "model": args.model, "T": steps, "K": k, "label": args.label}
-        row["overrides"] = args.override
+        row["overrides"], row["code"] = args.override, code
         try:
             cfg = method.configure(ctx, k)
         except UnreachableBudget as e:
