@@ -41,6 +41,10 @@ class DBCacheBenchConfig:
     `max_warmup_steps` steps always compute; `max_cached_steps` / `max_continuous_cached_steps` cap reuse (-1 = no
     cap, cache-dit's default).
 
+    Fidelity: this is the authors' own code (vipshop/cache-dit, the pip package), so there is nothing to port or
+    compare; the harness adds hit accounting and run resets only. Differences from its defaults (Fn = 1, warm-up
+    scaled to T) are settings, listed below.
+
     Args:
         num_inference_steps: T (cache-dit refreshes its state after T steps).
         residual_diff_threshold: the budget knob (cache-dit default 0.08); larger skips more; `<= 0` never skips

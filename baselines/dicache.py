@@ -56,6 +56,12 @@ class DiCacheConfig:
         force_last_step: FLUX's script also computes the last step.
         gamma_clip: [1, 1.5] (FLUX, HunyuanVideo) or [1, 2] (Wan).
 
+    Fidelity (benchmarks/fidelity/dicache.py, `reports/competitors.md`): against Bujiazi/DiCache @ dd7f0de
+    (`FLUX/run_flux_dicache.py`, its forward loaded at run time) on flux-tiny, T = 10, δ = 0 / 0.4 / 1 with the
+    authors' FLUX settings: the same computed steps and max |ours − theirs| = 2.0e-6 (float rounding of the
+    per-row accumulator and γ; their code reduces over the whole batch of one sample). Not run on Wan /
+    HunyuanVideo: those scripts patch the official model classes, not diffusers'.
+
     Budget knob: `rel_l1_thresh`, searched over (0, 1e3) — saturating: every step after the warm-up skips.
     Least compute (`BUDGET_LIMIT`): the warm-up steps (`int(0.2 T) + 1` for FLUX's and DiT's settings) and the
     forced last step compute in full, and every other step still runs the probe, so a sample costs at least

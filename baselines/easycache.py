@@ -31,6 +31,9 @@ class EasyCacheConfig:
     previous computed step c; at later steps `E += k · mean|x_t − x_{t−1}| / mean|v_c|` and the step is skipped
     while `E < thresh` (else computed, `E = 0`). Warm-up steps and the last step are always computed.
 
+    Fidelity: checked by reading H-EmbodVis/EasyCache @ 5127804 (EasyCache4Wan2.1 / EasyCache4HunyuanVideo patch
+    the official model classes, not diffusers', so the code is not run here): rate, accumulator, warm-up (10 of
+    50 steps on Wan, ×2 calls) and forced last step follow it.
     Differences from the authors' scripts: they decide on the conditional branch and let the unconditional one
     follow that decision (with its own `Δ`); here each cache context (CFG branch) decides on its own, and each
     batch row too (so a batch equals its samples run alone).

@@ -42,6 +42,13 @@ class FORAConfig:
             searches N = 1 … 50 (N ≥ T − 1 computes step 0 only; the rule allows any N).
         first_enhance: the first steps always full (TaylorSeer's FORA path: only step 0, i.e. 1).
 
+    Fidelity (benchmarks/fidelity/taylorseer.py): the TaylorSeer FLUX code for BFL's `flux` package has no
+    diffusers form; its diffusers FLUX forwards (`Shenyi-Z/TaylorSeer` @ 288776d, `TaylorSeers-Diffusers`) run in
+    order 0 with FORA's one warm-up step reproduce FORA's rule (reuse of every block's ungated attention / MLP
+    outputs) and give identical images and computed steps to this port on flux-tiny (T = 10, N = 3 and 4). The
+    warm-up is 1 step on purpose: the codebase's `cal_type` gives FORA ("FORA: Uniform", `fresh_ratio == 0`)
+    only step 0, whatever `first_enhance` says (3 applies to its ToCa / Taylor modes).
+
     Least compute (`METHOD.budget_limit`): step 0, plus the recomputed norms / modulation and the embedding and output
     layers at every cached step. At T = 50: flux-tiny N = 4 → 13.6, N = 7 → 8.7 (K = 13 and K = 9 reached); dit-tiny
     N = 4 → 13.9, N = 5 → 11.0, N = 7 → 9.0 (K = 9 reached; K = 13 falls between two integer intervals).

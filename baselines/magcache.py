@@ -59,6 +59,14 @@ class MagCacheBenchConfig:
     reached, K = 9 is not), 10 + 10 = 20 with diffusers' defaults (Wan; diffusers' defaults gave flux-tiny
     K ≥ 20.3).
 
+    Fidelity (benchmarks/fidelity/magcache.py, `reports/competitors.md`): against Zehong-Ma/MagCache @ df81cb1
+    (`MagCache4FLUX/magcache_flux.py`, its forward loaded at run time, fed the same ratios) on flux-tiny, T = 10,
+    thresholds −1 / 0.06 / 0.24: identical images and computed steps (max |ours − theirs| = 0); the authors'
+    calibration forward and diffusers' calibration give ratios within 2.6e-6. Kept on purpose: the authors' FLUX
+    script also forces the step nearest the 11th of 28 (a FLUX.1-dev trajectory fix, step 20 at T = 50), which
+    diffusers' hook does not; at T = 50, threshold 0.23 (≈ K = 13) that one extra step makes ours vs theirs
+    41.9 dB PSNR apart (their run computes 14 steps, ours 13).
+
     The schedule depends only on the calibrated ratios, not on the sample, so a batch behaves like its samples
     run alone; every cache context (CFG branch) has its own accumulators and residual.
     """

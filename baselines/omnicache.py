@@ -39,6 +39,9 @@ class OmniCacheConfig:
       on the newest) of the computed residuals, so the step-to-step fluctuation of the last computed residual —
       the noise a plain reuse would repeat — is damped. A reused step returns `x_t + R̃`.
 
+    Fidelity: no public code exists, so nothing can be compared; tables name it `omnicache (re-impl.)`
+    (`harness.methods.display_name`). The EMA filter is measured, not assumed (benchmarks/fidelity/effect.py
+    with `filter_weight=1.0`, notes in reports/competitors.md).
     How it differs from DPCache: no cost tensor, no dynamic programming and no Taylor prediction of the skipped
     features — the schedule is a curvature quantile rule and a reused step returns a filtered copy of the past.
 
