@@ -257,6 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `dpcache` command; returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a one-line usage error already printed
+        return int(e.code or 0)
     except KeyboardInterrupt:
         print("dpcache: interrupted", file=sys.stderr)
         return ca.EXIT_INTERRUPTED
