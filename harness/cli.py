@@ -43,7 +43,7 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:
     """The terminal table: method, K, FLOPs speedup, wall speedup, PSNR, SSIM, adherence, cache hits, and
     the compute measured on the evaluation prompts (UNMATCHED when off K by more than 5 %)."""
-    head = f"{'model':<12} {'method':<16} {'K':>3} {'flops x':>8} {'wall x':>7} {'PSNR':>7} {'SSIM':>7} {'adher.':>7} {'cache hits':>10}  measured K"
+    head = f"{'model':<12} {'method':<16} {'K':>3} {'flops x':>8} {'wall x':>7} {'PSNR':>7} {'SSIM':>7} {'adher.':>7} {'measured K':>16} {'cache hits':>10}"
     lines = [head, "-" * len(head)]
     for r in records:
         i, sp, q = r.identity, r.speed, r.quality
@@ -52,7 +52,7 @@ def table(records: Sequence[Any], skipped: Sequence[Any] = ()) -> str:
         lines.append(
             f"{i.model:<12} {i.method:<16} {i.budget if i.budget is not None else '-':>3} "
             f"{_fmt(sp.flops_speedup):>8} {_fmt(sp.wall_speedup):>7} {_fmt(q.psnr):>7} {_fmt(q.ssim, '.4f'):>7} "
-            f"{_fmt(q.adherence):>7} {hits_s:>10}  {k_s}"
+            f"{_fmt(q.adherence):>7} {k_s:>16} {hits_s:>10}"
         )
     for s in skipped:
         floor = f" (measured floor K={s.floor:.2f})" if getattr(s, "floor", None) is not None else ""
