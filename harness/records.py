@@ -157,6 +157,9 @@ class Provenance:
     git_sha: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     device: str | None = None
+    record_id: str | None = None  # stable id (harness.tracking.record_id): a replay never logs it twice
+    mlflow_run_id: str | None = None  # the MLflow child run holding this record (None: not logged)
+    mlflow_run_url: str | None = None  # its page on an http(s) tracking server
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Tracker: every result record goes to a JSON-lines file (always) and to MLflow (embedded sqlite by
-default, a server for teams); an unreachable server costs a warning, never a record."""
+default, a server for teams); an unreachable server costs one warning and seconds, never a record."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import tempfile
 import time
 import uuid
@@ -15,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 from filelock import FileLock
 
@@ -24,7 +26,15 @@ if TYPE_CHECKING:
     import torch
 
 DISABLED_URIS = ("off", "none", "disabled", "")
-DEFAULT_EXPERIMENT = "dpcache-bench"
+EXPERIMENT_ENV = "DPCACHE_MLFLOW_EXPERIMENT"
+# MLflow's HTTP client retries a refused connection for minutes by default; bounded here (unless set).
+HTTP_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+PROBE_TIMEOUT_S = 3.0
 
 
 class TrackingUnavailableWarning(UserWarning):
@@ -42,8 +52,85 @@ def resolve_tracking_uri(uri: str | None) -> str | None:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The resolved database file of a `sqlite:///...` URI (relative paths from the working directory)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0]).expanduser().resolve()
+
+
+def store_key(uri: str) -> str:
+    """What identifies a tracking store whatever the URI's spelling: the resolved database file for sqlite,
+    else scheme://host:port/path lower-cased without a trailing slash."""
+    db = sqlite_path(uri)
+    if db is not None:
+        return f"sqlite:{db}"
+    u = urlparse(uri)
+    if u.scheme in ("", "file"):
+        return f"file:{Path(u.path or uri).expanduser().resolve()}"
+    return f"{u.scheme}://{(u.hostname or '').lower()}:{u.port or ''}{u.path.rstrip('/')}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """`<db folder>/mlruns` for an embedded sqlite store (None: the server decides)."""
+    db = sqlite_path(uri)
+    return (db.parent / "mlruns").as_uri() if db is not None else None
+
+
+def reachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when an http(s) tracking server accepts a TCP connection within `timeout` s (or the store is
+    local), else why not, one line."""
+    u = urlparse(uri)
+    if u.scheme not in ("http", "https"):
+        return None
+    port = u.port or (443 if u.scheme == "https" else 80)
+    try:
+        with socket.create_connection((u.hostname or "127.0.0.1", port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"no connection to {u.hostname}:{port} within {timeout:g} s ({e.strerror or e})"
+
+
+def bound_http_retries() -> None:
+    """Bound MLflow's HTTP retries so a server that dies mid-run costs seconds (a user's setting wins)."""
+    for k, v in HTTP_RETRY_ENV.items():
+        os.environ.setdefault(k, v)
+
+
 def new_invocation_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def record_id(invocation: str, record: ResultRecord | dict[str, Any]) -> str:
+    """A stable id of one record of one invocation: the hash of its content without the tracking fields,
+    so a replay recognises a record already logged (its stored `provenance.record_id` when present)."""
+    data = record.to_dict() if isinstance(record, ResultRecord) else dict(record)
+    prov = dict(data.get("provenance") or {})
+    if prov.get("record_id"):
+        return str(prov["record_id"])
+    for k in ("record_id", "mlflow_run_id", "mlflow_run_url"):
+        prov.pop(k, None)
+    body = {k: v for k, v in data.items() if k != "invocation"} | {"provenance": prov}
+    text = json.dumps({"invocation": invocation, **body}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def experiment_name(record: ResultRecord, explicit: str | None = None) -> str:
+    """`explicit`, else $DPCACHE_MLFLOW_EXPERIMENT, else one experiment per suite and scale."""
+    return (
+        explicit
+        or os.environ.get(EXPERIMENT_ENV)
+        or f"dpcache-{record.identity.suite}-{record.identity.scale}"
+    )
+
+
+def ui_command(uri: str | None) -> str:
+    """The command that browses `uri`: `dpcache-bench ui --mlflow-uri URI`, or the server's own address."""
+    if uri is None:
+        return ""
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"open {uri} in a browser"
+    return f"dpcache-bench ui --mlflow-uri {uri}"
 
 
 @contextlib.contextmanager
@@ -77,6 +164,24 @@ def _to_uint8_images(images: torch.Tensor) -> list[Any]:
     return [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
 
 
+def per_prompt_rows(record: ResultRecord) -> dict[str, list[Any]]:
+    """The per-prompt table as columns: prompt index, prompt, seed, cache hits, each per-prompt metric."""
+    per_prompt, refs = record.quality.per_prompt, record.references
+    names = sorted(per_prompt)
+    n = max([len(v) for v in per_prompt.values()] + [len(record.speed.cache_hits)], default=0)
+
+    def at(seq: Sequence[Any], i: int) -> Any:
+        return seq[i] if i < len(seq) else None
+
+    cols: dict[str, list[Any]] = {"prompt_index": list(range(n))}
+    cols["prompt"] = [at(refs.prompts, i) or "" for i in range(n)]
+    cols["seed"] = [at(refs.seeds, i) for i in range(n)]
+    cols["cache_hits"] = [at(record.speed.cache_hits, i) for i in range(n)]
+    for m in names:
+        cols[m] = [None if at(per_prompt[m], i) is None else float(per_prompt[m][i]) for i in range(n)]
+    return cols
+
+
 def per_prompt_csv(record: ResultRecord) -> str:
     """The per-prompt table: one row per prompt index, one column per metric with per-prompt values."""
     per_prompt, prompts = record.quality.per_prompt, record.references.prompts
@@ -91,47 +196,31 @@ def per_prompt_csv(record: ResultRecord) -> str:
     return "\n".join(lines) + "\n"
 
 
-def schedule_figure(record: ResultRecord) -> Any:
-    """A step strip: T cells, key (full-compute) steps filled."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    t = record.identity.num_steps
-    fig, ax = plt.subplots(figsize=(max(4.0, t * 0.12), 0.9))
-    keys = set(record.schedule.key_steps or [])
-    ax.bar(range(t), [1] * t, width=0.9, color=["#1f77b4" if i in keys else "#dddddd" for i in range(t)])
-    ax.set_yticks([])
-    ax.set_xlim(-0.5, t - 0.5)
-    ax.set_title(f"{record.model} {record.config_tag}: {len(keys)}/{t} full steps", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 class Tracker:
     """Writes each `ResultRecord` to `json_path` (one flushed line per record, appended under a file
     lock) and to MLflow through `MlflowClient` with explicit run ids — one parent run per (invocation,
-    model), one child per (method, budget) — so pytest-xdist workers never share a global active run."""
+    model), one child per (method, budget) — so pytest-xdist workers never share a global active run.
+    MLflow writes are serialised per store (keyed by the resolved database, not the URI's spelling)."""
 
     def __init__(
         self,
         json_path: str | os.PathLike[str],
         *,
         mlflow_uri: str | None = None,
-        experiment: str = DEFAULT_EXPERIMENT,
+        experiment: str | None = None,
         invocation_id: str | None = None,
     ) -> None:
         self.json_path = Path(json_path).resolve()
         self.mlflow_uri = resolve_tracking_uri(mlflow_uri)
-        self.experiment = experiment
+        self.experiment = experiment or os.environ.get(EXPERIMENT_ENV) or None
         self.invocation_id = invocation_id or new_invocation_id()
         self.mlflow_error: str | None = None
         self.records_written = 0
+        self.not_logged = 0  # records in the JSON lines but not in MLflow (replay them)
         self.run_ids: dict[str, str] = {}  # config test id → child run id
-        self._client: Any = None
-        self._experiment_id: str | None = None
-        self._parents: dict[str, str] = {}
+        self.experiments: set[str] = set()
+        self._logger: Any = None
+        self._probed = False
 
     # ------------------------------------------------------------------ public
     def log(
@@ -142,190 +231,102 @@ class Tracker:
         artifacts: Sequence[str | os.PathLike[str]] = (),
         plot: bool = True,
     ) -> str | None:
-        """Append the record to the JSON lines, then log it to MLflow. Returns the child run id, or
-        None when MLflow is off or failed (with a `TrackingUnavailableWarning` the first time)."""
+        """Open the record's MLflow run, append the record (with its run id) to the JSON lines, then log
+        it to MLflow. Returns the child run id, or None when MLflow is off or failed (one
+        `TrackingUnavailableWarning`, the first time; the record is in the JSON lines either way)."""
+        prov = record.provenance
+        prov.record_id = prov.record_id or record_id(self.invocation_id, record)
+        run_id = None
+        if self._mlflow_ok():
+            try:
+                with self.mlflow_lock(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    run_id = self._ensure_logger().start_child(record, self.invocation_id, self.experiment)
+            except Exception as e:
+                self._fail(e)
         line = json.dumps({"invocation": self.invocation_id, **record.to_dict()}, sort_keys=True, default=str)
         with _append_locked(self.json_path) as f:
             f.write(line + "\n")
         self.records_written += 1
-        if self.mlflow_uri is None or self.mlflow_error is not None:
-            return None
-        try:
-            with self._mlflow_lock(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # MLflow's own SQLAlchemy deprecations
-                run_id = self._log_mlflow(record, images, artifacts, plot)
-            self.run_ids[record.test_id] = run_id
-            return run_id
-        except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            self.mlflow_error = msg if len(msg) < 400 else msg[:400] + " ..."
-            warnings.warn(
-                f"MLflow tracking server {self.mlflow_uri} was unreachable ({self.mlflow_error}); "
-                f"nothing is lost: the records are in {self.json_path}",
-                TrackingUnavailableWarning,
-                stacklevel=2,
-            )
-            return None
+        if run_id is not None and self.mlflow_error is None:
+            try:
+                with self.mlflow_lock(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    self._logger.finish_child(run_id, record, images=images, artifacts=artifacts, plot=plot)
+                self.run_ids[record.test_id] = run_id
+                self.experiments.add(experiment_name(record, self.experiment))
+                return run_id
+            except Exception as e:
+                self._fail(e)
+        self.not_logged += self.mlflow_uri is not None
+        return None
 
     def close(self) -> None:
-        """Mark this process's parent runs finished (later workers may still add children)."""
-        if self._client is None or self.mlflow_error is not None:
+        """Write each parent run's summary (table, Pareto plot, strips) from all its children — other
+        xdist workers' included — and mark it finished (later workers may still add children)."""
+        if self._logger is None or self.mlflow_error is not None:
             return
-        with contextlib.suppress(Exception), self._mlflow_lock():
-            for run_id in self._parents.values():
-                self._client.set_terminated(run_id, "FINISHED")
+        with contextlib.suppress(Exception), self.mlflow_lock(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._logger.close_parents()
+
+    def replay_command(self) -> str:
+        return f"dpcache-bench replay --json-in {self.json_path} --mlflow-uri {self.mlflow_uri}"
 
     def summary(self) -> str:
         """Where the records went, for the session summary."""
         lines = [f"dpcache: {self.records_written} result record(s) in JSON lines {self.json_path}"]
         if self.mlflow_uri is None:
             lines.append("dpcache: MLflow tracking off")
-        elif self.mlflow_error:
+        elif self.mlflow_error or self.not_logged:
             lines.append(
-                f"dpcache: MLflow {self.mlflow_uri} was unreachable ({self.mlflow_error}); records kept in {self.json_path}"
+                f"dpcache: {self.not_logged} record(s) not in MLflow; once it is back: `{self.replay_command()}`"
             )
         else:
+            exps = ", ".join(sorted(self.experiments)) or experiment_name_hint(self.experiment)
             lines.append(
-                f"dpcache: MLflow store {self.mlflow_uri} (experiment {self.experiment!r}, invocation {self.invocation_id})"
+                f"dpcache: MLflow store {self.mlflow_uri} (experiment {exps}, invocation {self.invocation_id}); "
+                f"browse: {ui_command(self.mlflow_uri)}"
             )
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ MLflow
-    def _mlflow_lock(self) -> contextlib.AbstractContextManager[Any]:
-        """Serialise MLflow writes from xdist workers on one machine (sqlite allows one writer)."""
-        digest = hashlib.sha256(str(self.mlflow_uri).encode()).hexdigest()[:16]
+    def mlflow_lock(self) -> FileLock:
+        """Serialise MLflow writes of every process on this machine to one store (sqlite allows one
+        writer; two processes must not race to create its schema), keyed by `store_key`."""
+        digest = hashlib.sha256(store_key(str(self.mlflow_uri)).encode()).hexdigest()[:16]
         return FileLock(str(Path(tempfile.gettempdir()) / f"dpcache-mlflow-{digest}.lock"), timeout=600)
 
-    def _artifact_location(self) -> str | None:
-        uri = str(self.mlflow_uri)
-        if uri.startswith("sqlite:///"):
-            return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
-        return None
+    def _mlflow_ok(self) -> bool:
+        if self.mlflow_uri is None or self.mlflow_error is not None:
+            return False
+        if not self._probed:
+            self._probed = True
+            bound_http_retries()
+            why = reachable(self.mlflow_uri)
+            if why is not None:
+                self._fail(ConnectionError(why))
+                return False
+        return True
 
-    def _ensure_client(self) -> Any:
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
+    def _ensure_logger(self) -> Any:
+        if self._logger is None:
+            from harness.tracking_mlflow import MlflowLogger
 
-            client = MlflowClient(tracking_uri=self.mlflow_uri)
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = (
-                exp.experiment_id
-                if exp
-                else client.create_experiment(self.experiment, artifact_location=self._artifact_location())
-            )
-            self._client, self._experiment_id = client, exp_id
-        return self._client
+            self._logger = MlflowLogger(str(self.mlflow_uri))
+        return self._logger
 
-    def _parent_run(self, record: ResultRecord) -> str:
-        if record.model in self._parents:
-            return self._parents[record.model]
-        client = self._client
-        flt = (
-            f"tags.`dpcache.invocation` = '{self.invocation_id}' and tags.`dpcache.model` = '{record.model}' "
-            "and tags.`dpcache.role` = 'parent'"
+    def _fail(self, e: BaseException) -> None:
+        msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+        self.mlflow_error = msg if len(msg) < 300 else msg[:300] + " ..."
+        warnings.warn(
+            f"MLflow tracking server {self.mlflow_uri} was unreachable ({self.mlflow_error}); "
+            f"nothing is lost: the records are in {self.json_path} (tracking off for this run; replay "
+            f"later with `{self.replay_command()}`)",
+            TrackingUnavailableWarning,
+            stacklevel=3,
         )
-        found = client.search_runs([self._experiment_id], filter_string=flt, max_results=1)
-        if found:
-            run_id = found[0].info.run_id
-        else:
-            tags = {
-                "dpcache.invocation": self.invocation_id,
-                "dpcache.model": record.model,
-                "dpcache.role": "parent",
-            }
-            tags["dpcache.suite"] = record.identity.suite
-            tags.update(self._provenance_tags(record))
-            run = client.create_run(
-                self._experiment_id,
-                tags=tags,
-                run_name=f"{record.identity.suite}-{record.model}-{self.invocation_id}",
-            )
-            run_id = run.info.run_id
-        self._parents[record.model] = run_id
-        return run_id
 
-    @staticmethod
-    def _provenance_tags(record: ResultRecord) -> dict[str, str]:
-        prov = record.provenance
-        tags = {"git_sha": prov.git_sha or "unknown", "device": prov.device or "unknown"}
-        tags.update({f"version.{k}": v for k, v in prov.versions.items()})
-        return tags
 
-    def _log_mlflow(self, record: ResultRecord, images: Any, artifacts: Sequence[Any], plot: bool) -> str:
-        from mlflow.entities import Metric, Param, RunTag
-
-        client = self._ensure_client()
-        parent = self._parent_run(record)
-        tags = {
-            "mlflow.parentRunId": parent,
-            "dpcache.invocation": self.invocation_id,
-            "dpcache.model": record.model,
-        }
-        tags["dpcache.role"] = "child"
-        tags.update(
-            {
-                "dpcache.config_tag": record.config_tag,
-                "dpcache.method": record.method,
-                **self._provenance_tags(record),
-            }
-        )
-        child = client.create_run(self._experiment_id, tags=tags, run_name=record.test_id).info.run_id
-        params = {
-            "suite": record.identity.suite,
-            "model": record.model,
-            "scale": record.identity.scale,
-            "device_class": record.identity.device_class,
-            "method": record.method,
-            "budget": record.identity.budget,
-            "num_steps": record.identity.num_steps,
-            "config_tag": record.config_tag,
-            "full_steps": record.schedule.full_steps,
-            "schedule": json.dumps(record.schedule.key_steps),
-            "reference_key": json.dumps(record.references.keys),
-            "num_prompts": record.identity.num_prompts,
-            "outcome": record.outcome.status,
-            **{f"knob.{k}": v for k, v in record.identity.knobs.items()},
-        }
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(v), now, 0) for k, v in record.metric_values().items() if isinstance(v, float)
-        ]
-        for name, values in record.quality.per_prompt.items():
-            metrics += [
-                Metric(f"{name}.per_prompt", float(v), now, i) for i, v in enumerate(values) if v is not None
-            ]
-        sp = record.speed
-        if sp.cache_hits:
-            metrics.append(Metric("cache_hits", float(sum(sp.cache_hits)), now, 0))
-        if sp.flops is not None:
-            metrics.append(Metric("flops", float(sp.flops), now, 0))
-        # eval_measured_K: on the evaluation prompts (knob.calibration_measured_K: the knob search's prompts)
-        if sp.measured_k is not None:
-            metrics.append(Metric("eval_measured_K", float(sp.measured_k), now, 0))
-        if sp.matched is not None:  # 1: eval_measured_K within ±5 % of K; 0: UNMATCHED, not ranked at K
-            metrics.append(Metric("eval_compute_matched", float(sp.matched), now, 0))
-        unavailable = {f"unavailable.{k}": v[:5000] for k, v in record.unavailable().items()}
-        client.log_batch(
-            child,
-            metrics=metrics,
-            params=[Param(k, str(v)[:6000]) for k, v in params.items()],
-            tags=[RunTag(k, str(v)) for k, v in unavailable.items()],
-        )
-        client.log_dict(child, record.to_dict(), "record.json")
-        if record.quality.per_prompt:
-            client.log_text(child, per_prompt_csv(record), "per_prompt.csv")
-        if images is not None:
-            for i, img in enumerate(_to_uint8_images(images)):
-                client.log_image(child, img, key="prompt_images", step=i)
-        if plot and record.schedule.key_steps is not None:
-            fig = schedule_figure(record)
-            try:
-                client.log_figure(child, fig, "schedule.png")
-            finally:
-                import matplotlib.pyplot as plt
-
-                plt.close(fig)
-        for path in artifacts:
-            client.log_artifact(child, str(path))
-        client.set_terminated(child, "FINISHED")
-        return child
+def experiment_name_hint(explicit: str | None) -> str:
+    return explicit or os.environ.get(EXPERIMENT_ENV) or "dpcache-<suite>-<scale>"
