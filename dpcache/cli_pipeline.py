@@ -207,6 +207,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     extra = {**base, **_parse_sets(args.set)}
     extra.pop("num_inference_steps", None)
     check_pipeline_args(args, extra)
+    need = args.order + 2  # the predictor's history plus the step it predicts
+    ca.int_in(
+        "--steps", args.steps, need, ca.MAX_STEPS, f"an order-{args.order} predictor needs {need} steps"
+    )
     work_dir = args.work_dir or f"{Path(args.out).with_suffix('')}.parts"
     ca.check_output_file("--out", args.out)
     ca.check_output_dir("--work-dir", work_dir)
