@@ -35,7 +35,9 @@ def _load(src: AuthorsSource) -> types.SimpleNamespace:
     if "xfuser" not in sys.modules and importlib.util.find_spec("xfuser") is None:
         for name in ("xfuser", "xfuser.config", "xfuser.core", "xfuser.core.distributed"):
             sys.modules[name] = _Absent(name)
-        sys.modules["xfuser.core.distributed.parallel_state"] = _Absent("xfuser.core.distributed.parallel_state")
+        sys.modules["xfuser.core.distributed.parallel_state"] = _Absent(
+            "xfuser.core.distributed.parallel_state"
+        )
     sys.path.insert(0, str(root))
     forwards = importlib.import_module("forwards")
     cache_init = importlib.import_module("cache_functions").cache_init
@@ -101,8 +103,19 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                 n = model.branches
                 rows.append(
                     Comparison(
-                        method_name, model.name, REPO, commit, steps, KNOB, value, str(prompt), seed,
-                        float((a - b).abs().max()), psnr(a, b), ta.steps(n), tb.steps(n),
+                        method_name,
+                        model.name,
+                        REPO,
+                        commit,
+                        steps,
+                        KNOB,
+                        value,
+                        str(prompt),
+                        seed,
+                        float((a - b).abs().max()),
+                        psnr(a, b),
+                        ta.steps(n),
+                        tb.steps(n),
                         note=f"authors: Taylor mode, max_order {order}, first_enhance {first}",
                     )
                 )
