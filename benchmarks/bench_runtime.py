@@ -62,9 +62,9 @@ def uniform_schedule(T: int, K: int, first: int = 3) -> list[int]:
 
 def flops_of(call, steps: int, transformer_class: str) -> tuple[int, int]:
     """(whole-call FLOPs, FLOPs inside the transformer)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from harness.measure import flop_counter
 
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter() as counter:  # attention counted on CPU too
         call(steps)
     inside = sum(counter.get_flop_counts().get(transformer_class, {}).values())
     return counter.get_total_flops(), inside
