@@ -1,5 +1,6 @@
 """`dpcache-bench`: run the benchmark on a model (`run`), list `models` and `methods`, build an HTML
-`report` from the JSON lines, and open the MLflow `ui` on the embedded store."""
+`report` from the JSON lines, open the MLflow `ui`, `replay` records into MLflow, plot the `history` of
+every metric across runs, and `compare` two runs side by side."""
 
 from __future__ import annotations
 
@@ -152,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.tracking import Tracker
 
     json_out = Path(args.json_out).resolve()
-    tracker = Tracker(json_out, mlflow_uri=args.mlflow_uri)
+    tracker = Tracker(json_out, mlflow_uri=args.mlflow_uri, experiment=args.experiment)
     report_dir = Path(args.report).resolve() if args.report else None
     artifacts = (report_dir or json_out.parent / "bench-artifacts") / "runs" / tracker.invocation_id
     skipped: list[Skipped] = []
@@ -209,7 +210,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"(rebuild with `dpcache-bench report --json-in {json_out}`)"
             ) from None
         print(f"dpcache: report {index}")
-    print("dpcache: browse MLflow with `dpcache-bench ui`" if tracker.mlflow_uri else "")
+    if tracker.mlflow_uri and not tracker.not_logged:
+        from harness.tracking import ui_command
+
+        print(f"dpcache: browse MLflow: {ui_command(tracker.mlflow_uri)}")
     return 1 if problems else 0
 
 
@@ -317,10 +321,29 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from harness.tracking import resolve_tracking_uri
+    from harness.tracking_replay import ReplayError, replay
+
+    uri = resolve_tracking_uri(args.mlflow_uri)
+    if uri is None:
+        raise BenchUsageError("replay needs a tracking store: give --mlflow-uri")
+    try:
+        res = replay(Path(args.json_in), uri, experiment=args.experiment)
+    except ReplayError as e:
+        raise BenchUsageError(str(e)) from None
+    print(f"dpcache: replayed {res.logged} record(s) into {uri}; {res.already} already there")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = ca.OneLineParser(prog="dpcache-bench", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="benchmark methods × budgets on one model; print the table")
+    desc = " ".join(line.strip() for line in (__doc__ or "").splitlines() if line.strip())
+    p = ca.OneLineParser(prog="dpcache-bench", description=desc)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    r = sub.add_parser(
+        "run", help="Benchmark methods × budgets on one model and print the table.", formatter_class=fmt
+    )
     r.add_argument("--model", required=True, help="a model name from `dpcache-bench models`")
     r.add_argument("--methods", default="default", help="all | a,b,... (default: full,fewer-steps,dpcache)")
     r.add_argument("--budgets", default="25,13,9", help="budgets K (full computations per sample)")
@@ -339,28 +362,41 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--device", default="cpu", help="where the pipeline and generators run: cpu, cuda (cuda:N), mps, auto"
     )
-    r.add_argument("--mlflow-uri", default=None, help="tracking URI (default sqlite:///./mlflow.db; 'off')")
+    r.add_argument("--mlflow-uri", default=None, help="tracking URI (None: sqlite:///./mlflow.db; 'off')")
+    r.add_argument(
+        "--experiment",
+        default=None,
+        help="MLflow experiment (None: $DPCACHE_MLFLOW_EXPERIMENT, else dpcache-<suite>-<scale>)",
+    )
     r.add_argument("--json-out", default=DEFAULT_JSON, help="JSON-lines records file")
     r.add_argument("--report", default=None, metavar="DIR", help="also write the HTML report to DIR")
     r.add_argument(
         "--refs-dir", default=None, help="reference store (default .dpcache-cache/references/<model>)"
     )
     r.add_argument("--cache-dir", default=".dpcache-cache", help="calibration / budget cache")
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
         "--random-weights",
         action="store_true",
         help="build the model's architecture with random weights (smoke tests)",
     )
     r.set_defaults(func=cmd_run)
-    m = sub.add_parser("models", help="every model the zoo knows, and whether it is available here")
-    m.add_argument("--json", action="store_true")
+    m = sub.add_parser(
+        "models", help="List every model the zoo knows and whether it is available here.", formatter_class=fmt
+    )
+    m.add_argument("--json", action="store_true", help="print JSON instead of the table")
     m.set_defaults(func=cmd_models)
-    me = sub.add_parser("methods", help="every method, the families it supports and its knob")
-    me.add_argument("--json", action="store_true")
+    me = sub.add_parser(
+        "methods", help="List every method, the families it supports and its knob.", formatter_class=fmt
+    )
+    me.add_argument("--json", action="store_true", help="print JSON instead of the table")
     me.set_defaults(func=cmd_methods)
-    rep = sub.add_parser("report", help="static HTML report (OUT/<run>/index.html) from a JSON-lines file")
-    rep.add_argument("--json-in", default=DEFAULT_JSON)
+    rep = sub.add_parser(
+        "report",
+        help="Write the static HTML report (OUT/<run>/index.html) from a JSON-lines file.",
+        formatter_class=fmt,
+    )
+    rep.add_argument("--json-in", default=DEFAULT_JSON, help="JSON-lines records file")
     rep.add_argument(
         "--out", default=DEFAULT_REPORT, help="report folder: <run>/index.html per run, index.html"
     )
@@ -377,11 +413,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="also rewrite PATH (e.g. reports/BENCHMARKS.md): latest tiny-scale table per model",
     )
     rep.set_defaults(func=cmd_report)
-    u = sub.add_parser("ui", help="MLflow UI on 127.0.0.1 over the embedded store")
-    u.add_argument("--mlflow-uri", default=None)
-    u.add_argument("--port", type=int, default=5000)
+    u = sub.add_parser(
+        "ui", help="Open the MLflow UI on 127.0.0.1 over a tracking store.", formatter_class=fmt
+    )
+    u.add_argument(
+        "--mlflow-uri", default=None, help="tracking store (None: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    u.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1")
     u.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     u.set_defaults(func=cmd_ui)
+    rp = sub.add_parser(
+        "replay",
+        help="Log the JSON-lines records that are not yet in MLflow (each record once, however often it runs).",
+        formatter_class=fmt,
+    )
+    rp.add_argument("--json-in", default=DEFAULT_JSON, help="JSON-lines records file")
+    rp.add_argument(
+        "--mlflow-uri", default=None, help="tracking URI (None: $MLFLOW_TRACKING_URI, else ./mlflow.db)"
+    )
+    rp.add_argument("--experiment", default=None, help="MLflow experiment (None: as `run` chose)")
+    rp.set_defaults(func=cmd_replay)
+    from harness.compare import add_parser as add_compare
+    from harness.history import add_parser as add_history
+
+    add_history(sub, fmt)
+    add_compare(sub, fmt)
     return p
 
 
