@@ -133,8 +133,30 @@ def table(results: list[dict], effects: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fits(rows: list[dict]) -> str:
+    """TeaCache's fitted polynomials (benchmarks.fidelity.teacache_fit): how well they predict the output change."""
+    if not rows:
+        return ""
+    lines = [
+        "",
+        "TeaCache's rescale polynomials on the tiny models are fitted by `calibrate_teacache` with the authors' recipe",
+        "(np.polyfit, degree 4, of the stack output's rel-L1 change on the indicator's, over every (step, branch)",
+        "pair of full-compute runs of the calibration prompts; `python -m benchmarks.fidelity.teacache_fit <model>`):",
+        "",
+        "| model | T | points | indicator | R² | mean relative error |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ind = "e0 (timestep projection)" if r["model"].startswith("wan") else "block-0 modulated input"
+        lines.append(
+            f"| {r['model']} | {r['num_steps']} | {r['points']} | {ind} | {r['r2']:.2f} | {r['mean_abs_rel_error']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     text = table(_rows(HERE / "results.jsonl"), _rows(HERE / "effects.jsonl"))
+    text += fits(_rows(HERE / "teacache_fit.jsonl"))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
     print(text)
