@@ -88,21 +88,18 @@ def prompt_split(
     return calib, evals
 
 
-def label_prompt_split(n_evaluation: int = 8) -> tuple[list[str], list[str]]:
+def label_prompt_split(n_labels: int = 8) -> tuple[list[str], list[str]]:
     """The split for a class-label model (DiT conditions on the digit only, not on the prompt text).
 
-    Evaluation: the first ``n_evaluation`` prompts of :func:`prompt_split` (digits 0 … n-1, unchanged);
-    calibration: that split's calibration prompts whose digit is *not* evaluated (8 and 9 for the default 8),
-    so no label the model is calibrated on is scored. ``n_evaluation`` must leave at least one label free.
+    Evaluation: :func:`prompt_split`'s evaluation prompts of digits 0 … n_labels-1, in order (the first 8 are
+    digits 0-7, as before; 52 in all for the default); calibration: its calibration prompts of the other
+    digits (8 and 9), so no label the model is calibrated on is ever scored.
     """
-    if not 1 <= n_evaluation <= 9:
-        raise ValueError(
-            f"n_evaluation must be 1..9 (a label must stay free for calibration), got {n_evaluation}"
-        )
+    if not 1 <= n_labels <= 9:
+        raise ValueError(f"n_labels must be 1..9 (a label must stay free for calibration), got {n_labels}")
     calib, evals = prompt_split()
-    evals = evals[:n_evaluation]
-    labels = {parse_prompt(p).digit for p in evals}
-    return [p for p in calib if parse_prompt(p).digit not in labels], evals
+    evals = [p for p in evals if parse_prompt(p).digit < n_labels]
+    return [p for p in calib if parse_prompt(p).digit >= n_labels], evals
 
 
 def probe_prompts(n: int = 40, seed: int = 1234) -> list[str]:

@@ -163,8 +163,8 @@ def _digit_prompts() -> tuple[list[str], list[str]]:
 
 
 def _digit_label_prompts() -> tuple[list[str], list[str]]:
-    """DiT conditions on the class label only: calibrate on digits that are never evaluated (8 and 9; the
-    8 evaluation prompts are digits 0-7), so the split is disjoint in what the model actually sees."""
+    """DiT conditions on the class label only: evaluate on digits 0-7 (the first 8 evaluation prompts are
+    0, 1, …, 7) and calibrate on 8 and 9, so the split is disjoint in what the model actually sees."""
     from harness.zoo.digits_data import label_prompt_split
 
     return label_prompt_split(8)
