@@ -25,7 +25,7 @@ MARKERS = {
     "nightly": "long-running, full-scale (nightly GPU workflow)",
 }
 _WORKER_KEY = "dpcache_invocation"
-pytest_plugins = ["harness.sharding"]  # the nightly fan-out: --shard I/N, --shard-by, --cache-dir
+pytest_plugins = ["harness.sharding", "harness.plugin_table"]  # nightly fan-out; end-of-session results table
 
 
 @dataclass
@@ -39,6 +39,7 @@ class BenchOptions:
     num_prompts: int | None = None
     device: str | None = None
     mlflow_uri: str | None = None
+    experiment: str | None = None
     json_out: Path = Path("results.jsonl")
     refs_dir: Path | None = None
     update_expected: bool = False
@@ -108,6 +109,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db; 'off' disables)",
     )
     group.addoption(
+        "--experiment",
+        default=None,
+        help="MLflow experiment (default $DPCACHE_MLFLOW_EXPERIMENT, else dpcache-<suite>-<scale>)",
+    )
+    group.addoption(
         "--json-out",
         default=None,
         metavar="FILE",
@@ -174,6 +180,7 @@ def _parse_options(config: pytest.Config) -> BenchOptions:
         num_prompts=opt.num_prompts,
         device=opt.device,
         mlflow_uri=opt.mlflow_uri,
+        experiment=opt.experiment,
         json_out=json_out.resolve(),
         refs_dir=Path(opt.refs_dir).resolve() if opt.refs_dir else None,
         update_expected=opt.update_expected,
@@ -270,7 +277,9 @@ def tracker(pytestconfig: pytest.Config) -> Any:
     state = pytestconfig.stash[_STATE]
     if state.tracker is None:
         o = state.options
-        state.tracker = Tracker(o.json_out, mlflow_uri=o.mlflow_uri, invocation_id=state.invocation_id)
+        state.tracker = Tracker(
+            o.json_out, mlflow_uri=o.mlflow_uri, experiment=o.experiment, invocation_id=state.invocation_id
+        )
     yield state.tracker
     state.tracker.close()
 
@@ -316,6 +325,9 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         if tracker.mlflow_error:
             info["mlflow_error"] = tracker.mlflow_error
         request.node.user_properties.append(("dpcache_record", info))
+        from harness.plugin_table import ROW_KEY, result_row
+
+        request.node.user_properties.append((ROW_KEY, result_row(record, path)))
         if state.options.update_expected:
             state.pending.setdefault(str(path), []).append(record)
             return []
@@ -323,7 +335,9 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         info["gated"], info["ungated"] = verdict.gated, verdict.ungated
         if verdict.failures:
             lines = "\n".join(f"  {f.message}" for f in verdict.failures)
-            pytest.fail(f"dpcache gate failed for {record.test_id} ({path}):\n{lines}", pytrace=False)
+            run = record.provenance.mlflow_run_id
+            where = f"{path}; MLflow run {run}" if run else f"{path}; not in MLflow"
+            pytest.fail(f"dpcache gate failed for {record.test_id} ({where}):\n{lines}", pytrace=False)
         if verdict.ungated and state.options.strict(record.identity.scale):
             lines = "\n".join(f"  UNGATED: {u}" for u in verdict.ungated)
             pytest.fail(f"dpcache: {record.test_id} is not gated (strict gates):\n{lines}", pytrace=False)
