@@ -73,6 +73,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     prompts = load_prompts(args.prompts, args.sample_rule, args.sample_size)
     pipe = load_pipeline(args.pipeline, args.device, args.dtype)
+    pipe.set_progress_bar_config(disable=True)  # one bar for the whole search, not one per sample
     extra = {**call_defaults(args.pipeline), **_parse_sets(args.set)}
     extra.pop("num_inference_steps", None)
     start = time.perf_counter()
