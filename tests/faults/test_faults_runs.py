@@ -65,9 +65,24 @@ def test_kill9_during_calibration_then_rerun_resumes_and_reuses_nothing_stale(tm
     assert len(list(parts.glob("*.npz"))) == 2
     t16 = CostTensor.load(out).cost
     # the same --out at 32x32 (issue 15 #1: it reused the 16x16 parts and wrote a bit-identical tensor)
-    res = finish(dpcache_process(*args, "--set", "height=32", "--set", "width=32", cwd=tmp_path))
+    one = tmp_path / "one.txt"
+    one.write_text("a red 1 on a black background\n")  # the first prompt again, at another size
+    at32 = [
+        *CALIBRATE,
+        "--prompts",
+        one,
+        "--out",
+        out,
+        "--work-dir",
+        parts,
+        "--set",
+        "height=32",
+        "--set",
+        "width=32",
+    ]
+    res = finish(dpcache_process(*at32, cwd=tmp_path))
     assert res.rc == 0, res.err[-2000:]
-    assert len(list(parts.glob("*.npz"))) == 4, "parts made at 16x16 are not reused at 32x32"
+    assert len(list(parts.glob("*.npz"))) == 3, "the part made at 16x16 is not reused at 32x32"
     assert not np.array_equal(CostTensor.load(out).cost, t16)
 
 
