@@ -25,6 +25,7 @@ _LAZY = {
     "pact": ("build_cost_tensor",),
     "predictors": ("Predictor", "TaylorPredictor"),
     "prompts": ("load_prompts",),
+    "tune": ("TuneSpace", "TuneResult"),
 }
 
 

@@ -276,7 +276,12 @@ def register_pipeline_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", required=True, help="text prompt (DiT: a class label or its name)")
     p.add_argument("--cost", default=None, help=".safetensors cost tensor to plan from")
     p.add_argument("--budget", type=int, default=None, help="K, the number of key steps")
-    p.add_argument("--solver", choices=["exact", "official"], default="exact")
+    p.add_argument(
+        "--solver",
+        choices=["exact", "official"],
+        default="official",
+        help="planner (default: the released recurrence)",
+    )
     p.add_argument("--no-cache", action="store_true", help="run every step at full compute")
     p.add_argument(
         "--any-model", action="store_true", help="accept a cost tensor calibrated on another model"

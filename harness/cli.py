@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             repeats=args.repeats,
             num_calibration=args.calibration_prompts,
             tracker=tracker,
-            cache_dir=args.cache_dir,
+            cache_dir=_cache_dir(args.cache_dir),
             refs_dir=args.refs_dir,
             artifacts_dir=artifacts,
             skipped=skipped,
@@ -296,7 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--refs-dir", default=None, help="reference store (default .dpcache-cache/references/<model>)"
     )
-    r.add_argument("--cache-dir", default=".dpcache-cache", help="calibration / budget cache")
+    r.add_argument(
+        "--cache-dir",
+        default=None,
+        help="Calibration / budget cache directory (default: $DPCACHE_CACHE_DIR, else ./.dpcache-cache).",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
         "--random-weights",
@@ -376,6 +380,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse already printed a one-line usage error
         return int(e.code or 0)
     return ca.run_main("dpcache-bench", args.func, args, errors=(PromptOverlapError, BaselineImportError))
+
+
+def _cache_dir(option: str | None) -> Path:
+    from harness.context import resolve_cache_dir
+
+    return resolve_cache_dir(option)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,8 @@ def check_run_args(args: argparse.Namespace, spec: Any) -> tuple[int, list[int]]
         )
     ca.check_output_file("--json-out", args.json_out)
     ca.check_output_dir("--report", args.report)
-    ca.check_output_dir("--cache-dir", args.cache_dir)
+    from harness.context import resolve_cache_dir
+
+    ca.check_output_dir("--cache-dir", str(resolve_cache_dir(args.cache_dir)))
     ca.check_output_dir("--refs-dir", args.refs_dir)
     return steps, budgets

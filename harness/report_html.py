@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
+from harness.methods import display_name
 from harness.report_data import (
     Record,
     cache_hits,
@@ -145,7 +146,7 @@ def results_table(records: Sequence[Record], colours: dict[str, str]) -> str:
     for r in sort_records(x for x in records if ran(x)):
         wall = r.get("timing") or {}
         cells = [
-            f'<td class="l">{swatch(colours.get(r["method"], "#000"))}{esc(r["method"])}</td>',
+            f'<td class="l">{swatch(colours.get(r["method"], "#000"))}{esc(display_name(r["method"]))}</td>',
             _td(str(r.get("budget", "–"))),
             _td(tag(r), cls="l"),
         ]

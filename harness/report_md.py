@@ -7,6 +7,7 @@ import platform
 import time
 from pathlib import Path
 
+from harness.methods import display_name
 from harness.report_data import (
     Record,
     by_model,
@@ -163,7 +164,7 @@ def model_section(model: str, invocation: str, all_records: list[Record]) -> str
         "|:--|--:|" + "--:|" * len(MD_COLUMNS),
     ]
     for r in latest_per_config(all_records):
-        cells = [str(r["method"]), _k_cell(r)] + [_cell(r, m, notes) for _, m in MD_COLUMNS]
+        cells = [display_name(str(r["method"])), _k_cell(r)] + [_cell(r, m, notes) for _, m in MD_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     if notes:
         lines.append("")

@@ -34,7 +34,15 @@ class Suite:
     models: dict[str, str]
     # the CI default: the core methods and three competitors (a diffusers-wrapped one, a ported threshold
     # one, a ported interval one) that fit the 2-core CI budget; `--methods all` runs every applicable one
-    methods: tuple[str, ...] = ("full", "fewer-steps", "dpcache", "teacache", "taylorseer", "fora")
+    methods: tuple[str, ...] = (
+        "full",
+        "fewer-steps",
+        "dpcache",
+        "dpcache-tuned",
+        "teacache",
+        "taylorseer",
+        "fora",
+    )
     budgets: dict[str, tuple[int, ...]] = field(default_factory=lambda: {"*": DEFAULT_BUDGETS})
     num_prompts: int = 8
     num_calibration: int = 4

@@ -291,7 +291,7 @@ def test_b(gate, budget):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{suite.path.resolve()}/mlflow.db")
-    exp = client.get_experiment_by_name("dpcache-bench")
+    exp = client.get_experiment_by_name("dpcache-demo-medium")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
