@@ -113,7 +113,7 @@ def test_run_prints_table_and_writes_report(repeats, tmp_path, monkeypatch, caps
         "speedup_quality.png",
         "schedules.png",
         "cost_tensor.png",
-        "img/full-K10/prompt0",
+        "img/full-K10-T10-N1/prompt0",  # T and the prompt count differ from the defaults
         "<table>",
     ):
         assert needle in run_page
