@@ -66,7 +66,7 @@ def test_suite_ids_select_sensibly(pytester: pytest.Pytester):
         ]
     )
     both = _collect(pytester, "-k", "speedup and dpcache and K9")
-    assert both == ["test_flux.py::test_speedup[flux-tiny-dpcache-K9]"]
+    assert both == [f"test_flux.py::test_speedup[flux-tiny-{m}-K9]" for m in ("dpcache", "dpcache-tuned")]
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,11 @@ def test_every_suite_selects_like_flux(pytester: pytest.Pytester, suite: str, mo
         for x in ("full-K50", "dpcache-K25", "dpcache-K13", "dpcache-K9")
     } <= set(speed)
     quality = _collect(pytester, "-k", "quality and dpcache", suite=suite)
-    assert quality == [f"test_{suite}.py::test_quality[{model}-dpcache-K{k}]" for k in (25, 13, 9)]
+    assert quality == [
+        f"test_{suite}.py::test_quality[{model}-{m}-K{k}]"
+        for m in ("dpcache", "dpcache-tuned")
+        for k in (25, 13, 9)
+    ]
     practice = _collect(pytester, "-m", "runtime", suite=suite)
     assert {i.split("::")[1] for i in practice} == {
         "test_other_step_count_is_refused",
@@ -94,4 +98,8 @@ def test_options_change_the_ids(pytester: pytest.Pytester):
     ids = _collect(pytester, "-k", "speedup", "--budgets", "13", "--methods", "dpcache", "--scale", "full")
     assert ids == ["test_flux.py::test_speedup[flux-dev-dpcache-K13]"]
     wan = _collect(pytester, "-k", "speedup and dpcache", "--scale", "full", suite="wan")
-    assert wan == [f"test_wan.py::test_speedup[wan2.1-i2v-14b-720p-dpcache-K{k}]" for k in (25, 12, 9)]
+    assert wan == [
+        f"test_wan.py::test_speedup[wan2.1-i2v-14b-720p-{m}-K{k}]"
+        for m in ("dpcache", "dpcache-tuned")
+        for k in (25, 12, 9)
+    ]

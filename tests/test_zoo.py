@@ -165,7 +165,8 @@ def test_tiny_pipelines_are_small():
     for name in IMAGE_TINY:
         spec = _tiny(name)
         size = sum(f.stat().st_size for f in __import__("pathlib").Path(spec.path).rglob("*") if f.is_file())
-        assert size < 6.5e6, f"{name}: {size / 1e6:.1f} MB"
+        # dit-tiny's 12 blocks each carry DiT's 1001-row class embedding (2.7 MB of its 7.2)
+        assert size < 7.5e6, f"{name}: {size / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("name", ["flux-medium", "dit-medium", "wan-medium", "hunyuan-video-medium"])
