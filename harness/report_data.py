@@ -194,6 +194,15 @@ def at_k(points: Sequence[tuple[float, float]], k: float) -> tuple[float | None,
     return v0 + (v1 - v0) * (k - m0) / (m1 - m0), f"interpolated between measured K={m0:.2f} and K={m1:.2f}"
 
 
+def raw_point(raw: Record | None, metric: str) -> str:
+    """The measured point beside a ranking at exactly K: value, its measured K, UNMATCHED when off K."""
+    if raw is None:
+        return "none at this K"
+    mk, v = metric_value(raw, "measured_k"), metric_value(raw, metric)
+    text = f"{'n/a' if v is None else f'{v:.2f}'} at measured K={'?' if mk is None else f'{mk:.2f}'}"
+    return text + (" UNMATCHED" if unmatched(raw) else "")
+
+
 def leaders(records: Sequence[Record], metric: str = "psnr") -> dict[int, list[dict[str, Any]]]:
     """Per requested K: each method's `metric` at exactly K (interpolated in measured K) beside its raw point,
     best first; a method's raw point off K (unmatched) is shown but never ranked as "at K"."""

@@ -13,9 +13,9 @@ from harness.report_data import (
     cache_hits,
     fmt_metric,
     leaders,
-    metric_value,
     not_run,
     ran,
+    raw_point,
     reason,
     sort_records,
     tag,
@@ -185,13 +185,7 @@ def leader_table(records: Sequence[Record], metric: str = "psnr") -> str:
     for k, entries in leaders(records, metric).items():
         for n, row in enumerate(entries, start=1):
             raw, at = row["raw"], row["value"]
-            raw_text = "none at this K"
-            if raw is not None:
-                mk, v = metric_value(raw, "measured_k"), metric_value(raw, metric)
-                raw_text = (
-                    f"{'n/a' if v is None else f'{v:.2f}'} at measured K={'?' if mk is None else f'{mk:.2f}'}"
-                )
-                raw_text += " UNMATCHED" if unmatched(raw) else ""
+            raw_text = raw_point(raw, metric)
             cells = [_td(str(k)), _td(str(n) if at is not None else "–"), _td(row["method"], cls="l")]
             cells += [_td(f"{at:.2f}" if at is not None else "n/a", row["how"]), _td(row["how"], cls="l")]
             cells.append(_td(raw_text, cls="l"))

@@ -17,6 +17,7 @@ from harness.report_data import (
     load_records,
     metric_value,
     not_run,
+    raw_point,
     unmatched,
     write_text_atomic,
 )
@@ -103,13 +104,7 @@ def leader_lines(records: list[Record], metric: str = "psnr") -> list[str]:
     for k, rows in table.items():
         for n, row in enumerate(rows, start=1):
             raw, at = row["raw"], row["value"]
-            raw_text = "none at this K"
-            if raw is not None:
-                mk, v = metric_value(raw, "measured_k"), metric_value(raw, metric)
-                raw_text = (
-                    f"{'n/a' if v is None else f'{v:.2f}'} at measured K={'?' if mk is None else f'{mk:.2f}'}"
-                )
-                raw_text += " UNMATCHED" if unmatched(raw) else ""
+            raw_text = raw_point(raw, metric)
             rank = str(n) if at is not None else "–"
             value = f"{at:.2f}" if at is not None else "n/a"
             lines.append(f"| {k} | {rank} | {row['method']} | {value} | {row['how']} | {raw_text} |")
