@@ -19,7 +19,12 @@ from typing import Any
 import numpy as np
 
 from dpcache import __version__
-from dpcache.errors import CostTensorError, CostTensorMismatchError, CostTensorNotFoundError
+from dpcache.errors import (
+    CostTensorError,
+    CostTensorMismatchError,
+    CostTensorNotFoundError,
+    field_mismatches,
+)
 
 FORMAT_VERSION = 1
 TENSOR_NAME = "cost"
@@ -252,13 +257,7 @@ class CostTensor:
             "model_id": model_id,
             "first_full_steps": first_full_steps,
         }
-        diffs = []
-        for name, want in expected.items():
-            if want is None:
-                continue
-            found = getattr(self.meta, name)
-            if found != want:
-                diffs.append(f"{name}: expected {want!r}, found {found!r}")
+        diffs = field_mismatches(self.meta, expected)
         if diffs:
             raise CostTensorMismatchError(
                 "cost tensor does not match this configuration (" + "; ".join(diffs) + "); "

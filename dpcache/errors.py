@@ -47,3 +47,12 @@ class UnreachablePlanError(DPCacheError):
 
 class ScheduleMismatchError(DPCacheError):
     """A pipeline call whose step count differs from the schedule's."""
+
+
+def field_mismatches(found: object, expected: dict[str, object]) -> list[str]:
+    """`name: expected X, found Y` for every given (not None) field of `expected` that `found` differs in."""
+    return [
+        f"{name}: expected {want!r}, found {getattr(found, name)!r}"
+        for name, want in expected.items()
+        if want is not None and getattr(found, name) != want
+    ]

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dpcache.errors import DPCacheError
+from dpcache.errors import DPCacheError, field_mismatches
 
 FORMAT = "dpcache-schedule"
 FORMAT_VERSION = 1
@@ -137,11 +137,7 @@ class ScheduleFile:
             "model_id": model_id,
             "weights_hash": weights_hash,
         }
-        diffs = [
-            f"{name}: expected {want!r}, found {getattr(self, name)!r}"
-            for name, want in expected.items()
-            if want is not None and getattr(self, name) != want
-        ]
+        diffs = field_mismatches(self, expected)
         if diffs:
             raise ScheduleFileMismatchError(
                 f"{source} does not match this configuration (" + "; ".join(diffs) + "); "
