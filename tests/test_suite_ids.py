@@ -80,11 +80,12 @@ def test_every_suite_selects_like_flux(pytester: pytest.Pytester, suite: str, mo
         for x in ("full-K50", "dpcache-K25", "dpcache-K13", "dpcache-K9")
     } <= set(speed)
     quality = _collect(pytester, "-k", "quality and dpcache", suite=suite)
-    assert quality == [
-        f"test_{suite}.py::test_quality[{model}-{m}-K{k}]"
-        for m in ("dpcache", "dpcache-tuned")
-        for k in (25, 13, 9)
+    # dpcache is swept over every default budget; dpcache-tuned and the competitors run at K <= 13 by default
+    assert quality == [f"test_{suite}.py::test_quality[{model}-dpcache-K{k}]" for k in (25, 13, 9)] + [
+        f"test_{suite}.py::test_quality[{model}-dpcache-tuned-K{k}]" for k in (13, 9)
     ]
+    gentle = _collect(pytester, "-k", "quality and K25", "--budgets", "25", suite=suite)
+    assert f"test_{suite}.py::test_quality[{model}-teacache-K25]" in gentle
     practice = _collect(pytester, "-m", "runtime", suite=suite)
     assert {i.split("::")[1] for i in practice} == {
         "test_other_step_count_is_refused",
@@ -98,8 +99,6 @@ def test_options_change_the_ids(pytester: pytest.Pytester):
     ids = _collect(pytester, "-k", "speedup", "--budgets", "13", "--methods", "dpcache", "--scale", "full")
     assert ids == ["test_flux.py::test_speedup[flux-dev-dpcache-K13]"]
     wan = _collect(pytester, "-k", "speedup and dpcache", "--scale", "full", suite="wan")
-    assert wan == [
-        f"test_wan.py::test_speedup[wan2.1-i2v-14b-720p-{m}-K{k}]"
-        for m in ("dpcache", "dpcache-tuned")
-        for k in (25, 12, 9)
+    assert wan == [f"test_wan.py::test_speedup[wan2.1-i2v-14b-720p-dpcache-K{k}]" for k in (25, 12, 9)] + [
+        f"test_wan.py::test_speedup[wan2.1-i2v-14b-720p-dpcache-tuned-K{k}]" for k in (12, 9)
     ]
