@@ -199,7 +199,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     index = Path(args.out) / "index.html"
     print(f"dpcache: report {page}" + (f" (all runs: {index})" if page != index else ""))
     if args.benchmarks_md:
-        from harness.report_md import write_benchmarks_md
+        from harness.report.md import write_benchmarks_md
 
         command = f"dpcache-bench report --json-in {args.json_in} --benchmarks-md {args.benchmarks_md}"
         if args.invocation:

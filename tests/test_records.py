@@ -147,7 +147,7 @@ def test_jsonl_reader_names_a_torn_line_and_keeps_the_rest(tmp_path):
 
 
 def test_report_reader_warns_on_torn_lines_too(tmp_path):
-    from harness.report_data import load_records
+    from harness.report.data import load_records
 
     path = tmp_path / "r.jsonl"
     path.write_text(

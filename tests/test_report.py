@@ -13,8 +13,8 @@ from report_synth import INVOCATION, LPIPS_WHY, PSNR_WHY, make_run, record
 
 from harness.cli import main
 from harness.report import build_report
-from harness.report_data import latest_per_config, pareto_front
-from harness.report_md import benchmarks_markdown, write_benchmarks_md
+from harness.report.data import latest_per_config, pareto_front
+from harness.report.md import benchmarks_markdown, write_benchmarks_md
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_benchmarks_md_write_is_atomic(tmp_path, monkeypatch):
     def boom(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("harness.report_data.os.replace", boom)
+    monkeypatch.setattr("harness.report.data.os.replace", boom)
     with pytest.raises(OSError):
         write_benchmarks_md(src, out)
     assert out.read_text() == first  # the old table is intact
@@ -188,7 +188,7 @@ def test_cli_report_writes_html_and_benchmarks_md(tmp_path, monkeypatch, capsys)
 
 def test_report_modules_import_no_heavy_libraries():
     code = (
-        "import sys, harness.report, harness.report_md, harness.cli; "
+        "import sys, harness.report, harness.report.md, harness.cli; "
         "print([m for m in ('torch', 'matplotlib', 'PIL', 'numpy', 'mlflow') if m in sys.modules])"
     )
     res = subprocess.run(

@@ -10,8 +10,8 @@ import pytest
 
 from harness.records import ResultRecord
 from harness.report import build_report
-from harness.report_data import at_k, leaders, load_records
-from harness.report_md import benchmarks_markdown
+from harness.report.data import at_k, leaders, load_records
+from harness.report.md import benchmarks_markdown
 
 INV = "20260301T000000-verdicts"
 

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import quote
 
 from harness.methods import display_name
-from harness.report_data import (
+from harness.report.data import (
     Record,
     cache_hits,
     fmt_metric,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from harness.report_data import (
+from harness.report.data import (
     PSNR_IDENTICAL,
     Record,
     methods_of,

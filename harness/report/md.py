@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from harness.methods import display_name
-from harness.report_data import (
+from harness.report.data import (
     Record,
     by_model,
     fmt_metric,

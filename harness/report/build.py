@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness.context import contained_path
-from harness.report_data import (
+from harness.report.data import (
     Record,
     by_model,
     is_video,
@@ -20,7 +20,7 @@ from harness.report_data import (
     tag,
     write_text_atomic,
 )
-from harness.report_html import (
+from harness.report.html import (
     esc,
     figure,
     image_grid,
@@ -31,7 +31,7 @@ from harness.report_html import (
     page,
     results_table,
 )
-from harness.report_plots import method_styles, plottable, schedule_strips, speedup_quality_plot
+from harness.report.plots import method_styles, plottable, schedule_strips, speedup_quality_plot
 
 __all__ = ["build_report", "build_run", "load_records", "write_index"]
 
