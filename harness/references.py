@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock
 
 from dpcache.errors import InputFileError
+from harness.metrics import psnr_db
 
 if TYPE_CHECKING:
     import torch
@@ -132,13 +133,6 @@ def _uint8() -> Any:
     import torch
 
     return torch.uint8
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> float:
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    if mse == 0.0:
-        return 100.0
-    return min(100.0, 10.0 * math.log10(data_range**2 / mse))
 
 
 class ReferenceStore:
@@ -275,7 +269,7 @@ class ReferenceStore:
             raise ReferenceDriftError(
                 f"reference drift for key {key}: shape {tuple(fresh.shape)} != stored {tuple(stored.shape)}"
             )
-        value = _psnr(fresh, stored, data_range)
+        value = psnr_db(fresh, stored, data_range=data_range)
         if value < min_psnr:
             raise ReferenceDriftError(
                 f"reference drift for key {key}: PSNR to the stored reference is {value:.2f} dB "

@@ -46,6 +46,17 @@ def test_psnr_video_per_frame_then_averaged():
     assert r.per_item == pytest.approx((60.0,))
 
 
+def test_psnr_db_is_one_function_for_tensors_and_arrays():
+    ref = np.zeros((4, 4), dtype=np.float32)
+    pred = ref + np.float32(0.1)  # mse 0.01: 20 dB on [0, 1]
+    assert metrics.psnr_db(pred, ref) == pytest.approx(20.0)
+    assert metrics.psnr_db(torch.from_numpy(pred), torch.from_numpy(ref)) == pytest.approx(20.0)
+    assert metrics.psnr_db(2 * pred, 2 * ref, data_range=2.0) == pytest.approx(20.0)
+    assert metrics.psnr_db(ref, ref) == metrics.PSNR_CAP_DB == 100.0
+    assert metrics.psnr_db(ref, ref, cap_db=None) == float("inf")
+    assert metrics.psnr_db(ref + np.float32(1e-7), ref, cap_db=None) > 100.0  # the cap is what stops it
+
+
 def test_range_and_shape_checked():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         metrics.psnr(_imgs() * 2 - 1, _imgs())

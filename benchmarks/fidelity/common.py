@@ -161,9 +161,10 @@ class ComputeTrace:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two images in [0, 1] (inf when identical)."""
-    mse = float(((a.double() - b.double()) ** 2).mean())
-    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+    """PSNR in dB of two images in [0, 1], uncapped (inf when identical): `harness.metrics.psnr_db`."""
+    from harness.metrics import psnr_db
+
+    return psnr_db(a, b, cap_db=None)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.metrics import psnr_db
 from harness.zoo import registry
 
 
@@ -67,12 +68,6 @@ def reuse_schedule(total: int, k: int, first: int = 3) -> list[int]:
     """K key steps out of ``total``: the first ``first`` steps, the rest spread uniformly to the end."""
     rest = np.linspace(first, total - 1, k - first).round().astype(int).tolist()
     return sorted(set(range(first)) | set(rest))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR on [0, 1], capped at 100 dB."""
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else min(100.0, 10 * np.log10(1.0 / mse))
 
 
 def _run(pipe, spec: registry.ModelSpec, prompts: list, steps: int, seed: int) -> np.ndarray:
@@ -125,7 +120,7 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
     rec.remove()
 
     def mean_psnr(x: np.ndarray) -> float:
-        return float(np.mean([psnr(a, b) for a, b in zip(x, full)]))
+        return float(np.mean([psnr_db(a, b) for a, b in zip(x, full)]))
 
     result: dict = {
         "name": name,
