@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from diffusers.hooks.hooks import BaseState
 
 from . import __version__
 from .adapters import block_layout
+from .atomic_io import write_atomic
 from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 from .pact import cost_tensor_one, mean_finite
 from .planner import default_max_jump
@@ -204,14 +204,11 @@ def _load_part(path: Path, key: str, num_steps: int) -> np.ndarray | None:
 
 
 def _save_atomic_npz(path: Path, array: np.ndarray, key: str = "") -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, cost=array, key=np.array(key))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)
 
 
 def calibrate(

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dpcache import __version__
+from dpcache.atomic_io import write_atomic
 from dpcache.errors import (
     CostTensorError,
     CostTensorMismatchError,
@@ -195,21 +195,8 @@ class CostTensor:
         """Write ``path`` as .safetensors atomically (temp file in the same directory, then os.replace)."""
         from safetensors.numpy import save_file
 
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            umask = os.umask(0)
-            os.umask(umask)
-            save_file({TENSOR_NAME: self.cost}, tmp, metadata=self.meta.to_strings())
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return target
+        metadata = self.meta.to_strings()
+        return write_atomic(path, lambda tmp: save_file({TENSOR_NAME: self.cost}, tmp, metadata=metadata))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostTensor:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dpcache.atomic_io import write_text_atomic
 from dpcache.errors import DPCacheError, field_mismatches
 
 FORMAT = "dpcache-schedule"
@@ -82,19 +82,9 @@ class ScheduleFile:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the file as JSON atomically (temp file in the same directory, then os.replace)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(self.to_dict(), fh, indent=1, sort_keys=True)
-                fh.write("\n")
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return write_text_atomic(
+            path, json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", mode=0o644
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ScheduleFile:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import tempfile
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from dpcache.atomic_io import write_text_atomic
 from harness.metrics import Unavailable
 from harness.records import METRIC_FIELDS, ResultRecord
 from harness.stats import ALPHA, compare_samples, mann_whitney_greater, min_p_value
@@ -275,15 +275,8 @@ def expected_configs(path: str | os.PathLike[str], model: str) -> dict[str, Spec
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temp file in the same folder + os.replace: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Write JSON (indent 2, sorted keys) with `dpcache.atomic_io`: readers never see a partial file."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _spec(old: Mapping[str, Any], metric: str, v: float, tols: Mapping[str, float]) -> dict[str, Any]:

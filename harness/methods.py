@@ -4,10 +4,10 @@ configured at a budget K (full transformer computations per sample) on one model
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dpcache.atomic_io import write_text_atomic
 from harness.budget import BudgetMatch, cached_search, knob_signature, search_method
 from harness.context import (  # noqa: F401  (re-exported: the registry's public surface)
     DEFAULT_CACHE_DIR,
@@ -92,9 +92,7 @@ class BaselineMethod(BenchMethod):
             data = self.method.calibrate(
                 ctx.pipe, Calibration(ctx.spec.name, ctx.num_steps, run_prompts, out_dir)
             )
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(data, sort_keys=True))
-            os.replace(tmp, path)
+            write_text_atomic(path, json.dumps(data, sort_keys=True))
             return data
 
     def prepare(self, ctx: ModelContext) -> None:

@@ -7,13 +7,13 @@ import json
 import math
 import os
 import tempfile
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock
 
+from dpcache.atomic_io import write_atomic, write_text_atomic
 from dpcache.errors import InputFileError
 from harness.metrics import psnr_db
 
@@ -212,21 +212,12 @@ class ReferenceStore:
         t = tensor.detach().cpu().contiguous()
         full_meta = {"key": key, "shape": list(t.shape), "dtype": str(t.dtype), **_canonical(dict(meta))}
         meta_json = json.dumps(full_meta, sort_keys=True, indent=2)
-        self._atomic_write(self.meta_path(key), lambda p: Path(p).write_text(meta_json + "\n"))
+        write_text_atomic(self.meta_path(key), meta_json + "\n", fsync=True)
         target = self.tensor_path(key)
-        self._atomic_write(target, lambda p: save_file({TENSOR_NAME: t}, p, metadata={"meta": meta_json}))
+        write_atomic(
+            target, lambda p: save_file({TENSOR_NAME: t}, p, metadata={"meta": meta_json}), fsync=True
+        )
         return target
-
-    def _atomic_write(self, target: Path, write: Callable[[str], Any]) -> None:
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            write(str(tmp))
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     def get_or_compute(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dpcache.atomic_io import write_text_atomic
 from harness.plugin import bench_params
 
 SPEED_METRICS = ("flops_speedup", "wall_speedup", "flops")  # flops: the full run's absolute FLOPs
@@ -301,7 +302,5 @@ def update_schedule(
 
 def write_schedules(path: Path, models: dict[str, Any]) -> None:
     """Atomically write the snapshot (schema 2), one line per schedule."""
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     text = json.dumps({"schema": SCHEDULES_SCHEMA, "models": models}, indent=2, sort_keys=True)
-    tmp.write_text(re.sub(r"\[[\d,\s]+\]", lambda m: json.dumps(json.loads(m[0])), text) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, re.sub(r"\[[\d,\s]+\]", lambda m: json.dumps(json.loads(m[0])), text) + "\n")

@@ -166,7 +166,7 @@ def test_benchmarks_md_write_is_atomic(tmp_path, monkeypatch):
     def boom(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr("harness.report.data.os.replace", boom)
+    monkeypatch.setattr("dpcache.atomic_io.os.replace", boom)
     with pytest.raises(OSError):
         write_benchmarks_md(src, out)
     assert out.read_text() == first  # the old table is intact

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from dpcache.atomic_io import write_text_atomic
 from harness.context import contained_path
 from harness.report.data import (
     Record,
@@ -18,7 +19,6 @@ from harness.report.data import (
     load_records,
     methods_of,
     tag,
-    write_text_atomic,
 )
 from harness.report.html import (
     esc,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -235,17 +233,3 @@ def is_video(model: str) -> bool:
         return get_spec(model).num_frames is not None
     except Exception:  # unknown model, zoo import problem: treat as images
         return False
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` through a temp file in the same folder + os.replace: readers never see a partial file."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, p)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return p

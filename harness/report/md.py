@@ -7,6 +7,7 @@ import platform
 import time
 from pathlib import Path
 
+from dpcache.atomic_io import write_text_atomic
 from harness.methods import display_name
 from harness.report.data import (
     Record,
@@ -19,7 +20,6 @@ from harness.report.data import (
     not_run,
     raw_point,
     unmatched,
-    write_text_atomic,
 )
 
 # (header, metric) columns after method and K
