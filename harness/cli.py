@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from harness.zoo.registry import models_json
 
-    rows = models_json()
+    rows = models_json(call_kwargs=args.json)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -362,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
     from harness.compare import add_parser as add_compare
     from harness.history import add_parser as add_history
+    from harness.seed_metrics import add_parser as add_seed
 
     add_history(sub, fmt)
     add_compare(sub, fmt)
+    add_seed(sub, fmt)
     return p
 
 

@@ -268,6 +268,23 @@ def evaluate(
     return verdict
 
 
+def missing_required(record: ResultRecord, names: Iterable[str]) -> list[str]:
+    """One line per required metric the record does not have (`all`: every metric the run attempted), with
+    the reason it is unavailable — at full scale the nightly requires them instead of recording n/a."""
+    names = list(names)
+    unavailable = record.unavailable()
+    values = record.metric_values()
+    if "all" in names:
+        names = [n for n in names if n != "all"] + sorted(unavailable)
+    out = []
+    for n in dict.fromkeys(names):
+        if n in unavailable:
+            out.append(f"{n}: unavailable ({unavailable[n]})")
+        elif values.get(n) is None:
+            out.append(f"{n}: not measured for {record.identity.config_tag}")
+    return out
+
+
 def expected_configs(path: str | os.PathLike[str], model: str) -> dict[str, Specs] | None:
     """The committed config entries of `model` (None: the file has no baseline for it)."""
     entry = load_expected(path)["models"].get(model)

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     import torch
 
 PSNR_CAP_DB = 100.0  # every PSNR is capped: identical inputs give 100 dB, not inf, so means stay finite
-ALEXNET_WEIGHTS_FILE = "alexnet-owt-7be5be79.pth"  # what torchvision's AlexNet_Weights.IMAGENET1K_V1 loads
 _RANGE_SLACK = 1e-3
 
 
@@ -137,53 +136,36 @@ def ms_ssim(pred: torch.Tensor, ref: torch.Tensor) -> Metric:
     return _per_sample(vals, n, f, "ms_ssim", scales=5, kernel=11)
 
 
-def alexnet_weights_path() -> Path:
-    """Where torchvision would look for the AlexNet weights (the torch hub checkpoint cache)."""
-    import torch.hub
-
-    return Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_WEIGHTS_FILE
-
-
 def lpips_available() -> tuple[bool, str]:
-    """LPIPS (AlexNet) needs torchmetrics, torchvision and the AlexNet weights already on disk."""
-    for pkg in ("torchmetrics", "torchvision"):
-        if importlib.util.find_spec(pkg) is None:
-            return False, f"{pkg} is not installed (LPIPS needs the torchvision AlexNet backbone)"
-    path = alexnet_weights_path()
-    if not path.is_file():
-        return False, f"AlexNet backbone weights are not in the torch hub cache ({path}); not downloading"
-    return True, f"AlexNet weights at {path}"
+    """LPIPS (AlexNet) needs torchmetrics (its linear heads) and the AlexNet weights already on disk; no
+    torchvision (`harness.lpips_alex` holds the backbone's layers)."""
+    from harness.lpips_alex import available
+
+    return available()
 
 
 _LPIPS_MODULES: dict[str, Any] = {}
 
 
 def lpips(pred: torch.Tensor, ref: torch.Tensor) -> Metric:
-    """LPIPS with the AlexNet backbone (inputs scaled to [-1, 1]) per frame, then averaged; only when the
+    """LPIPS v0.1 with the AlexNet backbone (inputs scaled to [-1, 1]) per frame, then averaged; only when the
     backbone weights are already present locally — it never downloads."""
     ok, reason = lpips_available()
     if not ok:
         return Unavailable(reason, "lpips")
     import torch
 
+    from harness.lpips_alex import AlexLPIPS
+
     a, b, n, f = _pair(pred, ref, "lpips")
     try:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
         dev = str(a.device)
         if dev not in _LPIPS_MODULES:
-            _LPIPS_MODULES[dev] = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True).to(
-                a.device
-            )
-        m = _LPIPS_MODULES[dev]
-        vals = []
-        with torch.no_grad():
-            for i in range(a.shape[0]):
-                m.reset()
-                vals.append(float(m(a[i : i + 1], b[i : i + 1])))
+            _LPIPS_MODULES[dev] = AlexLPIPS().to(a.device)
+        vals = _LPIPS_MODULES[dev].distance(a, b).cpu()
     except Exception as e:  # a broken backbone load is reported, not hidden
         return Unavailable(f"LPIPS failed to load or run: {type(e).__name__}: {e}", "lpips")
-    return _per_sample(torch.tensor(vals), n, f, "lpips", backbone="alex", input_range="[-1, 1]")
+    return _per_sample(torch.as_tensor(vals), n, f, "lpips", backbone="alex", input_range="[-1, 1]")
 
 
 def fidelity_metrics(pred: torch.Tensor, ref: torch.Tensor) -> dict[str, Metric]:

@@ -47,6 +47,7 @@ class BenchOptions:
     gate_timing: bool = False
     repeats: int = 5
     strict_gates: bool = False
+    require_metrics: list[str] | None = None
 
     def strict(self, scale: str) -> bool:
         """Whether an ungated result fails: always with --strict-gates; by default at tiny scale with the
@@ -145,6 +146,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "for its config); the default at tiny scale with the suites' own T and prompt count",
     )
     group.addoption(
+        "--require-metrics",
+        default=None,
+        metavar="M,M,...|all",
+        help="fail a result that lacks any of these metrics (e.g. lpips,image_reward; 'all': every metric the "
+        "run attempts), naming why each is unavailable; the nightly sets it at full scale",
+    )
+    group.addoption(
         "--repeats",
         type=int,
         default=None,
@@ -188,6 +196,7 @@ def _parse_options(config: pytest.Config) -> BenchOptions:
         gate_timing=opt.gate_timing,
         repeats=repeats,
         strict_gates=opt.strict_gates,
+        require_metrics=_csv(opt.require_metrics),
     )
 
 
@@ -231,7 +240,9 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.hookimpl(trylast=True)  # after the suites' conftests have added their xdist_group markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    _regroup_for_xdist(config, items)
+    from harness.plugin_xdist import regroup_for_xdist
+
+    regroup_for_xdist(config, items)
     gpu_items = [i for i in items if i.get_closest_marker("gpu")]
     if not gpu_items:
         return
@@ -316,7 +327,7 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
         metrics: Iterable[str] | None = None,
         log: bool = True,
     ) -> list[Any]:
-        from harness.gates import evaluate
+        from harness.gates import evaluate, missing_required
 
         if log:
             tracker.log(record, images=images, artifacts=artifacts)
@@ -332,6 +343,12 @@ def gate(request: pytest.FixtureRequest, tracker: Any, pytestconfig: pytest.Conf
             state.pending.setdefault(str(path), []).append(record)
             return []
         verdict = evaluate(record, path, metrics=metrics, gate_timing=state.options.gate_timing)
+        missing = missing_required(record, state.options.require_metrics or [])
+        if missing:
+            lines = "\n".join(f"  {m}" for m in missing)
+            pytest.fail(
+                f"dpcache: {record.test_id} lacks required metrics (--require-metrics):\n{lines}", False
+            )
         info["gated"], info["ungated"] = verdict.gated, verdict.ungated
         if verdict.failures:
             lines = "\n".join(f"  {f.message}" for f in verdict.failures)
@@ -353,27 +370,6 @@ def report_ungated(request: pytest.FixtureRequest, test_id: str, reason: str, *,
     request.node.user_properties.append(("dpcache_ungated", {"test_id": test_id, "reason": reason}))
     if state.options.strict(scale) and not state.options.update_expected:
         pytest.fail(f"dpcache: {test_id} is not gated (strict gates): UNGATED: {reason}", pytrace=False)
-
-
-def _regroup_for_xdist(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Make `--dist loadgroup` group again under pytest ≥ 9.2: xdist 3.8 appends `@<group>` to
-    `item._nodeid`, which pytest 9.2 no longer reads (node ids live in `item._id`), so every group was
-    silently scattered over the workers (each then loaded and sampled the same model again)."""
-    if not getattr(config.option, "loadgroup", False):
-        return
-    try:
-        from _pytest.nodeid import coerce_node_id
-    except ImportError:  # older pytest: xdist's own suffix works
-        return
-    for item in items:
-        names = sorted(
-            {
-                str(m.args[0] if m.args else m.kwargs.get("name", "default"))
-                for m in item.iter_markers("xdist_group")
-            }
-        )
-        if names and "@" not in item.nodeid and hasattr(item, "_id"):
-            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")
 
 
 from harness.plugin_summary import (  # noqa: E402  (hooks registered with this plugin)

@@ -87,17 +87,24 @@ def adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dict
 
 
 def prompt_metrics(spec: Any, images: Any, prompts: Sequence[Any]) -> dict[str, Any]:
-    """adherence, clip_score, image_reward (each a value or Unavailable) and `extra_metrics`."""
+    """adherence, clip_score, image_reward (images) or vbench (videos), each a value or Unavailable, and
+    `extra_metrics`."""
     from harness import metrics
 
     adh, extras = adherence(spec, images, prompts)
     out: dict[str, Any] = {"adherence": adh, "extra_metrics": extras}
-    text = all(isinstance(p, str) for p in prompts) and images.dim() == 4
-    if text and spec.scale == "full":
+    text = all(isinstance(p, str) for p in prompts)
+    full = spec.scale == "full"
+    tiny_why = "at full scale only (tiny models draw digit scenes; adherence is the zoo classifier)"
+    if images.dim() == 5:  # video: VBench, the metric the video papers report
+        ok = text and full
+        out["vbench"] = metrics.vbench(images, list(prompts)) if ok else Unavailable(tiny_why, "vbench")
+        return out
+    if text and full:
         out["clip_score"] = metrics.clip_score(images, list(prompts))
         out["image_reward"] = metrics.image_reward(images, list(prompts))
     else:
-        why = "text-to-image at full scale only (tiny models draw digit scenes; adherence is the zoo classifier)"
+        why = "text-to-image " + tiny_why
         out["clip_score"] = Unavailable(why, "clip_score")
         out["image_reward"] = Unavailable(why, "image_reward")
     return out

@@ -127,3 +127,17 @@ def test_ui_dry_run(capsys, tmp_path):
     assert main(["ui", "--mlflow-uri", f"sqlite:///{tmp_path}/m.db", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "127.0.0.1" in out and "mlflow ui" in out
+
+
+def test_models_table_imports_no_torch_or_diffusers():
+    """`dpcache-bench models` answers from the registry alone (its start-up time: benchmarks/bench_startup.py)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from harness.cli import main; assert main(['models']) == 0; "
+        "heavy = sorted(m for m in ('torch', 'diffusers', 'scipy', 'transformers') if m in sys.modules); "
+        "print('HEAVY', heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "flux-tiny" in out

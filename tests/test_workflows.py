@@ -134,3 +134,17 @@ def test_mlflow_compose_binds_loopback():
     entry = " ".join(services["mlflow"]["entrypoint"])
     assert "postgresql://" in entry and "s3://" in entry and "--app-name basic-auth" in entry
     assert "MLFLOW_S3_ENDPOINT_URL" in services["mlflow"]["environment"]
+
+
+def test_nightly_requires_every_reported_metric_per_suite():
+    """A full-scale night fails on an unavailable metric: each suite names what it requires."""
+    wf = _load(ROOT / ".github" / "workflows" / "nightly.yml")
+    suites = {p.parent.name for p in (ROOT / "suites").glob("*/conftest.py")}
+    required = {
+        k.removeprefix("REQUIRE_"): v.split(",") for k, v in wf["env"].items() if k.startswith("REQUIRE_")
+    }
+    assert set(required) == suites
+    assert all({"psnr", "ssim", "lpips"} <= set(v) for v in required.values())
+    assert {"clip_score", "image_reward"} <= set(required["flux"]) and "vbench" in required["hunyuan_video"]
+    text = "\n".join(s.get("run", "") for _, s in _steps(wf))
+    assert '--require-metrics "${!require_var}"' in text and 'require_var="REQUIRE_$SUITE"' in text

@@ -11,6 +11,7 @@ nor diffusers at import time.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,11 @@ class ModelSpec:
         """Prompts used to evaluate caches against the full-step references."""
         return self._prompts()[1]
 
-    def pipeline_kwargs(self, prompt: str | int, num_inference_steps: int | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``pipe(**kwargs)`` for one prompt (add ``generator`` yourself)."""
+    def pipeline_kwargs(
+        self, prompt: str | int, num_inference_steps: int | None = None, *, image: bool = True
+    ) -> dict[str, Any]:
+        """Keyword arguments for ``pipe(**kwargs)`` for one prompt (add ``generator`` yourself); ``image=False``
+        describes an I2V conditioning image instead of loading it."""
         steps = num_inference_steps or self.num_inference_steps
         if self.input_kind == "class_label":
             if isinstance(prompt, str):
@@ -144,8 +148,11 @@ class ModelSpec:
         if self.num_frames is not None:
             kw["num_frames"] = self.num_frames
         if self.input_kind == "text+image":
-            kw["image"] = conditioning_image(self.height, self.width)
+            kw["image"] = conditioning_image(self.height, self.width) if image else IMAGE_DESCRIPTION
         return kw
+
+
+IMAGE_DESCRIPTION = "the conditioning image (registry.conditioning_image)"
 
 
 def conditioning_image(height: int, width: int):
@@ -375,13 +382,13 @@ def resolve_full_path(spec: ModelSpec, path: str | os.PathLike | None = None) ->
 
 
 def _module_available(module: str) -> tuple[bool, str]:
+    """Whether the builder module exists, found without importing it (importing a builder imports torch and
+    diffusers: `dpcache-bench models` would take seconds); loading it imports it and names any error."""
     try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        return False, f"{module} is not available yet ({exc})"
-    if not hasattr(mod, "build_pipeline"):
-        return False, f"{module} has no build_pipeline()"
-    return True, ""
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError) as exc:
+        return False, f"{module} is not available ({exc})"
+    return (True, "") if found else (False, f"{module} is not available (no such module)")
 
 
 def availability(spec: ModelSpec, path: str | os.PathLike | None = None) -> tuple[bool, str]:
@@ -455,7 +462,8 @@ def json_call_kwargs(spec: ModelSpec | str) -> dict[str, Any]:
     JSON: what a diffusers user passes to reproduce the harness's samples. A conditioning image (I2V) is
     described by a string, since it is not JSON."""
     spec = get_spec(spec) if isinstance(spec, str) else spec
-    kw = spec.pipeline_kwargs(0 if spec.input_kind == "class_label" else "a white 3 on a black background")
+    prompt = 0 if spec.input_kind == "class_label" else "a white 3 on a black background"
+    kw = spec.pipeline_kwargs(prompt, image=False)
     kw.pop("prompt", None)
     kw.pop("class_labels", None)
     if "image" in kw:
@@ -463,8 +471,9 @@ def json_call_kwargs(spec: ModelSpec | str) -> dict[str, Any]:
     return kw
 
 
-def models_json() -> list[dict[str, Any]]:
-    """One dict per model for ``dpcache-bench models --json``."""
+def models_json(call_kwargs: bool = True) -> list[dict[str, Any]]:
+    """One dict per model for ``dpcache-bench models --json`` (``call_kwargs=False`` leaves out the call
+    arguments, which import the video builders, for the quick table)."""
     rows = []
     for spec in list_specs():
         ok, reason = availability(spec)
@@ -483,7 +492,7 @@ def models_json() -> list[dict[str, Any]]:
                 "input": {"text": "prompt", "class_label": "class_labels", "text+image": "prompt + image"}[
                     spec.input_kind
                 ],
-                "call_kwargs": json_call_kwargs(spec),
+                **({"call_kwargs": json_call_kwargs(spec)} if call_kwargs else {}),
                 "available": ok,
                 "reason": reason,
             }
