@@ -143,7 +143,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot(tensor: CostTensor, png: str, opts: dict) -> None:
+def plot_cost_tensor(tensor: CostTensor, png: str | Path, opts: dict) -> None:
+    """`dpcache inspect --plot`: the heatmap of log10 min_a C[a, i, j] and the path cost vs budget K of every
+    solver (planning options `opts`), written to `png`. Needs matplotlib (`pip install 'dpcache[harness]'`)."""
     try:
         import matplotlib
 
@@ -194,7 +196,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.plot:
         if not feasible:
             raise DPCacheError("nothing to plot: no budget has a finite-cost schedule")
-        _plot(tensor, args.plot, opts)
+        plot_cost_tensor(tensor, args.plot, opts)
         print(f"wrote {args.plot}")
     return 0
 

@@ -155,6 +155,15 @@ def output_tensor(out: Any) -> Any:
     return torch.as_tensor(x).detach().float().cpu()
 
 
+def to_uint8_images(images: Any) -> list[Any]:
+    """(N,C,H,W) or (N,F,C,H,W) in [0,1] → one HWC uint8 array per prompt (video: middle frame)."""
+    x = images.detach().float().cpu().clamp(0, 1)
+    if x.dim() == 5:
+        x = x[:, x.shape[1] // 2]
+    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    return [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
+
+
 @dataclass
 class ModelContext:
     """One loaded model as the methods see it: its spec, pipeline, T, prompts, seeds and cache directory."""

@@ -287,11 +287,11 @@ class BenchSession(ReferencesMixin):
 
     def heatmap(self, path: str | Path) -> Path:
         """The cost-tensor heatmap and cost-vs-K curve (`dpcache inspect --plot` style)."""
-        from dpcache.cli import _plot
+        from dpcache.cli import plot_cost_tensor
 
         out = Path(path)
         if not out.is_file():
-            _plot(self.cost_tensor(), str(out), {"first_full_steps": DPCacheMethod().first_full_steps})
+            plot_cost_tensor(self.cost_tensor(), out, {"first_full_steps": DPCacheMethod().first_full_steps})
         return out
 
 

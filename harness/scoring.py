@@ -173,15 +173,15 @@ def save_images(folder: Any, images: Any) -> None:
 
     from PIL import Image
 
-    from harness.tracking import _to_uint8_images
+    from harness.context import to_uint8_images
 
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     if images.dim() == 5:
         f = images.shape[1]
         for j in sorted({round(x * (f - 1) / 4) for x in range(5)}):
-            for i, arr in enumerate(_to_uint8_images(images[:, j])):
+            for i, arr in enumerate(to_uint8_images(images[:, j])):
                 Image.fromarray(arr).save(d / f"prompt{i:02d}_f{j:02d}.png")
         return
-    for i, arr in enumerate(_to_uint8_images(images)):
+    for i, arr in enumerate(to_uint8_images(images)):
         Image.fromarray(arr).save(d / f"prompt{i:02d}.png")

@@ -155,15 +155,6 @@ def _append_locked(path: Path) -> Iterator[io.TextIOWrapper]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _to_uint8_images(images: torch.Tensor) -> list[Any]:
-    """(N,C,H,W) or (N,F,C,H,W) in [0,1] → one HWC uint8 array per prompt (video: middle frame)."""
-    x = images.detach().float().cpu().clamp(0, 1)
-    if x.dim() == 5:
-        x = x[:, x.shape[1] // 2]
-    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
-    return [a[..., 0] if a.shape[-1] == 1 else a for a in arr]
-
-
 def per_prompt_rows(record: ResultRecord) -> dict[str, list[Any]]:
     """The per-prompt table as columns: prompt index, prompt, seed, cache hits, each per-prompt metric."""
     per_prompt, refs = record.quality.per_prompt, record.references

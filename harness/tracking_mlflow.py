@@ -8,9 +8,9 @@ import time
 import uuid
 from typing import Any
 
+from harness.context import to_uint8_images
 from harness.records import ResultRecord
 from harness.tracking import (
-    _to_uint8_images,
     artifact_location,
     experiment_name,
     per_prompt_csv,
@@ -222,7 +222,7 @@ class MlflowLogger:
         if record.references.prompts:
             self._log_prompt_set(run_id, record)
         if images is not None:
-            for n, img in enumerate(_to_uint8_images(images)):
+            for n, img in enumerate(to_uint8_images(images)):
                 c.log_image(run_id, img, key="prompt_images", step=n)
         if plot and record.schedule.key_steps is not None:
             fig = schedule_figure(record)
