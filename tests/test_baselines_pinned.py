@@ -8,16 +8,10 @@ regenerate them with `python -m benchmarks.fidelity.pin` and say why in the comm
 from __future__ import annotations
 
 import json
-import os
-import sys
-from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` is not an installed package
-
-from benchmarks.fidelity import pin  # noqa: E402
+from benchmarks.fidelity import pin
 
 PINNED = json.loads(pin.PINNED.read_text())
 REGEN = "regenerate with `python -m benchmarks.fidelity.pin` if the change is deliberate"

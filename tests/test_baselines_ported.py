@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
+from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators
+from tiny_pipelines import build_family as _family
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators  # noqa: E402
-from tiny_pipelines import build_family as _family  # noqa: E402
-
-from baselines.base import Calibration, get_method  # noqa: E402
-from dpcache.adapters import block_layout  # noqa: E402
+from baselines.base import Calibration, get_method
+from dpcache.adapters import block_layout
 
 T = 10
 # method -> a knob value that skips at T=10 on every tiny family

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import functools
-import os
 
 import pytest
 import torch
+from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators
+from tiny_pipelines import build_family as _build_family
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators  # noqa: E402
-from tiny_pipelines import build_family as _build_family  # noqa: E402
-
-from baselines import _wrapped  # noqa: E402
-from baselines.base import get_method  # noqa: E402
-from baselines.magcache import calibrate_magcache  # noqa: E402
+from baselines import _wrapped
+from baselines.base import get_method
+from baselines.magcache import calibrate_magcache
 
 T = 10
 METHODS = ("firstblockcache", "taylorseer", "magcache", "pab", "fastercache", "seacache", "dbcache")

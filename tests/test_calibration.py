@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from dpcache import (  # noqa: E402
+from dpcache import (
     CostTensor,
     CostTensorMismatchError,
     DPCacheConfig,
@@ -20,8 +16,8 @@ from dpcache import (  # noqa: E402
     load_prompts,
     remove_dpcache,
 )
-from dpcache.calibration import record_features  # noqa: E402
-from dpcache.pact import cost_tensor_one  # noqa: E402
+from dpcache.calibration import record_features
+from dpcache.pact import cost_tensor_one
 
 T = 8
 

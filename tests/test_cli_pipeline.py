@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from dpcache.cli import main  # noqa: E402
+from dpcache.cli import main
 
 T = 8
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,6 @@ from harness.gates import (
 from harness.metrics import Unavailable
 from harness.records import ResultRecord, Timing
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = {"dit": "dit-tiny", "flux": "flux-tiny", "hunyuan_video": "hunyuan-video-tiny", "wan": "wan-tiny"}
 

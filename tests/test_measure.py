@@ -3,7 +3,6 @@ Timing bounds (how long a sleep measures) live in benchmarks/bench_measure.py, n
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -22,8 +21,6 @@ from harness.measure import (
     time_call,
 )
 from harness.metrics import Unavailable
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def test_linear_flops_exact():

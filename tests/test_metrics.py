@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import torch
 from harness import eval_env, metrics
 from harness.metrics import MetricResult, Unavailable
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 FAKE_SCORER = Path(__file__).resolve().parent / "fake_eval_scorer.py"
 
 

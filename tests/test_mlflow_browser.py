@@ -7,18 +7,16 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from mlflow_server import MlflowServer
 
 from harness.records import ResultRecord
 from harness.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "faults"))
-from mlflow_server import MlflowServer  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 OUT = ROOT / "reports" / "ci-artifacts"

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["pytester"]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 SUITE = """

@@ -15,7 +15,6 @@ import torch
 
 from harness.references import ReferenceDriftError, ReferenceStore, reference_key, weights_hash
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 BASE = dict(

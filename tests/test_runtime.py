@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators
+from tiny_pipelines import build_family as _family
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from tiny_pipelines import FAMILIES, PROMPT_PAIRS, generators  # noqa: E402
-from tiny_pipelines import build_family as _family  # noqa: E402
-
-from dpcache import DPCacheConfig, ScheduleMismatchError, apply_dpcache, dpcache_stats, remove_dpcache  # noqa: E402
-from dpcache.adapters import block_layout  # noqa: E402
+from dpcache import DPCacheConfig, ScheduleMismatchError, apply_dpcache, dpcache_stats, remove_dpcache
+from dpcache.adapters import block_layout
 
 T = 10
 SCHEDULE = [0, 1, 2, 5, 8]

@@ -15,7 +15,6 @@ from harness.sharding import assign, gather, item_group, main, matrix, parse_sha
 GROUPS: dict[str, str] = {}  # test id → its xdist loadgroup, from the last _run
 pytest_plugins = ["pytester"]
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SUITE = """
 import pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-import os
 import time
 
 import pytest
@@ -22,8 +21,6 @@ from harness.tracking import (
     store_key,
     ui_command,
 )
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _record(method="dpcache", budget=13, model="flux-tiny", **kw) -> ResultRecord:

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
+import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

@@ -12,7 +12,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FLUX_TINY = ROOT / "harness" / "zoo" / "tiny" / "flux-tiny"
-sys.path.insert(0, str(ROOT / "tests"))  # report_synth
 
 
 @dataclass

@@ -125,7 +125,8 @@ def test_two_processes_one_sqlite_store_under_two_spellings(tmp_path, bench_cli)
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(tests=str(Path(__file__).parent)))
     spellings = ("sqlite:///mlflow.db", f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")
-    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    helpers = __import__("os").pathsep.join([str(ROOT), str(ROOT / "tests")])  # mlflow_server for the child
+    env = {**__import__("os").environ, "PYTHONPATH": helpers, "HF_HUB_OFFLINE": "1"}
     procs = [
         subprocess.Popen(
             [sys.executable, str(script), uri, f"inv-{n}"],
