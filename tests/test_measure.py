@@ -1,5 +1,5 @@
 """Measurement: exact FLOP counts (attention on CPU included), timing statistics, peak memory, speedups.
-Timing bounds (how long a sleep measures) live in benchmarks/bench_measure.py, not here."""
+Timers run on a fake clock here (exact figures); real wall-clock figures are benchmarks/bench_measure.py's."""
 
 from __future__ import annotations
 
@@ -45,16 +45,35 @@ def test_flops_whole_call_and_per_module():
     assert flops_by_module(lambda: sample(1))["Global"] == per_step
 
 
-def test_time_call_warmup_repeats_median():
-    calls = []
+class FakeClock:
+    """`time.perf_counter` that moves only when told: timers measured on it give exact figures."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", fake)
+    return fake
+
+
+def test_time_call_warmup_repeats_median(clock):
+    durations = iter([8.0, 8.0, 0.5, 0.25, 2.0, 1.0, 4.0])  # two warm-up calls, then five timed
 
     def fn():
-        calls.append(1)
-        time.sleep(0.002)
+        clock.advance(next(durations))
 
     r = time_call(fn, warmup=2, repeats=5)
-    assert len(calls) == 7 and len(r.samples) == 5 and r.timer == "perf_counter"
-    assert r.median == sorted(r.samples)[2] and r.iqr >= 0 and r.spread >= 0
+    assert r.samples == (0.5, 0.25, 2.0, 1.0, 4.0) and r.timer == "perf_counter"  # warm-ups not timed
+    assert r.median == 1.0 and r.iqr == 1.5 and next(durations, None) is None
     with pytest.raises(ValueError):
         time_call(fn, repeats=0)
 
@@ -101,22 +120,35 @@ def test_speedups():
     assert none.flops_speedup == 2.0 and isinstance(none.wall_speedup, Unavailable)
 
 
-def test_flops_and_result_and_module_timer():
-    inner = torch.nn.Linear(4, 4)
+class _Slow(torch.nn.Linear):
+    """A linear layer whose forward takes 0.25 s on the fake clock."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(4, 4)
+        self.clock = clock
+
+    def forward(self, x):
+        self.clock.advance(0.25)
+        return super().forward(x)
+
+
+def test_flops_and_result_and_module_timer(clock):
+    inner = _Slow(clock)
 
     def pipeline():
-        time.sleep(0.02)  # work outside the transformer
+        clock.advance(16.0)  # work outside the transformer
         for _ in range(3):
             inner(torch.ones(1, 4))
+            clock.advance(2.0)  # between its forwards
         return "image"
 
     flops, out = flops_and_result(pipeline)
     assert out == "image" and flops == 3 * 2 * 4 * 4
     with ModuleTimer(inner) as t:
         pipeline()
-    assert t.calls == 3 and t.seconds > 0
+    assert t.calls == 3 and t.seconds == 0.75  # only the three forwards, nothing outside them
     pipeline()
-    assert t.calls == 3  # hooks removed on exit
+    assert t.calls == 3 and t.seconds == 0.75  # hooks removed on exit
 
 
 def _sdpa_flops(q, k, v, backend=None, backward=False, **kw):

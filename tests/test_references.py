@@ -139,33 +139,56 @@ def test_failed_write_in_process_cleans_temp(tmp_path, monkeypatch):
     assert store.get("k") is None and list(tmp_path.iterdir()) == []
 
 
-def _worker(root: str, key: str, log: str, q) -> None:
-    store = ReferenceStore(root)
+def _others_at_the_lock(signals: Path, me: int) -> list[str]:
+    return [p.name for p in signals.iterdir() if p.name.startswith("lock-") and p.name != f"lock-{me}"]
+
+
+def _worker(root: str, key: str, signals: str, q) -> None:
+    """get_or_compute from its own process. Reaching for the key's lock leaves `lock-<pid>`; the computing
+    one leaves `computed-<pid>` and returns only once the other process has reached for the lock too, so
+    the two always overlap: the other has found the key missing and must wait on the lock, then reuse."""
+    store, sig, me = ReferenceStore(root), Path(signals), os.getpid()
+    real_lock = store.lock
+
+    def lock(k: str):
+        (sig / f"lock-{me}").touch()
+        return real_lock(k)
+
+    store.lock = lock
 
     def compute():
-        with open(log, "a") as f:
-            f.write(f"{os.getpid()}\n")
-        time.sleep(1.0)
-        return torch.full((3,), float(os.getpid()))
+        (sig / f"computed-{me}").touch()
+        end = time.monotonic() + 120
+        while not _others_at_the_lock(sig, me):
+            if time.monotonic() > end:
+                raise TimeoutError("the other process never reached for the lock while this one computed")
+            time.sleep(0.01)
+        return torch.full((3,), float(me))
 
-    q.put(store.get_or_compute(key, compute, {"who": os.getpid()}).tolist())
+    q.put((me, store.get_or_compute(key, compute, {"who": me}).tolist()))
 
 
 def test_parallel_get_or_compute_computes_once(tmp_path):
+    """Two processes ask for one missing key at the same time: one computes, the other waits and reuses."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    log = tmp_path / "computed.log"
+    signals = tmp_path / "signals"
+    signals.mkdir()
     procs = [
-        ctx.Process(target=_worker, args=(str(tmp_path / "refs"), "shared", str(log), q)) for _ in range(2)
+        ctx.Process(target=_worker, args=(str(tmp_path / "refs"), "shared", str(signals), q))
+        for _ in range(2)
     ]
     for p in procs:
         p.start()
-    results = [q.get(timeout=120) for _ in procs]
+    results = dict(q.get(timeout=300) for _ in procs)
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    assert len(log.read_text().split()) == 1  # one computed, the other waited and reused
-    assert results[0] == results[1]
+    pids = {p.pid for p in procs}
+    assert {f.name for f in signals.iterdir() if f.name.startswith("lock-")} == {f"lock-{p}" for p in pids}
+    computed = [int(f.name.split("-")[1]) for f in signals.iterdir() if f.name.startswith("computed-")]
+    assert len(computed) == 1 and computed[0] in pids  # one computed, the other waited on the lock
+    assert set(results) == pids and all(r == [float(computed[0])] * 3 for r in results.values())
 
 
 def test_get_or_compute_reuses_and_refreshes(tmp_path):
