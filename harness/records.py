@@ -143,6 +143,10 @@ class Quality:
 class Schedule:
     key_steps: list[int] | None = None  # full-compute steps of a fixed schedule (None: decided online)
     full_steps: int | None = None
+    # measured for every method on the evaluation prompts (harness.step_trace): the steps whose transformer
+    # call ran the last block, one list per pass (prompt-major, then CFG branch); None: not traced
+    computed_steps: list[list[int]] | None = None
+    computed_branches: int | None = None  # passes per prompt (2: CFG run as two transformer calls)
 
 
 @dataclass
@@ -206,6 +210,8 @@ class ResultRecord:
                 self.schedule.full_steps = len(self.schedule.key_steps)
         if self.speed.matched is None:
             self.speed.matched = compute_matched(self.speed.measured_k, self._k_to_match())
+        if self.schedule.computed_steps is not None:
+            self.schedule.computed_steps = [[int(s) for s in p] for p in self.schedule.computed_steps]
 
     def _k_to_match(self) -> int | None:
         i = self.identity
@@ -250,6 +256,22 @@ class ResultRecord:
             return self.speed.measured_k
         return _num(self.metric_values().get(name))
 
+    def computed_fraction(self) -> list[float] | None:
+        """Per step (0 … T-1), the fraction of evaluation passes (prompt × CFG branch) that ran the transformer:
+        measured when traced, else 0/1 from a fixed schedule on the T-step grid, all 1 for `full`, else None
+        (a method sampled with other than T steps, or a record from before tracing)."""
+        t, sched = self.identity.num_steps, self.schedule
+        if sched.computed_steps:
+            from harness.step_trace import computed_fractions
+
+            return computed_fractions(sched.computed_steps, t)
+        if sched.key_steps is not None:
+            keys = set(sched.key_steps)
+            return [float(i in keys) for i in range(t)]
+        if self.method == "full" and self.ran:
+            return [1.0] * t
+        return None
+
     def unavailable(self) -> dict[str, str]:
         return {k: v.reason for k, v in self.metric_values().items() if isinstance(v, Unavailable)}
 
@@ -267,6 +289,8 @@ class ResultRecord:
                 part |= {n: _num(part[n]) for n in QUALITY_METRICS}
                 part["extra"] = {k: _num(v) for k, v in self.quality.extra.items()}
                 part["per_prompt"] = {k: list(v) for k, v in self.quality.per_prompt.items()}
+            elif name == "schedule":  # traced steps only when traced: an untraced record reads as before
+                part = {k: v for k, v in part.items() if v is not None or not k.startswith("computed_")}
             out[name] = part
         out["unavailable"] = self.unavailable()
         return out

@@ -45,6 +45,7 @@ from harness.scoring import (
     timing_part,
 )
 from harness.session_refs import ReferencesMixin
+from harness.step_trace import StepTrace, merge_passes
 
 __all__ = ["NOT_TIMED", "BenchSession", "Skipped", "cache_check", "run_benchmark"]
 
@@ -214,18 +215,20 @@ class BenchSession(ReferencesMixin):
         refs, full = self.references(), self.full_costs()
         cfg.apply()
         try:
-            flops, outs, hits = [], [], []
+            flops, outs, hits, traces = [], [], [], []
             if cfg.method == "full":
                 outs, flops = [refs], [full["flops"]]
             else:
                 for i, (p, s) in enumerate(self._bar(list(zip(self.prompts, self.seeds)), cfg.config_tag)):
-                    if i == 0 or cfg.adaptive:
-                        f, out = self.ctx.transformer_flops(p, s, cfg.num_steps)
-                        flops.append(f)
-                    else:
-                        out = self.ctx.call(p, s, cfg.num_steps)
+                    with StepTrace(self.pipe.transformer) as trace:  # which steps ran the last block
+                        if i == 0 or cfg.adaptive:
+                            f, out = self.ctx.transformer_flops(p, s, cfg.num_steps)
+                            flops.append(f)
+                        else:
+                            out = self.ctx.call(p, s, cfg.num_steps)
                     outs.append(out)
                     hits.append(cfg.cache_hits())
+                    traces.append(trace.steps(cfg.num_steps) if cfg.num_steps == self.ctx.num_steps else None)
             self._steps = cfg.num_steps
             mine = full if cfg.method == "full" else self._time()
         finally:
@@ -274,7 +277,11 @@ class BenchSession(ReferencesMixin):
             ),
             timing_part(full, mine, sp, self.repeats, self.warmup),
             Quality(**quality, **pm, extra=extra),
-            Schedule(cfg.schedule, len(cfg.schedule) if cfg.schedule is not None else round(measured_k)),
+            Schedule(
+                cfg.schedule,
+                len(cfg.schedule) if cfg.schedule is not None else round(measured_k),
+                *merge_passes(traces),
+            ),
             References(self.reference_keys(), [str(p) for p in self.prompts], list(self.seeds)),
             Provenance(**prov),
         )

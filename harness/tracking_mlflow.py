@@ -26,16 +26,18 @@ NOTE = (
 )
 
 
-def schedule_steps(record: ResultRecord) -> list[int] | None:
-    """0/1 per step (1: the transformer was computed), for a fixed schedule or the full method; None when
-    the schedule is decided online."""
-    t = record.identity.num_steps
-    if record.schedule.key_steps is not None:
-        keys = set(record.schedule.key_steps)
-        return [int(i in keys) for i in range(t)]
-    if record.method == "full" and record.ran:
-        return [1] * t
-    return None
+def schedule_steps(record: ResultRecord) -> list[float] | None:
+    """Per step, the fraction of evaluation passes (prompt × CFG branch) that computed the transformer: 0/1
+    for a fixed schedule or `full`, the traced fraction for a method that decides online; None when the
+    record has no computed steps on the T-step axis (fewer-steps, an untraced record)."""
+    return record.computed_fraction()
+
+
+def _shade(fraction: float) -> tuple[float, float, float]:
+    """Grey (0: reused from the cache on every pass) to blue (1: computed on every pass)."""
+    grey, blue = (0.89, 0.89, 0.89), (0.122, 0.467, 0.706)
+    f = min(max(float(fraction), 0.0), 1.0)
+    return tuple(g + (b - g) * f for g, b in zip(grey, blue))  # type: ignore[return-value]
 
 
 def _figure(width: float, height: float) -> tuple[Any, Any]:
@@ -57,11 +59,14 @@ def schedule_figure(record: ResultRecord) -> Any:
     """A step strip: T cells, key (full-compute) steps filled."""
     t = record.identity.num_steps
     fig, ax = _figure(max(4.0, t * 0.12), 0.9)
-    keys = set(record.schedule.key_steps or [])
-    ax.bar(range(t), [1] * t, width=0.9, color=["#1f77b4" if i in keys else "#dddddd" for i in range(t)])
+    fr = schedule_steps(record) or [0.0] * t
+    ax.bar(range(t), [1] * t, width=0.9, color=[_shade(f) for f in fr])
     ax.set_yticks([])
     ax.set_xlim(-0.5, t - 0.5)
-    ax.set_title(f"{record.model} {record.config_tag}: {len(keys)}/{t} full steps", fontsize=8)
+    what = (
+        "full steps" if all(f in (0.0, 1.0) for f in fr) else "steps computed (mean over prompts × branches)"
+    )
+    ax.set_title(f"{record.model} {record.config_tag}: {sum(fr):g}/{t} {what}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -72,12 +77,15 @@ def strips_figure(rows: list[dict[str, Any]]) -> Any:
     t = max((len(r["computed"]) for r in rows), default=1)
     fig, ax = _figure(max(6.0, t * 0.14 + 2.5), 0.35 * max(len(rows), 1) + 0.9)
     for y, r in enumerate(rows):
-        colors = ["#1f77b4" if c else "#e4e4e4" for c in r["computed"]]
+        colors = [_shade(c) for c in r["computed"]]
         ax.barh([y] * len(colors), [0.9] * len(colors), left=range(len(colors)), height=0.8, color=colors)
     ax.set_yticks(range(len(rows)), [f"{r['method']} K={r['budget']}" for r in rows], fontsize=7)
     ax.set_xlim(-0.2, t)
     ax.invert_yaxis()
-    ax.set_xlabel("step (blue: computed, grey: reused from the cache)", fontsize=8)
+    ax.set_xlabel(
+        "step (blue: computed, grey: reused from the cache; shade: fraction of prompts × branches)",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -191,6 +199,7 @@ class MlflowLogger:
             "config_tag": i.config_tag,
             "full_steps": record.schedule.full_steps,
             "schedule": json.dumps(record.schedule.key_steps),
+            "computed": json.dumps([round(f, 4) for f in fr] if (fr := schedule_steps(record)) else None),
             "reference_key": json.dumps(record.references.keys),
             "num_prompts": i.num_prompts,
             "outcome": record.outcome.status,
@@ -209,7 +218,7 @@ class MlflowLogger:
                 values[k] = float(v)
         metrics = [Metric(k, float(v), now, 0) for k, v in values.items()]
         steps = schedule_steps(record)
-        metrics += [Metric("computed", float(c_), now, s) for s, c_ in enumerate(steps or [])]
+        metrics += [Metric("computed", float(c_), now, s) for s, c_ in enumerate(steps or [])]  # fraction
         tags = [RunTag(f"unavailable.{k}", v[:5000]) for k, v in record.unavailable().items()]
         c.log_batch(run_id, metrics=metrics[:1000], params=_params(params), tags=tags)
         for start in range(1000, len(metrics), 1000):
@@ -224,7 +233,7 @@ class MlflowLogger:
         if images is not None:
             for n, img in enumerate(to_uint8_images(images)):
                 c.log_image(run_id, img, key="prompt_images", step=n)
-        if plot and record.schedule.key_steps is not None:
+        if plot and steps is not None and record.method != "full":
             fig = schedule_figure(record)
             try:
                 c.log_figure(run_id, fig, "schedule.png")
@@ -269,7 +278,9 @@ class MlflowLogger:
             p, m = r.data.params, r.data.metrics
             sched = json.loads(p.get("schedule", "null") or "null")
             t = int(p.get("num_steps", 0) or 0)
-            computed = [int(s in set(sched)) for s in range(t)] if sched is not None else None
+            computed = json.loads(p.get("computed", "null") or "null")  # per-step fraction (any method)
+            if computed is None and sched is not None:  # runs logged before the `computed` param
+                computed = [int(s in set(sched)) for s in range(t)]
             if computed is None and p.get("method") == "full" and p.get("outcome") == "ok":
                 computed = [1] * t
             rows.append(

@@ -88,14 +88,23 @@ def _speed_section(recs: list[Record], run_dir: Path, mdir: str, model: str) -> 
 
 def _schedule_section(recs: list[Record], run_dir: Path, mdir: str, model: str) -> str:
     png = schedule_strips(recs, run_dir / mdir / "schedules.png")
-    out = "<h3>DPCache schedules</h3>"
+    out = "<h3>Computed steps</h3>"
     if png is None:
-        return out + missing("no record of this model has a step schedule (DPCache did not run)")
+        return out + missing(
+            "no record of this model has a step schedule or traced computed steps (records written before "
+            "the runner traced them, or only full / fewer-steps ran)"
+        )
+    other = sorted({tag(r) for r in recs if r["method"] != "full" and not r.get("computed")})
+    caption = (
+        "One strip per method and budget on the T-step axis. A cell in the method's colour ran the "
+        "transformer (its last block) on every evaluation prompt and CFG branch; light grey was predicted "
+        "from the cache on all of them; in between, the shade is the fraction of prompts × branches that "
+        "computed the step (methods that decide online: TeaCache, FORA, …)."
+    )
+    if other:
+        caption += " No strip: " + ", ".join(other) + " (sampled with other than T steps, or not traced)."
     return out + figure(
-        f"{mdir}/{png.name}",
-        f"{model}: computed and predicted steps per budget",
-        "One strip per budget: coloured cells run the full transformer, grey cells are predicted "
-        "from the cache.",
+        f"{mdir}/{png.name}", f"{model}: computed and predicted steps per budget", esc(caption)
     )
 
 

@@ -32,6 +32,8 @@ def view(invocation: str, rec: ResultRecord) -> Record:
         "config_tag": i.config_tag,
         "device_class": i.device_class,
         "schedule": rec.schedule.key_steps,
+        "computed": rec.computed_fraction(),  # per step: fraction of passes (prompt × branch) computed
+        "computed_passes": len(rec.schedule.computed_steps or []) or None,  # None: not traced
         "prompts": list(rec.references.prompts),
         "per_prompt": dict(q.per_prompt),
         "unavailable": rec.unavailable(),
@@ -58,6 +60,22 @@ def load_records(path: str | Path) -> dict[str, list[Record]]:
     for invocation, rec in read_jsonl(path):
         runs[invocation].append(view(invocation, rec))
     return dict(runs)
+
+
+def shade(colour: str, fraction: float, grey: str = "#e3e3e3") -> str:
+    """`grey` blended towards `colour` by `fraction` (0: grey, 1: the colour), as `#rrggbb`."""
+    f = min(max(float(fraction), 0.0), 1.0)
+    a, b = (tuple(int(c.lstrip("#")[i : i + 2], 16) for i in (0, 2, 4)) for c in (grey, colour))
+    return "#" + "".join(f"{round(x + (y - x) * f):02x}" for x, y in zip(a, b))
+
+
+def computed_summary(r: Record) -> str:
+    """How much of the T-step axis a record computed: `10/20` (a fixed schedule or an all-or-nothing trace),
+    `mean 9.5/20 over 6 passes` (a method that decides per prompt)."""
+    fr, t = r.get("computed") or [], len(r.get("computed") or [])
+    if all(f in (0.0, 1.0) for f in fr):
+        return f"{int(sum(fr))}/{t}"
+    return f"mean {sum(fr):.1f}/{t} over {r.get('computed_passes')} passes"
 
 
 def by_model(records: Iterable[Record]) -> dict[str, list[Record]]:

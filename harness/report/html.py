@@ -11,12 +11,14 @@ from harness.methods import display_name
 from harness.report.data import (
     Record,
     cache_hits,
+    computed_summary,
     fmt_metric,
     leaders,
     not_run,
     ran,
     raw_point,
     reason,
+    shade,
     sort_records,
     tag,
     unmatched,
@@ -124,16 +126,21 @@ def _td(text: str, title: str | None = None, cls: str = "") -> str:
 
 
 def strip_html(r: Record, colour: str) -> str:
-    """The schedule as a 200 px CSS strip (coloured: computed step, grey: predicted); steps in the tooltip."""
-    sched, t = r.get("schedule"), r.get("num_steps")
-    if not sched or not t or r["method"] == "full":
+    """The computed steps as a 200 px CSS strip (method colour: computed, grey: predicted, in between: the
+    fraction of prompts × CFG branches that computed the step); the steps in the tooltip."""
+    fr = r.get("computed")
+    if not fr or r["method"] == "full":
         return ""
-    keys = sorted({int(s) for s in sched})
-    cells = "".join(
-        f'<i style="background:{esc(colour)}"></i>' if i in keys else "<i></i>" for i in range(int(t))
-    )
-    title = f"computed steps ({len(keys)}/{t}): " + ", ".join(map(str, keys))
-    style = f"grid-template-columns:repeat({int(t)},1fr)"
+    t = len(fr)
+    cells = "".join(f'<i style="background:{esc(shade(colour, f))}"></i>' if f else "<i></i>" for f in fr)
+    if all(f in (0.0, 1.0) for f in fr):
+        keys = [i for i, f in enumerate(fr) if f]
+        title = f"computed steps ({len(keys)}/{t}): " + ", ".join(map(str, keys))
+    else:
+        title = f"computed steps ({computed_summary(r)}), fraction per step: " + ", ".join(
+            f"{i}:{f:.2f}" for i, f in enumerate(fr) if f
+        )
+    style = f"grid-template-columns:repeat({t},1fr)"
     return f'<span class="strip" style="{style}" title="{esc(title)}">{cells}</span>'
 
 

@@ -8,9 +8,11 @@ from typing import Any
 from harness.report.data import (
     PSNR_IDENTICAL,
     Record,
+    computed_summary,
     methods_of,
     num,
     pareto_front,
+    shade,
     sort_records,
     tag,
 )
@@ -150,13 +152,16 @@ def speedup_quality_plot(records: list[Record], png: Path, title: str = "") -> P
 
 
 def schedule_records(records: list[Record]) -> list[Record]:
-    """Records that carry an explicit step schedule (DPCache, static schedules), largest budget first."""
-    return [r for r in sort_records(records) if r.get("schedule") and r["method"] != "full"]
+    """Records with computed steps on the T-step axis (fixed schedules and every traced method; not `full`),
+    largest budget first."""
+    return [r for r in sort_records(records) if r.get("computed") and r["method"] != "full"]
 
 
 def schedule_strips(records: list[Record], png: Path) -> Path | None:
-    """One strip per budget: T cells on a step-index axis, computed (full transformer) steps in the method's
-    colour, predicted (cached) steps in light grey. None when no record has a schedule."""
+    """One strip per (method, budget): T cells on a step-index axis, each shaded from light grey (no pass
+    computed the step: predicted from the cache) to the method's colour (every evaluation prompt and CFG
+    branch computed it). Fixed schedules are all-or-nothing; online methods show the fraction. None when
+    no record has computed steps."""
     rows = schedule_records(records)
     if not rows:
         return None
@@ -166,13 +171,11 @@ def schedule_strips(records: list[Record], png: Path) -> Path | None:
     from matplotlib.patches import Patch
 
     styles = method_styles(methods_of(records))
-    t = max(int(r.get("num_steps") or 0) or max(r["schedule"]) + 1 for r in rows)
+    t = max(len(r["computed"]) for r in rows)
     img = np.ones((len(rows), t, 3))
     for y, r in enumerate(rows):
-        keys = {int(s) for s in r["schedule"]}
-        n = int(r.get("num_steps") or t)
-        for i in range(n):
-            img[y, i] = to_rgb(styles[r["method"]][0] if i in keys else PREDICTED)
+        for i, f in enumerate(r["computed"]):
+            img[y, i] = to_rgb(shade(styles[r["method"]][0], f, PREDICTED))
     fig, ax = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.5))
     ax.imshow(img, aspect="auto", interpolation="nearest", extent=(-0.5, t - 0.5, len(rows) - 0.5, -0.5))
     ax.set_xticks(np.arange(-0.5, t, 1), minor=True)
@@ -180,12 +183,11 @@ def schedule_strips(records: list[Record], png: Path) -> Path | None:
     ax.grid(which="minor", color="white", lw=1.0)
     ax.tick_params(which="minor", length=0)
     ax.set_xticks(range(0, t, 5 if t > 12 else 1))
-    labels = [
-        f"{r['method']} K={r.get('budget')}  ({len(set(r['schedule']))}/{r.get('num_steps') or t} computed)"
-        for r in rows
-    ]
+    labels = [f"{r['method']} K={r.get('budget')}  ({computed_summary(r)} computed)" for r in rows]
     ax.set_yticks(range(len(rows)), labels, fontsize=9)
-    ax.set_xlabel("step index (0 = first, noisiest)")
+    ax.set_xlabel(
+        "step index (0 = first, noisiest); shade = fraction of prompts × CFG branches that computed it"
+    )
     ax.set_xlim(-0.5, t - 0.5)
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
@@ -195,7 +197,7 @@ def schedule_strips(records: list[Record], png: Path) -> Path | None:
         handles=legend,
         loc="lower center",
         bbox_to_anchor=(0.5, 1.0),
-        ncol=len(legend),
+        ncol=min(len(legend), 6),
         fontsize=9,
         frameon=False,
     )
