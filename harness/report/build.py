@@ -18,6 +18,7 @@ from harness.report.data import (
     latest_per_config,
     load_records,
     methods_of,
+    prompt_spread,
     tag,
 )
 from harness.report.html import (
@@ -81,6 +82,13 @@ def _speed_section(recs: list[Record], run_dir: Path, mdir: str, model: str) -> 
         "over all methods (no other point has both a higher speedup and a higher PSNR). The full-step "
         "reference (1×, PSNR capped at 100 dB) is not drawn."
     )
+    spread = [r for r in plottable(recs)[0] if prompt_spread(r) is not None]
+    if spread:
+        n = max(len((r.get("per_prompt") or {}).get("psnr") or []) for r in spread)
+        caption += (
+            f" Error bars: min–max of the per-prompt PSNR over the {n} evaluation prompts (the point is the "
+            "mean); a point without a bar has fewer than two per-prompt values."
+        )
     if left_out:
         caption += " Not drawn: " + "; ".join(left_out) + "."
     return out + figure(f"{mdir}/{png.name}", f"{model}: speedup vs PSNR with the Pareto front", esc(caption))

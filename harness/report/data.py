@@ -78,6 +78,15 @@ def computed_summary(r: Record) -> str:
     return f"mean {sum(fr):.1f}/{t} over {r.get('computed_passes')} passes"
 
 
+def prompt_spread(r: Record, metric: str = "psnr") -> tuple[float, float] | None:
+    """(min, max) of a metric over the evaluation prompts (`per_prompt`), or None with fewer than two
+    values; per-prompt PSNRs at the 100 dB cap (identical images) are left out."""
+    vals = [v for x in (r.get("per_prompt") or {}).get(metric) or [] if (v := num(x)) is not None]
+    if metric == "psnr":
+        vals = [v for v in vals if v < PSNR_IDENTICAL]
+    return (min(vals), max(vals)) if len(vals) > 1 else None
+
+
 def by_model(records: Iterable[Record]) -> dict[str, list[Record]]:
     """Records grouped by model, first-seen order."""
     out: dict[str, list[Record]] = defaultdict(list)

@@ -12,6 +12,7 @@ from harness.report.data import (
     methods_of,
     num,
     pareto_front,
+    prompt_spread,
     shade,
     sort_records,
     tag,
@@ -75,8 +76,9 @@ def plottable(records: list[Record]) -> tuple[list[Record], list[str]]:
 
 def speedup_quality_plot(records: list[Record], png: Path, title: str = "") -> Path | None:
     """Two panels, FLOPs and wall-clock speedup (x) vs PSNR to the full-step reference (y): one curve per
-    method over its budgets, and the Pareto front over all methods (dashed staircase, ringed points).
-    The reference itself (PSNR capped at 100 dB) is left out. None when nothing is plottable."""
+    method over its budgets, each point with an error bar from the lowest to the highest per-prompt PSNR
+    (`prompt_spread`), and the Pareto front over all methods (dashed staircase, ringed points). The
+    reference itself (PSNR capped at 100 dB) is left out. None when nothing is plottable."""
     recs, _ = plottable(records)
     if not recs:
         return None
@@ -101,6 +103,19 @@ def speedup_quality_plot(records: list[Record], png: Path, title: str = "") -> P
                 zorder=3,
             )
             for x, y, r in mine:
+                if (spread := prompt_spread(r)) is not None:  # min–max over the evaluation prompts
+                    lo, hi = spread
+                    ax.errorbar(
+                        [x],
+                        [y],
+                        yerr=[[max(y - lo, 0.0)], [max(hi - y, 0.0)]],
+                        fmt="none",
+                        ecolor=colour,
+                        elinewidth=1.0,
+                        capsize=3,
+                        alpha=0.75,
+                        zorder=2.5,
+                    )
                 ax.annotate(
                     f"K{r.get('budget')}",
                     (x, y),

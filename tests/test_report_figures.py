@@ -1,0 +1,56 @@
+"""The report's figures on synthetic records: per-prompt spread on the speed-quality plot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from report_synth import make_run, record
+
+import harness.report.plots as plots
+from harness.report import build_report
+
+
+@pytest.fixture
+def figures(monkeypatch) -> list[Any]:
+    """Every figure the report module closes (kept open for inspection)."""
+    import matplotlib.pyplot as plt
+
+    kept: list[Any] = []
+    real = plots._plt
+
+    class _Plt:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(plt, name)
+
+        def close(self, fig: Any = None) -> None:
+            kept.append(fig)
+
+    monkeypatch.setattr(plots, "_plt", lambda: (real(), _Plt())[1])
+    yield kept
+    for f in kept:
+        plt.close(f)
+
+
+def test_speed_quality_points_carry_the_per_prompt_min_max(tmp_path, figures):
+    from matplotlib.container import ErrorbarContainer
+
+    recs = [
+        record("m", "dpcache", 10, 30.0, 2.0, per_prompt={"psnr": [28.0, 30.0, 33.0]}),
+        record("m", "fora", 10, 29.0, 2.1, per_prompt={"psnr": [29.0]}),  # one value: no bar
+    ]
+    assert plots.speedup_quality_plot(recs, tmp_path / "p.png") is not None
+    (fig,) = figures
+    for ax in fig.axes[:2]:  # FLOPs and wall-clock panels
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert len(bars) == 1
+        (segments,) = [lc.get_segments() for lc in bars[0].lines[2]]
+        (seg,) = segments
+        assert seg[0][1] == pytest.approx(28.0) and seg[1][1] == pytest.approx(33.0)
+
+
+def test_report_caption_says_what_the_error_bars_are(tmp_path):
+    src, _ = make_run(tmp_path)
+    text = build_report(src, tmp_path / "out").read_text()
+    flux = text.split('<section id="wan-tiny">')[0]
+    assert "Error bars: min–max of the per-prompt PSNR over the 3 evaluation prompts" in flux
