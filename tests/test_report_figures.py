@@ -1,4 +1,5 @@
-"""The report's figures on synthetic records: per-prompt spread on the speed-quality plot."""
+"""The report's figures on synthetic records: per-prompt spread on the speed-quality plot, difference maps in
+the image grids, the chosen K on the cost curve."""
 
 from __future__ import annotations
 
@@ -54,3 +55,25 @@ def test_report_caption_says_what_the_error_bars_are(tmp_path):
     text = build_report(src, tmp_path / "out").read_text()
     flux = text.split('<section id="wan-tiny">')[0]
     assert "Error bars: min–max of the per-prompt PSNR over the 3 evaluation prompts" in flux
+
+
+def test_image_grid_shows_amplified_difference_maps_beside_each_method(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    src, art = make_run(tmp_path)
+    page = build_report(src, tmp_path / "out")
+    flux = page.read_text().split('<section id="wan-tiny">')[0]
+    assert "|method − reference| × 8 per pixel (black: equal, white: off by 32/255 or more)" in flux
+    diff = page.parent / "flux-tiny/diff/dpcache-K10-M3-O2/prompt00.png"
+    assert 'src="flux-tiny/diff/dpcache-K10-M3-O2/prompt00.png"' in flux and diff.is_file()
+    assert 'alt="|dpcache − reference| × 8, prompt 0"' in flux
+    assert "flux-tiny/diff/full" not in flux  # the reference has no map of its own
+    run = art / "20260102T030405-abcdef12" / "flux-tiny"
+    a = np.asarray(Image.open(run / "dpcache-K10-M3-O2/prompt00.png").convert("RGB"), dtype=int)
+    b = np.asarray(Image.open(run / "full-K20/prompt00.png").convert("RGB"), dtype=int)
+    want = np.clip(np.abs(a - b).max(axis=-1) * 8, 0, 255)
+    got = np.asarray(Image.open(diff), dtype=int)
+    assert got.shape == want.shape and (got == want).all() and got.max() == 255 and got.min() == 0
+    wan = page.read_text().split('<section id="wan-tiny">')[1]
+    assert wan.count('src="wan-tiny/diff/dpcache-K10-M3-O2/prompt00_f') == 3  # frame by frame

@@ -32,7 +32,14 @@ from harness.report.html import (
     page,
     results_table,
 )
-from harness.report.plots import method_styles, plottable, schedule_strips, speedup_quality_plot
+from harness.report.plots import (
+    DIFF_GAIN,
+    difference_map,
+    method_styles,
+    plottable,
+    schedule_strips,
+    speedup_quality_plot,
+)
 
 __all__ = ["build_report", "build_run", "load_records", "write_index"]
 
@@ -155,11 +162,12 @@ def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, m
             for i, fs in sorted(files.items())[:MAX_GRID_PROMPTS]
         }
     full = next((r for r in recs if r["method"] == "full"), None)
-    ref_col = (
-        f"reference (full, K={full.get('budget') if full else 'T'})",
-        full,
-        copied.get(tag(full), {}) if full else {},
-    )
+    ref_files = copied.get(tag(full), {}) if full else {}
+    ref_col = (f"reference (full, K={full.get('budget') if full else 'T'})", full, ref_files)
+    diffs = {
+        t: _difference_maps(files, ref_files, run_dir, f"{mdir}/diff/{_safe(t)}")
+        for t, files in copied.items()
+    }
     budgets = sorted({r.get("budget") for r in recs if r["method"] != "full"}, key=lambda b: -(b or 0))
     prompts = next((r.get("prompts") for r in recs if r.get("prompts")), []) or []
     video = is_video(model)
@@ -171,7 +179,8 @@ def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, m
             if r["method"] != "full" and r.get("budget") == k
         ]
         if any(files for _, _, files in cols):
-            grids.append(image_grid(k, [ref_col, *cols], [str(p) for p in prompts], video))
+            maps = [{}, *(diffs.get(tag(r), {}) for _, r, _ in cols)]
+            grids.append(image_grid(k, [ref_col, *cols], [str(p) for p in prompts], video, maps, DIFF_GAIN))
     if not grids:
         return out + missing("no images saved for the methods of this run")
     n = max((len(v) for v in found.values()), default=0)
@@ -181,6 +190,25 @@ def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, m
         else ""
     )
     return out + note + '<div class="grids">' + "".join(grids) + "</div>"
+
+
+def _difference_maps(
+    files: dict[int, list[str]], ref_files: dict[int, list[str]], run_dir: Path, rel_dir: str
+) -> dict[int, list[str]]:
+    """Per prompt, |image − reference| maps (plots.difference_map) of the copied images, frame by frame;
+    a prompt whose reference is missing or differs in size or frame count gets none."""
+    out: dict[int, list[str]] = {}
+    for i, paths in files.items():
+        refs = ref_files.get(i, [])
+        if len(refs) != len(paths) or refs == paths:
+            continue
+        maps = [
+            difference_map(run_dir / p, run_dir / r, run_dir / rel_dir / Path(p).name)
+            for p, r in zip(paths, refs)
+        ]
+        if all(m is not None for m in maps):
+            out[i] = [f"{rel_dir}/{Path(p).name}" for p in paths]
+    return out
 
 
 def _header(invocation: str, records: list[Record]) -> str:

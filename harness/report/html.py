@@ -60,6 +60,8 @@ table.grid th.l{text-align:left;width:150px;max-width:150px;font-weight:normal;f
 table.grid img{width:96px;height:auto;image-rendering:pixelated;display:block;margin:0 auto}
 table.grid .frames img{width:48px;display:inline-block}
 table.grid small{color:#555;display:block}
+table.grid .pair{display:flex;gap:3px;justify-content:center}table.grid .pair img{display:inline-block}
+table.grid .diff img{outline:1px solid #bbb}
 .broken{outline:3px solid #d00}
 #img-status{display:none}body[data-imgs-ok="false"] #img-status{display:block;color:#fff;background:#c00;
  padding:6px 12px}
@@ -232,15 +234,18 @@ def image_grid(
     columns: Sequence[tuple[str, Record | None, dict[int, list[str]]]],
     prompts: Sequence[str],
     video: bool,
+    diffs: Sequence[dict[int, list[str]]] = (),
+    gain: int = 8,
 ) -> str:
-    """One budget's grid: rows = prompts, columns = (label, record, {prompt index: image paths})."""
+    """One budget's grid: rows = prompts, columns = (label, record, {prompt index: image paths}); `diffs`
+    (aligned with `columns`): per prompt, |image − reference| × `gain` maps shown beside the image."""
     head = '<th class="l">prompt</th>' + "".join(f"<th>{esc(label)}</th>" for label, _, _ in columns)
     indices = sorted({i for _, _, files in columns for i in files})
     rows = []
     for i in indices:
         text = prompts[i] if i < len(prompts) else f"prompt {i}"
         cells = [f'<th class="l">{i}: {esc(text)}</th>']
-        for label, rec, files in columns:
+        for n, (label, rec, files) in enumerate(columns):
             paths = files.get(i, [])
             if not paths:
                 cells.append('<td class="na" title="no image saved">n/a</td>')
@@ -248,6 +253,17 @@ def image_grid(
             imgs = "".join(
                 f'<a href="{url(p)}"><img src="{url(p)}" alt="{esc(label)}, prompt {i}"></a>' for p in paths
             )
+            maps = diffs[n].get(i, []) if n < len(diffs) else []
+            if maps:
+                what = f"|{label} − reference| × {gain}, prompt {i}"
+                imgs = (
+                    f'<span class="pair"><span>{imgs}</span><span class="diff">'
+                    + "".join(
+                        f'<a href="{url(p)}"><img src="{url(p)}" alt="{esc(what)}" title="{esc(what)}"></a>'
+                        for p in maps
+                    )
+                    + "</span></span>"
+                )
             cls = ' class="frames"' if len(paths) > 1 else ""
             score = _prompt_psnr(rec, i)
             cells.append(f"<td{cls}>{imgs}{score}</td>")
@@ -260,9 +276,15 @@ def image_grid(
         if video
         else "one image per prompt"
     )
+    scale = (
+        f"; right of a method's image: |method − reference| × {gain} per pixel (black: equal, white: "
+        f"off by {255 / gain:.0f}/255 or more)"
+        if any(d for d in diffs)
+        else ""
+    )
     return (
         f'<div class="scroll"><h4>K = {esc(budget)}</h4><p class="note">{what}; PSNR to the reference '
-        f'under each image</p><table class="grid"><thead><tr>{head}</tr></thead>'
+        f'under each image{esc(scale)}</p><table class="grid"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 

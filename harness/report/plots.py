@@ -220,3 +220,27 @@ def schedule_strips(records: list[Record], png: Path) -> Path | None:
     fig.savefig(png, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return png
+
+
+DIFF_GAIN = 8  # difference maps: |method − reference| × 8, so white is a difference of 32/255 or more
+
+
+def difference_map(image: Path, reference: Path, out: Path, gain: int = DIFF_GAIN) -> Path | None:
+    """`out`: |image − reference| per pixel (largest over the colour channels) × `gain`, as a greyscale
+    PNG (black: equal; white: off by 255/gain or more). None when the two sizes differ or a file is
+    unreadable."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(image) as a, Image.open(reference) as b:
+            x = np.asarray(a.convert("RGB"), dtype=np.int16)
+            y = np.asarray(b.convert("RGB"), dtype=np.int16)
+    except OSError:
+        return None
+    if x.shape != y.shape:
+        return None
+    d = np.clip(np.abs(x - y).max(axis=-1) * gain, 0, 255).astype(np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(d).save(out)  # 2-D uint8: greyscale
+    return out
