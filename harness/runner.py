@@ -293,12 +293,16 @@ class BenchSession(ReferencesMixin):
         return record
 
     def heatmap(self, path: str | Path) -> Path:
-        """The cost-tensor heatmap and cost-vs-K curve (`dpcache inspect --plot` style)."""
+        """The cost-tensor heatmap and cost-vs-K curve (`dpcache inspect --plot` style), and the curve as data
+        beside it (`cost_curve.json`: the report redraws it with the chosen K marked)."""
         from dpcache.cli import plot_cost_tensor
+        from harness.report.data import COST_CURVE, write_cost_curve
 
-        out = Path(path)
+        out, opts = Path(path), {"first_full_steps": DPCacheMethod().first_full_steps}
         if not out.is_file():
-            plot_cost_tensor(self.cost_tensor(), out, {"first_full_steps": DPCacheMethod().first_full_steps})
+            plot_cost_tensor(self.cost_tensor(), out, opts)
+        if not out.with_name(COST_CURVE).is_file():
+            write_cost_curve(self.cost_tensor(), out.with_name(COST_CURVE), opts)
         return out
 
 

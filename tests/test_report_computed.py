@@ -174,7 +174,8 @@ def test_mlflow_logs_the_computed_fraction_of_an_online_method(tmp_path, monkeyp
 
 def test_runner_traces_every_method_and_matches_dpcache_schedule(tmp_path):
     """flux-tiny (random weights, T = 8, one prompt, CFG as two calls): DPCache's traced steps are its key
-    steps on both branches; FORA (decides online) gets computed steps too; fewer-steps (K steps) none."""
+        steps on both branches; FORA (decides online) gets computed steps too; fewer-steps (K steps) none. The
+    heatmap comes with its cost curve as data (cost_curve.json)."""
     from harness.runner import BenchSession
     from harness.zoo.flux_tiny import build_pipeline
     from harness.zoo.registry import get_spec
@@ -194,6 +195,7 @@ def test_runner_traces_every_method_and_matches_dpcache_schedule(tmp_path):
             progress=False,
         )
         dp, fora, few = s.record("dpcache", 5), s.record("fora", 4), s.record("fewer-steps", 4)
+        png = s.heatmap(tmp_path / "plots" / "cost_tensor.png")
     finally:
         torch.set_num_threads(threads)
     assert dp.schedule.computed_branches == 2
@@ -203,3 +205,7 @@ def test_runner_traces_every_method_and_matches_dpcache_schedule(tmp_path):
     assert 0 in steps[0] and len(steps[0]) < 8  # the first step computes, some steps reuse the cache
     assert sum(fora.computed_fraction()) == pytest.approx(fora.speed.measured_k, abs=1.0)
     assert few.schedule.computed_steps is None and few.computed_fraction() is None
+    from harness.report.data import read_cost_curve
+
+    curve = read_cost_curve(png.with_name("cost_curve.json"))  # the report marks the chosen K on it
+    assert png.is_file() and curve and 5 in dict(curve["exact"])

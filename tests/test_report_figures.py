@@ -10,6 +10,7 @@ from report_synth import make_run, record
 
 import harness.report.plots as plots
 from harness.report import build_report
+from harness.report.data import read_cost_curve, write_cost_curve
 
 
 @pytest.fixture
@@ -77,3 +78,56 @@ def test_image_grid_shows_amplified_difference_maps_beside_each_method(tmp_path)
     assert got.shape == want.shape and (got == want).all() and got.max() == 255 and got.min() == 0
     wan = page.read_text().split('<section id="wan-tiny">')[1]
     assert wan.count('src="wan-tiny/diff/dpcache-K10-M3-O2/prompt00_f') == 3  # frame by frame
+
+
+def _cost_curve(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    t = 12
+    cost = rng.random((t, t + 1, t + 1)) * 10 + 0.1  # C[a, i, j], as the planner reads it
+    path = write_cost_curve(cost, tmp_path / "cost_curve.json", {"first_full_steps": 2})
+    return cost, read_cost_curve(path)
+
+
+def test_cost_curve_data_is_the_planner_path_cost_per_k(tmp_path):
+    from dpcache.planner import plan_all_budgets
+
+    cost, curve = _cost_curve(tmp_path)
+    want = plan_all_budgets(cost, first_full_steps=2, solver="exact")
+    assert curve["exact"] == [(k, pytest.approx(s.path_cost)) for k, s in sorted(want.items())]
+    assert read_cost_curve(tmp_path / "absent.json") is None
+
+
+def test_cost_curve_marks_the_chosen_k(tmp_path, figures):
+    _, curve = _cost_curve(tmp_path)
+    exact = dict(curve["exact"])
+    assert plots.cost_curve_plot(curve, [6, 10, 6], tmp_path / "c.png") is not None
+    (fig,) = figures
+    ax = fig.axes[0]
+    rings = [tuple(p) for c in ax.collections for p in c.get_offsets()]
+    assert rings == [(6, pytest.approx(exact[6])), (10, pytest.approx(exact[10]))]
+    vlines = sorted(ln.get_xdata()[0] for ln in ax.lines if ln.get_linestyle() == ":")
+    assert vlines == [6, 10]
+    assert {t.get_text() for t in ax.texts} == {
+        f"chosen K=6\n{exact[6]:.3g}",
+        f"chosen K=10\n{exact[10]:.3g}",
+    }
+
+
+def test_report_draws_the_cost_curve_with_this_runs_dpcache_budgets(tmp_path):
+    import shutil
+
+    src, art = make_run(tmp_path)
+    text = build_report(src, tmp_path / "out").read_text().split('<section id="wan-tiny">')[0]
+    assert "chosen K not marked on the cost curve: no readable cost_curve.json" in text
+    _cost_curve(tmp_path)
+    shutil.copy(
+        tmp_path / "cost_curve.json", art / "20260102T030405-abcdef12" / "flux-tiny" / "cost_curve.json"
+    )
+    page = build_report(src, tmp_path / "out2")
+    flux = page.read_text().split('<section id="wan-tiny">')[0]
+    assert 'src="flux-tiny/cost_curve.png"' in flux and (page.parent / "flux-tiny/cost_curve.png").is_file()
+    assert (
+        "in this run marked (dotted line, ringed point on the exact solver&#x27;s curve): K=6, K=10." in flux
+    )

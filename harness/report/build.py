@@ -12,6 +12,7 @@ from pathlib import Path
 from dpcache.atomic_io import write_text_atomic
 from harness.context import contained_path
 from harness.report.data import (
+    COST_CURVE,
     Record,
     by_model,
     is_video,
@@ -19,6 +20,7 @@ from harness.report.data import (
     load_records,
     methods_of,
     prompt_spread,
+    read_cost_curve,
     tag,
 )
 from harness.report.html import (
@@ -34,6 +36,7 @@ from harness.report.html import (
 )
 from harness.report.plots import (
     DIFF_GAIN,
+    cost_curve_plot,
     difference_map,
     method_styles,
     plottable,
@@ -123,7 +126,7 @@ def _schedule_section(recs: list[Record], run_dir: Path, mdir: str, model: str) 
     )
 
 
-def _cost_section(model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
+def _cost_section(recs: list[Record], model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
     out = "<h3>Cost tensor</h3>"
     src = model_art / "cost_tensor.png" if model_art is not None else None
     if src is None or not src.is_file():
@@ -133,7 +136,7 @@ def _cost_section(model_art: Path | None, run_dir: Path, mdir: str, model: str) 
             "when DPCache is among the methods)"
         )
     rel = _copy(src, run_dir, f"{mdir}/cost_tensor.png")
-    return out + figure(
+    out += figure(
         rel,
         f"{model}: cost tensor heatmap and path cost vs K",
         esc(
@@ -141,6 +144,29 @@ def _cost_section(model_art: Path | None, run_dir: Path, mdir: str, model: str) 
             "step i. Right: the optimal path cost against the budget K, per solver."
         ),
     )
+    return out + _cost_curve(recs, src.with_name(COST_CURVE), run_dir, mdir, model)
+
+
+def _cost_curve(recs: list[Record], src: Path, run_dir: Path, mdir: str, model: str) -> str:
+    """The path cost vs K redrawn from `cost_curve.json` with the K DPCache ran at in this run marked."""
+    chosen = sorted(
+        {int(r["budget"]) for r in recs if r["method"] == "dpcache" and r.get("budget") is not None}
+    )
+    curve = read_cost_curve(src) if src.is_file() else None
+    if curve is None:
+        return missing(
+            f"chosen K not marked on the cost curve: no readable {COST_CURVE} beside the heatmap (written by "
+            "runs since the report marks it)"
+        )
+    png = cost_curve_plot(curve, chosen, run_dir / mdir / "cost_curve.png", title=f"{model}: path cost vs K")
+    if png is None:
+        return missing(f"{COST_CURVE} holds no budget with a positive path cost: nothing to draw")
+    opts = ", ".join(f"K={k}" for k in chosen) or "none (DPCache did not run at a budget here)"
+    caption = (
+        "The optimal path cost against the budget K (per solver, log scale), with the K DPCache ran at in "
+        f"this run marked (dotted line, ringed point on the exact solver's curve): {opts}."
+    )
+    return figure(f"{mdir}/{png.name}", f"{model}: path cost vs K with the chosen K marked", esc(caption))
 
 
 def _images_section(recs: list[Record], model_art: Path | None, run_dir: Path, mdir: str, model: str) -> str:
@@ -258,7 +284,7 @@ def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: 
         )
         parts.append(_speed_section(recs, run_dir, mdir, model))
         parts.append(_schedule_section(recs, run_dir, mdir, model))
-        parts.append(_cost_section(model_art, run_dir, mdir, model))
+        parts.append(_cost_section(recs, model_art, run_dir, mdir, model))
         parts.append(_images_section(recs, model_art, run_dir, mdir, model))
         dup = sum(1 for r in all_recs if r.get("status", "ok") == "ok") - len(latest_per_config(all_recs))
         note = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -260,3 +261,30 @@ def is_video(model: str) -> bool:
         return get_spec(model).num_frames is not None
     except Exception:  # unknown model, zoo import problem: treat as images
         return False
+
+
+COST_CURVE = "cost_curve.json"  # beside cost_tensor.png: DPCache's optimal path cost per K, per solver
+
+
+def write_cost_curve(cost: Any, path: str | Path, opts: dict[str, Any]) -> Path:
+    """`path` (JSON): the optimal path cost against K for every planner solver, from a cost tensor (or its
+    array) and the planning options (`first_full_steps` …): what the heatmap's right panel draws, as data the
+    report redraws with the chosen K marked."""
+    from dpcache.atomic_io import write_text_atomic
+    from dpcache.planner import SOLVERS, plan_all_budgets
+
+    curves = {}
+    for solver in SOLVERS:
+        curve = plan_all_budgets(cost, **{**opts, "solver": solver})
+        curves[solver] = [[int(k), float(s.path_cost)] for k, s in sorted(curve.items())]
+    data = {"options": {k: v for k, v in opts.items() if isinstance(v, (int, float, str))}, "solvers": curves}
+    return write_text_atomic(Path(path), json.dumps(data, indent=1) + "\n")
+
+
+def read_cost_curve(path: Path) -> dict[str, list[tuple[int, float]]] | None:
+    """{solver: [(K, path cost), …]} from `write_cost_curve`'s file, or None (absent or unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return {str(s): [(int(k), float(c)) for k, c in pts] for s, pts in data["solvers"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None

@@ -244,3 +244,41 @@ def difference_map(image: Path, reference: Path, out: Path, gain: int = DIFF_GAI
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(d).save(out)  # 2-D uint8: greyscale
     return out
+
+
+def cost_curve_plot(
+    curve: dict[str, list[tuple[int, float]]], chosen: list[int], png: Path, title: str = ""
+) -> Path | None:
+    """DPCache's optimal path cost against K (log scale, one line per solver) with each chosen K (the budgets
+    DPCache ran at in this run) marked: a dotted vertical line and a ringed point on the exact solver's
+    curve, labelled with K and its path cost. None when the curve is empty."""
+    pts = {s: [(k, c) for k, c in p if c > 0] for s, p in curve.items()}
+    if not any(pts.values()):
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
+    for s, p in pts.items():
+        ax.plot([k for k, _ in p], [c for _, c in p], marker=".", lw=1.4, label=s)
+    main = dict(pts.get("exact") or next(p for p in pts.values() if p))
+    for k in sorted(set(chosen)):
+        ax.axvline(k, color="#d62728", ls=":", lw=1.2, zorder=1)
+        if k in main:
+            ax.scatter(
+                [k], [main[k]], s=140, facecolors="none", edgecolors="#d62728", linewidths=1.8, zorder=4
+            )
+            ax.annotate(
+                f"chosen K={k}\n{main[k]:.3g}",
+                (k, main[k]),
+                xytext=(6, 8),
+                textcoords="offset points",
+                fontsize=8,
+                color="#d62728",
+            )
+    ax.set(xlabel="budget K (full computations)", ylabel="optimal path cost", yscale="log")
+    ax.set_title(title or "path cost vs K", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return png
