@@ -11,6 +11,7 @@ folder and the repository root on `sys.path` for every test run):
 - `report_synth`: synthetic result records and runs for the report tests
 - `fake_eval_scorer`: a stand-in scorer script for the evaluation-environment protocol
 - `mlflow_server`: a local MLflow server on a free port (tracking tests and faults)
+- `plugin_demo`: the demo suite the pytest-plugin tests run with pytester
 """
 
 from __future__ import annotations
