@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch  # torch and diffusers are core dependencies: a missing one is an error, not a skip
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from harness.zoo import registry  # noqa: E402
+from harness.zoo import registry
 
 IMAGE_TINY = ["flux-tiny", "dit-tiny"]
 ALL_NAMES = [

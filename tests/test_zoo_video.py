@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch  # torch and diffusers are core dependencies: a missing one is an error, not a skip
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from harness.zoo import hunyuan_tiny, video_data, wan_tiny  # noqa: E402
+from harness.zoo import hunyuan_tiny, video_data, wan_tiny
 
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 CLASSES = {"wan-tiny": "WanPipeline", "hunyuan-video-tiny": "HunyuanVideoPipeline"}
