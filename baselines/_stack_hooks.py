@@ -7,10 +7,10 @@ from collections.abc import Callable
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState
 
 from dpcache.adapters import timestep_value
+from dpcache.diffusers_internals import BlockIO, unwrap_module
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
 Rows = torch.Tensor | None  # bool mask over the batch rows to compute; None = every row
@@ -78,9 +78,9 @@ class RowRunner:
 
     _RESERVED = ("rotary", "freqs", "pos")
 
-    def __init__(self, forward: Callable, batch_size: int) -> None:
+    def __init__(self, forward: Callable, batch_size: int, signature_of: Callable | None = None) -> None:
         self.forward = forward
-        self.signature = inspect.signature(forward)
+        self.signature = inspect.signature(signature_of or forward)
         self.batch_size = batch_size
 
     def __call__(self, rows: torch.Tensor, args: tuple, kwargs: dict):
@@ -95,37 +95,6 @@ class RowRunner:
             ):
                 bound.arguments[name] = value[idx]
         return idx, self.forward(*bound.args, **bound.kwargs)
-
-
-class BlockIO:
-    """Reads a block's hidden / encoder inputs and builds outputs shaped like the block's own (via diffusers'
-    TransformerBlockRegistry: a tensor, or a 2-tuple with the image and text streams at registered indices)."""
-
-    def __init__(self, block: torch.nn.Module) -> None:
-        self.meta = TransformerBlockRegistry.get(type(block))
-
-    def hidden(self, args: tuple, kwargs: dict) -> torch.Tensor:
-        return self.meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
-
-    def encoder(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
-        if self.meta.return_encoder_hidden_states_index is None:
-            return None
-        return self.meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
-
-    def split(self, output) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(output, tuple):
-            return output[self.meta.return_hidden_states_index], output[
-                self.meta.return_encoder_hidden_states_index
-            ]
-        return output, None
-
-    def build(self, hidden: torch.Tensor, encoder: torch.Tensor | None):
-        if self.meta.return_encoder_hidden_states_index is None:
-            return hidden
-        out = [None, None]
-        out[self.meta.return_hidden_states_index] = hidden
-        out[self.meta.return_encoder_hidden_states_index] = encoder
-        return tuple(out)
 
 
 class SpanState(StepState):
@@ -180,7 +149,9 @@ class SpanBlockHook(ModelHook):
             encoder = self.io.encoder(args, kwargs)
             out_h, out_e = hidden, encoder
             if rows.any():
-                idx, sub = RowRunner(self.fn_ref.original_forward, hidden.shape[0])(rows, args, kwargs)
+                block = unwrap_module(module)  # a compiled block's forward takes (*args, **kwargs)
+                named = block.forward if block is not module else None
+                idx, sub = RowRunner(self.fn_ref.original_forward, hidden.shape[0], named)(rows, args, kwargs)
                 sub_h, sub_e = self.io.split(sub)
                 out_h = hidden.clone()
                 out_h[idx] = sub_h
@@ -260,7 +231,7 @@ def block_submodules(block: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
     (FLUX / HunyuanVideo double and single blocks, Wan blocks, DiT's BasicTransformerBlock)."""
     return [
         (name, child)
-        for name, child in block.named_children()
+        for name, child in unwrap_module(block).named_children()
         if name in ATTENTION_CHILDREN + TOKENWISE_CHILDREN and child is not None
     ]
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import CacheContext, _set_cache_context
 
 from dpcache.adapters import block_layout
+from dpcache.diffusers_internals import set_cache_context
 from dpcache.hook_utils import DEFAULT_CONTEXT, ContextStateManager
 
 _ATTR = "_bench_wrapped_run"
@@ -128,7 +128,7 @@ class WrappedRun:
         if not self._has_context or self._name is None:
             self._name = DEFAULT_CONTEXT
             self._default_set = True
-            _set_cache_context(module, CacheContext(DEFAULT_CONTEXT))
+            set_cache_context(module, DEFAULT_CONTEXT)
         timesteps = self.pipe.scheduler.timesteps
         step = self._step_of(self._name)
         if timesteps is not None and len(timesteps):
@@ -144,7 +144,7 @@ class WrappedRun:
             self.hits.setdefault(name, [])
         self.steps[name] = step + 1
         if self._default_set:
-            _set_cache_context(module, None)
+            set_cache_context(module, None)
             self._default_set = False
             self._name = None
 

@@ -9,6 +9,7 @@ import torch
 from diffusers.hooks import HookRegistry
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
+from dpcache.diffusers_internals import unwrap_module
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
 from ._stack_hooks import RowRunner, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
@@ -83,7 +84,7 @@ class EasyCacheHook(StepHook):
         self.config = config
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self.signature = inspect.signature(type(module).forward)
+        self.signature = inspect.signature(type(unwrap_module(module)).forward)
         return module
 
     def _decide(self, state: EasyCacheState, x: torch.Tensor):

@@ -12,6 +12,7 @@ import torch
 from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
+from dpcache.diffusers_internals import unwrap_module
 from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 
 from ._stack_hooks import (
@@ -95,6 +96,7 @@ class TeaCacheState(SpanState):
 
 def modulated_input(block: torch.nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
     """The timestep-modulated input of a block, the TeaCache indicator (see TeaCacheConfig for each family)."""
+    block = unwrap_module(block)
     params = inspect.signature(type(block).forward).bind(block, *args, **kwargs).arguments
     hidden = BlockIO(block).hidden(args, kwargs)
     norm1 = getattr(block, "norm1", None)

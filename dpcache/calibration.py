@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState
 
 from . import __version__
 from .adapters import block_layout
 from .atomic_io import write_atomic
+from .diffusers_internals import BlockIO
 from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 from .pact import cost_tensor_one, mean_finite
 from .planner import default_max_jump
@@ -45,14 +45,14 @@ class FeatureRecorderHook(ModelHook):
         self.runs: list[list[torch.Tensor]] = []
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(type(module))
+        self._io = BlockIO(module)
         return module
 
     def post_forward(self, module: torch.nn.Module, output):
         state = self.manager.get_state()
         name = self.manager.context.name
         if self.context is None or name in (self.context, "default"):
-            hidden = output[self._meta.return_hidden_states_index] if isinstance(output, tuple) else output
+            hidden = output[self._io.hidden_index] if isinstance(output, tuple) else output
             state.features.append(hidden.detach().to("cpu", copy=True))
         return output
 

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import BaseState
 
 from .adapters import block_layout, timestep_value
+from .diffusers_internals import BlockIO
 from .errors import DPCacheError, ScheduleMismatchError
 from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
 from .predictors import Predictor, TaylorPredictor
@@ -257,29 +257,28 @@ class DPCacheBlockHook(ModelHook):
         self._tuple_len: int | None = None
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
-        self._meta = TransformerBlockRegistry.get(type(module))
+        self._io = BlockIO(module)
         return module
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: DPCacheState = self.manager.get_state()
-        meta = self._meta
+        io = self._io
         if state.compute:
             output = self.fn_ref.original_forward(*args, **kwargs)
             self._tuple_len = len(output) if isinstance(output, tuple) else None
             if self.is_last:
-                hidden = output[meta.return_hidden_states_index] if self._tuple_len else output
+                hidden = output[io.hidden_index] if self._tuple_len else output
                 state.predictor.update(state.step, hidden)
             return output
-        hidden = meta._get_parameter_from_args_kwargs("hidden_states", args, kwargs)
+        hidden = io.hidden(args, kwargs)
         if self.is_last:
             hidden = state.predictor.predict(state.step)
         if self._tuple_len is None:
             return hidden
         out = [None] * self._tuple_len
-        out[meta.return_hidden_states_index] = hidden
-        if meta.return_encoder_hidden_states_index is not None:
-            enc = meta._get_parameter_from_args_kwargs("encoder_hidden_states", args, kwargs)
-            out[meta.return_encoder_hidden_states_index] = enc
+        out[io.hidden_index] = hidden
+        if io.encoder_index is not None:
+            out[io.encoder_index] = io.encoder(args, kwargs)
         return tuple(out)
 
 
