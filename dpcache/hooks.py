@@ -16,7 +16,8 @@ from .adapters import block_layout, timestep_value
 from .diffusers_internals import BlockIO
 from .errors import DPCacheError, ScheduleMismatchError
 from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
-from .predictors import Predictor, TaylorPredictor
+from .predictors import Predictor
+from .resolve import load_schedule_file, resolve, resolve_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -66,83 +67,12 @@ class DPCacheConfig:
     model_id: str | None = None
 
     def __post_init__(self) -> None:
-        self._tuned = None
         if self.schedule_file is not None:
-            self._load_schedule_file()  # fail at construction, before any model runs
-
-    def _load_schedule_file(self):
-        if self._tuned is None:
-            from .schedule_file import ScheduleFile
-
-            if self.schedule is not None or self.cost is not None:
-                raise DPCacheError("give either `schedule_file` or `schedule` / `cost`, not both")
-            tuned = ScheduleFile.load(self.schedule_file)
-            pred = self.predictor
-            tuned.check_compatible(
-                num_steps=self.num_inference_steps,
-                predictor=pred.name if pred is not None else None,
-                predictor_order=pred.order if pred is not None else self.order,
-                model_id=self.model_id,
-                source=f"schedule file {self.schedule_file}",
-            )
-            self._tuned = tuned
-        return self._tuned
-
-    def make_predictor(self) -> Predictor:
-        """The predictor each cache context clones (the released warm-up gate for the default one)."""
-        tuned = self._load_schedule_file() if self.schedule_file is not None else None
-        first = tuned.first_full_steps if tuned else self.first_full_steps
-        order = tuned.predictor_order if tuned else (2 if self.order is None else self.order)
-        if tuned:
-            segments = tuned.orders_by_step
-        elif self.segment_orders is not None:
-            steps = self.resolve_schedule()
-            if len(self.segment_orders) != len(steps):
-                raise DPCacheError(
-                    f"segment_orders needs one order per key step ({len(steps)}), got {len(self.segment_orders)}"
-                )
-            segments = dict(zip(steps, self.segment_orders))
-        else:
-            segments = {}
-        if self.predictor is not None:
-            return self.predictor.clone(segment_orders=segments) if segments else self.predictor.clone()
-        try:
-            return TaylorPredictor(order=order, derivative_start=max(first - 1, 0), segment_orders=segments)
-        except ValueError as exc:
-            raise DPCacheError(str(exc)) from None
+            load_schedule_file(self)  # fail at construction, before any model runs
 
     def resolve_schedule(self) -> tuple[int, ...]:
-        """The sorted key steps: the schedule file's, the explicit schedule, or the plan of `cost` at `budget`."""
-        T = self.num_inference_steps
-        if self.schedule_file is not None:
-            return tuple(self._load_schedule_file().key_steps)
-        if self.schedule is not None:
-            steps = tuple(getattr(self.schedule, "key_steps", self.schedule))
-            if list(steps) != sorted(set(steps)):
-                raise DPCacheError(f"schedule must be strictly increasing step indices, got {list(steps)}")
-            if not steps or steps[0] != 0 or steps[-1] >= T:
-                raise DPCacheError(f"schedule must start at step 0 and stay below T={T}, got {list(steps)}")
-            return steps
-        if self.cost is None or self.budget is None:
-            raise DPCacheError("DPCacheConfig needs either `schedule` or both `cost` and `budget`")
-        from .cost_tensor import CostTensor
-        from .planner import plan
-
-        cost = self.cost
-        if isinstance(cost, (str, os.PathLike)):
-            cost = CostTensor.load(cost)
-        if isinstance(cost, CostTensor):
-            pred = self.make_predictor()
-            cost.check_compatible(num_steps=T, predictor=pred.name, predictor_order=pred.order)
-        schedule = plan(
-            cost,
-            self.budget,
-            first_full_steps=self.first_full_steps,
-            last_full_steps=self.last_full_steps,
-            max_jump=self.max_jump,
-            solver=self.solver,
-        )
-        return tuple(schedule.key_steps)
+        """The sorted key steps (`dpcache.resolve.resolve_schedule`: plan before loading a model to fail fast)."""
+        return resolve_schedule(self)
 
 
 @dataclass
@@ -302,8 +232,7 @@ def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tu
         ```
     """
     transformer = transformer_of(module)
-    key_steps = config.resolve_schedule()
-    prototype = config.make_predictor()
+    key_steps, prototype = resolve(config)
     layout = block_layout(transformer)
     registry = HookRegistry.check_if_exists_or_initialize(transformer)
     if registry.get_hook(_STEP_HOOK) is not None:
