@@ -11,7 +11,7 @@ from diffusers.hooks.hooks import BaseState
 
 from dpcache.adapters import timestep_value
 from dpcache.diffusers_internals import BlockIO, unwrap_module
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, run_started, transformer_of
 
 Rows = torch.Tensor | None  # bool mask over the batch rows to compute; None = every row
 
@@ -50,8 +50,7 @@ class StepHook(ModelHook):
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: StepState = self.manager.get_state()
         t = timestep_value(args, kwargs)
-        rising = state.step > 0 and None not in (t, state.last_timestep) and t > state.last_timestep
-        if state.step >= self.num_steps or rising:
+        if state.step >= self.num_steps or run_started(state.step, t, state.last_timestep):
             state.reset()
         output = self.forward_step(module, state, args, kwargs)
         state.last_timestep = t

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -12,9 +11,10 @@ from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
 from dpcache.diffusers_internals import set_cache_context
-from dpcache.hook_utils import DEFAULT_CONTEXT, ContextStateManager
+from dpcache.hook_utils import DEFAULT_CONTEXT, ContextStateManager, unwatch_run_start, watch_run_start
 
 _ATTR = "_bench_wrapped_run"
+_RUN_WATCH = "_bench_original"  # marks our `set_timesteps` watcher on the scheduler
 
 
 def first_linear(module: torch.nn.Module) -> torch.nn.Module:
@@ -77,17 +77,7 @@ class WrappedRun:
         self._has_context = hasattr(self.transformer, "cache_context")
         if self._has_context:
             self.transformer.cache_context = self._cache_context_wrapper(type(self.transformer).cache_context)
-        scheduler = pipe.scheduler
-        original = scheduler.set_timesteps
-
-        @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
-        def set_timesteps(*args, **kwargs):
-            out = original(*args, **kwargs)
-            self.begin_run()
-            return out
-
-        set_timesteps._bench_original = original
-        scheduler.set_timesteps = set_timesteps
+        watch_run_start(pipe.scheduler, lambda num_steps: self.begin_run(), _RUN_WATCH)
         setattr(self.transformer, _ATTR, self)
 
     # --- run bookkeeping -------------------------------------------------------------------------------------
@@ -156,9 +146,7 @@ class WrappedRun:
             handle.remove()
         if self._has_context and "cache_context" in vars(self.transformer):
             del self.transformer.cache_context
-        scheduler = self.pipe.scheduler
-        if hasattr(scheduler.set_timesteps, "_bench_original"):
-            del scheduler.set_timesteps
+        unwatch_run_start(self.pipe.scheduler, _RUN_WATCH)
         if hasattr(self.transformer, _ATTR):
             delattr(self.transformer, _ATTR)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from diffusers.hooks.hooks import CacheContext, HookRegistry, StateManager
 
@@ -35,3 +38,32 @@ def refresh_hook_tree(module: torch.nn.Module) -> None:
     """Call after adding or removing hooks on sub-modules: diffusers caches the list of child registries
     that `cache_context` updates, and a stale list would leave new stateful hooks without a context."""
     HookRegistry.check_if_exists_or_initialize(module).invalidate_child_registries_cache()
+
+
+def run_started(step: int, timestep: float | None, last_timestep: float | None) -> bool:
+    """The one run-start rule of DPCache and the baselines, seen from a transformer call: a context already past
+    step 0 gets a higher timestep than its previous call (diffusers' schedulers count down), so a new sampling
+    run began — for pipelines whose hook state is never reset between calls (DiTPipeline) or a bare transformer.
+    With the pipeline at hand, `watch_run_start` marks the start earlier, when the scheduler sets its timesteps."""
+    return step > 0 and timestep is not None and last_timestep is not None and timestep > last_timestep
+
+
+def watch_run_start(scheduler: object, on_start: Callable[[int], None], tag: str) -> None:
+    """Call `on_start(len(scheduler.timesteps))` after each `scheduler.set_timesteps` (a pipeline call starts);
+    `tag` names the watcher for `unwatch_run_start`."""
+    original = scheduler.set_timesteps
+
+    @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
+    def set_timesteps(*args, **kwargs):
+        out = original(*args, **kwargs)
+        on_start(len(scheduler.timesteps))
+        return out
+
+    setattr(set_timesteps, tag, original)
+    scheduler.set_timesteps = set_timesteps
+
+
+def unwatch_run_start(scheduler: object | None, tag: str) -> None:
+    """Undo `watch_run_start(…, tag)` (nothing if that watcher is not installed)."""
+    if scheduler is not None and hasattr(scheduler.set_timesteps, tag):
+        del scheduler.set_timesteps

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Sequence
@@ -15,7 +14,14 @@ from diffusers.hooks.hooks import BaseState
 from .adapters import block_layout, timestep_value
 from .diffusers_internals import BlockIO
 from .errors import DPCacheError, ScheduleMismatchError
-from .hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from .hook_utils import (
+    ContextStateManager,
+    refresh_hook_tree,
+    run_started,
+    transformer_of,
+    unwatch_run_start,
+    watch_run_start,
+)
 from .predictors import Predictor
 from .resolve import load_schedule_file, resolve, resolve_schedule
 
@@ -23,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _STEP_HOOK = "dpcache_step_hook"
 _BLOCK_HOOK = "dpcache_block_hook"
+_RUN_WATCH = "_dpcache_original"  # marks our `set_timesteps` watcher on the scheduler
 
 
 @dataclass
@@ -127,7 +134,7 @@ class DPCacheStepHook(ModelHook):
         announced = getattr(context, "num_inference_steps", None)
         if announced is not None and announced != self.num_steps:
             raise ScheduleMismatchError(self._mismatch(announced))
-        if state.step > 0 and t is not None and state.last_timestep is not None and t > state.last_timestep:
+        if run_started(state.step, t, state.last_timestep):
             self._finish_run(name, state, strict=False)  # the timestep went up: a new sampling run began
         if state.step >= self.num_steps:
             raise ScheduleMismatchError(self._mismatch(f"more than {self.num_steps}"))
@@ -245,21 +252,8 @@ def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tu
         block_registry.register_hook(DPCacheBlockHook(manager, idx == len(layout.blocks) - 1), _BLOCK_HOOK)
     refresh_hook_tree(transformer)
     if module is not transformer:
-        _watch_scheduler(module.scheduler, step_hook)
+        watch_run_start(module.scheduler, step_hook.begin_run, _RUN_WATCH)
     return key_steps
-
-
-def _watch_scheduler(scheduler: object, step_hook: DPCacheStepHook) -> None:
-    original = scheduler.set_timesteps
-
-    @functools.wraps(original)  # pipelines inspect its signature (e.g. for `sigmas`)
-    def set_timesteps(*args, **kwargs):
-        out = original(*args, **kwargs)
-        step_hook.begin_run(len(scheduler.timesteps))
-        return out
-
-    set_timesteps._dpcache_original = original
-    scheduler.set_timesteps = set_timesteps
 
 
 def remove_dpcache(module: torch.nn.Module | object) -> None:
@@ -270,9 +264,7 @@ def remove_dpcache(module: torch.nn.Module | object) -> None:
     for block in block_layout(transformer).blocks:
         HookRegistry.check_if_exists_or_initialize(block).remove_hook(_BLOCK_HOOK, recurse=False)
     refresh_hook_tree(transformer)
-    scheduler = getattr(module, "scheduler", None)
-    if scheduler is not None and hasattr(scheduler.set_timesteps, "_dpcache_original"):
-        del scheduler.set_timesteps
+    unwatch_run_start(getattr(module, "scheduler", None), _RUN_WATCH)
 
 
 def dpcache_stats(module: torch.nn.Module | object) -> dict[str, RunStats]:
