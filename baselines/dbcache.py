@@ -16,6 +16,7 @@ from .base import FAMILIES, CacheMethod, register
 CACHE_DIT_VERSION = (
     "1.5.3"  # pinned in pyproject's `harness` extra; installs next to torch 2.13 / diffusers 0.42.1
 )
+WARMUP_AT_50 = 8  # cache-dit's default warm-up (at 28–50 steps), scaled to T
 _SEQUENTIAL_CFG = {"FluxPipeline", "WanPipeline", "HunyuanVideoPipeline"}
 
 
@@ -77,10 +78,18 @@ class DBCacheBenchConfig:
     max_continuous_cached_steps: int = -1
     steps_computation_mask: Sequence[int] | None = None
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        warmup = f"W{WARMUP_AT_50}@50" if self.max_warmup_steps is None else f"W{self.max_warmup_steps}"
+        a, b = self.max_cached_steps, self.max_continuous_cached_steps
+        caps = f"caps{a}" if a == b else f"caps{a}/{b}"
+        return f"cache-dit-{CACHE_DIT_VERSION};F{self.Fn_compute_blocks}B{self.Bn_compute_blocks};{warmup};{caps}"
+
     def cache_dit_config(self, separate_cfg: bool):
         warmup = self.max_warmup_steps
         if warmup is None:
-            warmup = max(1, round(8 * self.num_inference_steps / 50))
+            warmup = max(1, round(WARMUP_AT_50 * self.num_inference_steps / 50))
         return _cache_dit().DBCacheConfig(
             Fn_compute_blocks=self.Fn_compute_blocks,
             Bn_compute_blocks=self.Bn_compute_blocks,
@@ -166,7 +175,7 @@ METHOD = register(
         knob_range=(0.0, 1e3),
         knob_scale=0.01,
         budget_limit=BUDGET_LIMIT,
-        config_id="cache-dit-1.5.3;F1B0;W8@50;caps-1",
+        config_id=DBCacheBenchConfig(50).config_id,
         compute_grows_with_knob=False,
         never_skip=0.0,
         apply=_apply,

@@ -61,6 +61,13 @@ class DeltaDiTConfig:
     stage_switch: bool = True
     stage_boundary: float = 0.5
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        span = "single-or-back-half" if self.span_blocks is None else str(self.span_blocks)
+        stage = f"stage-switch{self.stage_boundary}" if self.stage_switch else "no-stage-switch"
+        return f"fe{self.first_enhance};span-{span};{stage}"
+
 
 class DeltaDiTState(SpanState):
     """Per cache context: the cached deviations Δ of each span (image stream; text stream of two-stream spans)."""
@@ -176,7 +183,7 @@ METHOD = register(
         budget_limit="Δ-DiT only ever skips one span (FLUX: the single- or the double-stream stack; single-stack "
         "models: the back or the front half): the other blocks, embedding and output layers run at every step, "
         "so a sample costs at least 1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
-        config_id="fe1;span-single-or-back-half;stage-switch0.5",
+        config_id=DeltaDiTConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,

@@ -77,6 +77,11 @@ class DiCacheConfig:
     force_last_step: bool = True
     gamma_clip: tuple[float, float] = (1.0, 1.5)
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        return f"m{self.probe_depth};warm{self.warmup_ratio};family-defaults"
+
     @classmethod
     def for_family(
         cls, family: str, num_inference_steps: int, rel_l1_thresh: float | None = None
@@ -252,7 +257,7 @@ METHOD = register(
         knob_range=(0.0, 1e3),
         knob_scale=0.01,
         budget_limit=BUDGET_LIMIT,
-        config_id="m1;warm0.2;family-defaults",
+        config_id=DiCacheConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=0.0,
         apply=_apply,

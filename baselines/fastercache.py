@@ -60,6 +60,12 @@ class FasterCacheBenchConfig:
     spatial_attention_timestep_skip_range: tuple[int, int] = (-1, 681)
     attention_weight: float = 0.5
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        lo, hi = self.spatial_attention_timestep_skip_range
+        return f"attention-part;window{lo}-{hi};w{self.attention_weight};per-context"
+
     def diffusers_config(self, current_timestep_callback) -> FasterCacheConfig:
         w = self.attention_weight
         return FasterCacheConfig(
@@ -110,7 +116,7 @@ METHOD = register(
         budget_limit="FasterCache (attention part) reuses spatial self-attention outputs only (MLPs, norms, embedding "
         "and output layers always run) and only inside its timestep window (-1, 681), so its saving is "
         "bounded by the self-attention share of the in-window steps; the values up to N=50 reach that bound",
-        config_id="attention-part;window-1-681;w0.5;per-context",
+        config_id=FasterCacheBenchConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,

@@ -39,6 +39,11 @@ class FirstBlockCacheBenchConfig:
 
     threshold: float = 0.05
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        return "diffusers-fbc"  # diffusers' FirstBlockCacheConfig has no setting besides the threshold
+
     def diffusers_config(self) -> FirstBlockCacheConfig:
         return FirstBlockCacheConfig(threshold=self.threshold)
 
@@ -73,7 +78,7 @@ METHOD = register(
         knob_range=(0.0, 1e3),
         knob_scale=0.01,
         budget_limit=BUDGET_LIMIT,
-        config_id="diffusers-fbc",
+        config_id=FirstBlockCacheBenchConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=-1.0,
         apply=_apply,

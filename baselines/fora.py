@@ -58,6 +58,11 @@ class FORAConfig:
     first_enhance: int = 1
     num_inference_steps: int = 50
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        return f"fe{self.first_enhance};attn+mlp"
+
 
 class FORAState(StepState):
     """Per cache context: whether this step is full, and each submodule's cached output."""
@@ -147,7 +152,7 @@ METHOD = register(
         knob_values=tuple(range(1, 51)),
         budget_limit="FORA computes its first_enhance=1 step in full, and cached steps still run the norms, modulation, "
         "embedding and output layers; the interval values 1..50 reach that floor",
-        config_id="fe1;attn+mlp",
+        config_id=FORAConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,

@@ -64,6 +64,11 @@ class OmniCacheConfig:
     schedule_source: str = "uniform"
     record: list | None = field(default=None, repr=False)  # calibration: receives (step, κ) pairs
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        return f"ema{self.filter_weight}"
+
     def key_steps(self) -> tuple[int, ...]:
         """The full-compute steps, sorted."""
         T, K = self.num_inference_steps, min(max(int(self.compute_steps), 1), self.num_inference_steps)
@@ -212,7 +217,7 @@ METHOD = register(
         remove=remove_omnicache,
         cache_hits=cache_hits_counter(_STEP_HOOK),
         calibrate=calibrate_omnicache,
-        config_id="ema1.0",
+        config_id=OmniCacheConfig().config_id,
         origin=(
             "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule (our "
             "interpretation); the EMA noise filter (our reading) is off by default: it cost 4.5 dB on flux-tiny"

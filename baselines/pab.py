@@ -48,6 +48,12 @@ class PABBenchConfig:
     block_skip_range: int = 2
     timestep_skip_range: tuple[int, int] = (100, 800)
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        lo, hi = self.timestep_skip_range
+        return f"pyramid-N/2N/3N;window{lo}-{hi};per-context"
+
     def diffusers_config(self, current_timestep_callback) -> PyramidAttentionBroadcastConfig:
         n = self.block_skip_range
         ranges = (1, 1, 1) if n <= 1 else (n, 2 * n, 3 * n)
@@ -94,7 +100,7 @@ METHOD = register(
         "inside its timestep window (100, 800), so its saving is bounded by the attention share of the "
         "in-window steps; the values up to N=50 (every in-window call after the first reuses) reach that "
         "bound",
-        config_id="pyramid-N/2N/3N;window100-800;per-context",
+        config_id=PABBenchConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,

@@ -93,6 +93,15 @@ class SeaCacheBenchConfig:
     max_consecutive_cached: int = 2
     power_exp: float = 3.0
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        # power_exp is not in the id (it was never part of the budget-cache key)
+        return (
+            f"diffusers-sea;r{self.retention_steps};e{self.cache_end_steps};"
+            f"c{self.max_consecutive_cached};o{self.residual_order}"
+        )
+
     def diffusers_config(self, raw_vision_callback=None) -> SeaCacheConfig:
         return SeaCacheConfig(
             threshold=self.threshold,
@@ -139,7 +148,7 @@ METHOD = register(
         knob_range=(0.0, 1e3),
         knob_scale=0.01,
         budget_limit=BUDGET_LIMIT,
-        config_id="diffusers-sea;r1;e1;c2;o1",
+        config_id=SeaCacheBenchConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=0.0,
         apply=_apply,

@@ -87,6 +87,19 @@ class TaylorSeerBenchConfig:
     forecast_mlp: bool = True
     authors_schedule: bool = True
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        after = "none" if self.disable_cache_after_step is None else self.disable_cache_after_step
+        dtype = {torch.float32: "f32", torch.float16: "f16", torch.bfloat16: "bf16"}[
+            self.taylor_factors_dtype
+        ]
+        schedule = "authors-schedule" if self.authors_schedule else "interval-schedule"
+        mlp = "attn+mlp" if self.forecast_mlp else "attn"
+        return (
+            f"{mlp};before{self.disable_cache_before_step};after-{after};O{self.max_order};{dtype};{schedule}"
+        )
+
     def diffusers_config(self) -> TaylorSeerCacheConfig:
         active = FORECAST_IDENTIFIERS if self.forecast_mlp else ATTENTION_IDENTIFIERS
         return TaylorSeerCacheConfig(
@@ -152,7 +165,7 @@ METHOD = register(
         knob="cache_interval",
         knob_values=tuple(range(1, 51)),
         budget_limit=BUDGET_LIMIT,
-        config_id="attn+mlp;before3;after-none;O2;f32;authors-schedule",
+        config_id=TaylorSeerBenchConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,

@@ -36,6 +36,8 @@ INDICATOR = "block0-modulated;wan-e0"
 WAN_RET_STEPS = (5, 0)
 FLUX_COEFFICIENTS = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
 IDENTITY = (1.0, 0.0)
+# the fixed settings besides the threshold (per family, so not TeaCacheConfig fields): Wan's indicator and retention
+CONFIG_ID = f"wan-e0-ret{WAN_RET_STEPS[0]}"
 
 
 @dataclass
@@ -265,7 +267,7 @@ METHOD = register(
         families=frozenset(FAMILIES),
         knob="rel_l1_thresh",
         knob_range=(0.0, 5.0),
-        config_id="wan-e0-ret5",
+        config_id=CONFIG_ID,
         compute_grows_with_knob=False,
         never_skip=0.0,
         apply=_apply,

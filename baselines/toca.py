@@ -80,6 +80,11 @@ class ToCaConfig:
     score: str = "attention"
     schedule: str = "toca"
 
+    @property
+    def config_id(self) -> str:
+        """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
+        return f"fe{self.first_enhance};fresh{self.fresh_ratio};{self.score};{self.schedule}-schedule"
+
 
 def fresh_ratio_for(base: float, layer: int, stream: str, schedule: str = "toca") -> float:
     """The authors' 'ToCa' fresh-ratio schedule (step weight 0, layer weight 0.5, stream weight 0.6)."""
@@ -287,7 +292,7 @@ METHOD = register(
         budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
         "the scheduled share of the tokens of each MLP (base 0.1, authors' layer/stream schedule) plus the norms, "
         "modulation, embedding and output layers; the interval values 1..50 reach that floor",
-        config_id="fe3;fresh0.1;attention;toca-schedule",
+        config_id=ToCaConfig().config_id,
         compute_grows_with_knob=False,
         never_skip=1,
         apply=_apply,
