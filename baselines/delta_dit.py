@@ -5,10 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    transformer_of,
+)
 
 from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, interval_full, remove_hooks
 from .base import FAMILIES, CacheMethod, register
@@ -149,20 +152,25 @@ def apply_delta_dit(module: torch.nn.Module | object, config: DeltaDiTConfig) ->
         >>> image = pipe("a red apple", num_inference_steps=50).images[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("Δ-DiT is already applied to this transformer; call remove_delta_dit first")
-    manager = ContextStateManager(DeltaDiTState)
-    hook = DeltaDiTHook(manager, config)
-    registry.register_hook(hook, _STEP_HOOK)
-    spans = delta_spans(transformer, config.span_blocks)
-    used = ("back", "front") if config.stage_switch else ("back",)
-    if config.stage_switch and set(map(id, spans["front"])) & set(map(id, spans["back"])):
-        raise ValueError("Δ-DiT's front and back spans overlap: set span_blocks to at most half the blocks")
-    for name in used:
-        attach_span(manager, spans[name], _BLOCK_HOOK, *hook.deciders(name))
-    refresh_hook_tree(transformer)
+
+    def span_hooks(transformer: torch.nn.Module, manager: ContextStateManager, hook: DeltaDiTHook) -> None:
+        spans = delta_spans(transformer, config.span_blocks)
+        used = ("back", "front") if config.stage_switch else ("back",)
+        if config.stage_switch and set(map(id, spans["front"])) & set(map(id, spans["back"])):
+            raise ValueError(
+                "Δ-DiT's front and back spans overlap: set span_blocks to at most half the blocks"
+            )
+        for name in used:
+            attach_span(manager, spans[name], _BLOCK_HOOK, *hook.deciders(name))
+
+    apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        DeltaDiTState,
+        lambda manager: DeltaDiTHook(manager, config),
+        span_hooks,
+        already="Δ-DiT is already applied to this transformer; call remove_delta_dit first",
+    )
 
 
 def remove_delta_dit(module: torch.nn.Module | object) -> None:

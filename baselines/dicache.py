@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    register_hook,
+    transformer_of,
+)
 
 from ._stack_hooks import (
     BlockIO,
@@ -212,17 +217,19 @@ def apply_dicache(module: torch.nn.Module | object, config: DiCacheConfig) -> No
         raise ValueError(
             f"DiCache's probe of {config.probe_depth} block(s) needs a deeper model ({len(blocks)} blocks)"
         )
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("DiCache is already applied to this transformer; call remove_dicache first")
-    manager = ContextStateManager(DiCacheState)
-    hook = DiCacheHook(manager, config)
-    registry.register_hook(hook, _STEP_HOOK)
-    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(
-        DiCacheInputHook(manager), _BLOCK_HOOK
+
+    def block_hooks(_, manager: ContextStateManager, hook: DiCacheHook) -> None:
+        register_hook(blocks[0], DiCacheInputHook(manager), _BLOCK_HOOK)
+        attach_span(manager, blocks[config.probe_depth :], _BLOCK_HOOK, hook.decide, hook.finish)
+
+    apply_cache_hooks(
+        transformer,
+        _STEP_HOOK,
+        DiCacheState,
+        lambda manager: DiCacheHook(manager, config),
+        block_hooks,
+        already="DiCache is already applied to this transformer; call remove_dicache first",
     )
-    attach_span(manager, blocks[config.probe_depth :], _BLOCK_HOOK, hook.decide, hook.finish)
-    refresh_hook_tree(transformer)
 
 
 def remove_dicache(module: torch.nn.Module | object) -> None:

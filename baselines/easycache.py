@@ -6,11 +6,14 @@ import inspect
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
 from dpcache.diffusers_internals import unwrap_module
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    transformer_of,
+)
 
 from ._stack_hooks import RowRunner, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
 from .base import CacheMethod, register
@@ -163,12 +166,13 @@ def apply_easycache(module: torch.nn.Module | object, config: EasyCacheConfig) -
         >>> video = pipe("a cat walking", num_inference_steps=50).frames[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("EasyCache is already applied to this transformer; call remove_easycache first")
-    registry.register_hook(EasyCacheHook(ContextStateManager(EasyCacheState), config), _STEP_HOOK)
-    refresh_hook_tree(transformer)
+    apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        EasyCacheState,
+        lambda manager: EasyCacheHook(manager, config),
+        already="EasyCache is already applied to this transformer; call remove_easycache first",
+    )
 
 
 def remove_easycache(module: torch.nn.Module | object) -> None:

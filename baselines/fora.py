@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    register_hook,
+    transformer_of,
+)
 
 from ._stack_hooks import (
     StepHook,
@@ -119,20 +124,22 @@ def apply_fora(module: torch.nn.Module | object, config: FORAConfig) -> None:
         >>> image = pipe("a red apple", num_inference_steps=50).images[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("FORA is already applied to this transformer; call remove_fora first")
-    manager = ContextStateManager(FORAState)
-    registry.register_hook(FORAStepHook(manager, config), _STEP_HOOK)
-    key = 0
-    for block in block_layout(transformer).blocks:
-        for _, child in block_submodules(block):
-            HookRegistry.check_if_exists_or_initialize(child).register_hook(
-                FORAModuleHook(manager, key), _MODULE_HOOK
-            )
-            key += 1
-    refresh_hook_tree(transformer)
+
+    def module_hooks(transformer: torch.nn.Module, manager: ContextStateManager, _) -> None:
+        children = [
+            child for block in block_layout(transformer).blocks for _, child in block_submodules(block)
+        ]
+        for key, child in enumerate(children):
+            register_hook(child, FORAModuleHook(manager, key), _MODULE_HOOK)
+
+    apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        FORAState,
+        lambda manager: FORAStepHook(manager, config),
+        module_hooks,
+        already="FORA is already applied to this transformer; call remove_fora first",
+    )
 
 
 def remove_fora(module: torch.nn.Module | object) -> None:

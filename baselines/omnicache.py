@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    transformer_of,
+)
 
 from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, remove_hooks
 from .base import FAMILIES, CacheMethod, Calibration, register
@@ -147,15 +150,16 @@ def apply_omnicache(module: torch.nn.Module | object, config: OmniCacheConfig) -
         >>> image = pipe("a red apple", num_inference_steps=50).images[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("OmniCache is already applied to this transformer; call remove_omnicache first")
-    manager = ContextStateManager(OmniCacheState)
-    hook = OmniCacheHook(manager, config)
-    registry.register_hook(hook, _STEP_HOOK)
-    attach_span(manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish)
-    refresh_hook_tree(transformer)
+    _, hook = apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        OmniCacheState,
+        lambda manager: OmniCacheHook(manager, config),
+        lambda transformer, manager, hook: attach_span(
+            manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish
+        ),
+        already="OmniCache is already applied to this transformer; call remove_omnicache first",
+    )
     return tuple(sorted(hook.key_steps))
 
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.hooks import HookRegistry
 
 from dpcache.adapters import block_layout
 from dpcache.diffusers_internals import unwrap_module
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    transformer_of,
+)
 
 from ._stack_hooks import (
     BlockIO,
@@ -182,15 +185,16 @@ def apply_teacache(module: torch.nn.Module | object, config: TeaCacheConfig) -> 
         >>> image = pipe("a red apple", num_inference_steps=28).images[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("TeaCache is already applied to this transformer; call remove_teacache first")
-    manager = ContextStateManager(TeaCacheState)
-    hook = TeaCacheHook(manager, config)
-    registry.register_hook(hook, _STEP_HOOK)
-    attach_span(manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish)
-    refresh_hook_tree(transformer)
+    apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        TeaCacheState,
+        lambda manager: TeaCacheHook(manager, config),
+        lambda transformer, manager, hook: attach_span(
+            manager, block_layout(transformer).blocks, _BLOCK_HOOK, hook.decide, hook.finish
+        ),
+        already="TeaCache is already applied to this transformer; call remove_teacache first",
+    )
 
 
 def remove_teacache(module: torch.nn.Module | object) -> None:

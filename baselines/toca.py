@@ -9,10 +9,15 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.hooks import HookRegistry, ModelHook
+from diffusers.hooks import ModelHook
 
 from dpcache.adapters import block_layout
-from dpcache.hook_utils import ContextStateManager, refresh_hook_tree, transformer_of
+from dpcache.hook_utils import (
+    ContextStateManager,
+    apply_cache_hooks,
+    register_hook,
+    transformer_of,
+)
 
 from ._stack_hooks import (
     ATTENTION_CHILDREN,
@@ -247,12 +252,17 @@ def apply_toca(module: torch.nn.Module | object, config: ToCaConfig) -> None:
         >>> image = pipe("a red apple", num_inference_steps=50).images[0]
         ```
     """
-    transformer = transformer_of(module)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise RuntimeError("ToCa is already applied to this transformer; call remove_toca first")
-    manager = ContextStateManager(ToCaState)
-    registry.register_hook(ToCaStepHook(manager, config), _STEP_HOOK)
+    apply_cache_hooks(
+        module,
+        _STEP_HOOK,
+        ToCaState,
+        lambda manager: ToCaStepHook(manager, config),
+        lambda transformer, manager, _: _module_hooks(transformer, manager, config),
+        already="ToCa is already applied to this transformer; call remove_toca first",
+    )
+
+
+def _module_hooks(transformer: torch.nn.Module, manager: ContextStateManager, config: ToCaConfig) -> None:
     text_first = _TEXT_FIRST.get(type(transformer).__name__, True)
     key = 0
     for block_idx, stream, layer, block in _sites(transformer):
@@ -267,11 +277,8 @@ def apply_toca(module: torch.nn.Module | object, config: ToCaConfig) -> None:
                 "text_first": text_first,
                 "records": name == recorder and name in ATTENTION_CHILDREN,
             }
-            HookRegistry.check_if_exists_or_initialize(child).register_hook(
-                ToCaModuleHook(manager, key, config, **site), _MODULE_HOOK
-            )
+            register_hook(child, ToCaModuleHook(manager, key, config, **site), _MODULE_HOOK)
             key += 1
-    refresh_hook_tree(transformer)
 
 
 def remove_toca(module: torch.nn.Module | object) -> None:

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 
 import torch
-from diffusers.hooks.hooks import CacheContext, HookRegistry, StateManager
+from diffusers.hooks.hooks import BaseState, CacheContext, HookRegistry, ModelHook, StateManager
 
 DEFAULT_CONTEXT = "default"
 
@@ -67,3 +67,35 @@ def unwatch_run_start(scheduler: object | None, tag: str) -> None:
     """Undo `watch_run_start(…, tag)` (nothing if that watcher is not installed)."""
     if scheduler is not None and hasattr(scheduler.set_timesteps, tag):
         del scheduler.set_timesteps
+
+
+def register_hook(module: torch.nn.Module, hook: ModelHook, name: str) -> None:
+    """Register `hook` on `module` under `name` (a block or a submodule of the cached transformer)."""
+    HookRegistry.check_if_exists_or_initialize(module).register_hook(hook, name)
+
+
+def apply_cache_hooks(
+    module: torch.nn.Module | object,
+    step_hook_name: str,
+    state: Callable[[], BaseState],
+    step_hook: Callable[[ContextStateManager], ModelHook],
+    blocks: Callable[[torch.nn.Module, ContextStateManager, ModelHook], None] | None = None,
+    *,
+    already: str,
+    error: type[Exception] = RuntimeError,
+) -> tuple[torch.nn.Module, ModelHook]:
+    """The skeleton every cache's `apply_*` shares (as diffusers' `apply_first_block_cache`): on the transformer
+    (or a pipeline's), refuse a second application (`error(already)`), make one state per cache context, register
+    the step hook, let `blocks(transformer, manager, hook)` register the block / submodule hooks, and refresh the
+    hook tree so the new stateful hooks get the cache context. Returns (transformer, step hook)."""
+    transformer = transformer_of(module)
+    registry = HookRegistry.check_if_exists_or_initialize(transformer)
+    if registry.get_hook(step_hook_name) is not None:
+        raise error(already)
+    manager = ContextStateManager(state)
+    hook = step_hook(manager)
+    registry.register_hook(hook, step_hook_name)
+    if blocks is not None:
+        blocks(transformer, manager, hook)
+    refresh_hook_tree(transformer)
+    return transformer, hook

@@ -16,7 +16,9 @@ from .diffusers_internals import BlockIO
 from .errors import DPCacheError, ScheduleMismatchError
 from .hook_utils import (
     ContextStateManager,
+    apply_cache_hooks,
     refresh_hook_tree,
+    register_hook,
     run_started,
     transformer_of,
     unwatch_run_start,
@@ -241,16 +243,20 @@ def apply_dpcache(module: torch.nn.Module | object, config: DPCacheConfig) -> tu
     transformer = transformer_of(module)
     key_steps, prototype = resolve(config)
     layout = block_layout(transformer)
-    registry = HookRegistry.check_if_exists_or_initialize(transformer)
-    if registry.get_hook(_STEP_HOOK) is not None:
-        raise DPCacheError("DPCache is already applied to this transformer; call remove_dpcache first")
-    manager = ContextStateManager(lambda: DPCacheState(prototype.clone()))
-    step_hook = DPCacheStepHook(manager, key_steps, config.num_inference_steps)
-    registry.register_hook(step_hook, _STEP_HOOK)
-    for idx, block in enumerate(layout.blocks):
-        block_registry = HookRegistry.check_if_exists_or_initialize(block)
-        block_registry.register_hook(DPCacheBlockHook(manager, idx == len(layout.blocks) - 1), _BLOCK_HOOK)
-    refresh_hook_tree(transformer)
+
+    def block_hooks(_, manager: ContextStateManager, __) -> None:
+        for idx, block in enumerate(layout.blocks):
+            register_hook(block, DPCacheBlockHook(manager, idx == len(layout.blocks) - 1), _BLOCK_HOOK)
+
+    _, step_hook = apply_cache_hooks(
+        transformer,
+        _STEP_HOOK,
+        lambda: DPCacheState(prototype.clone()),
+        lambda manager: DPCacheStepHook(manager, key_steps, config.num_inference_steps),
+        block_hooks,
+        already="DPCache is already applied to this transformer; call remove_dpcache first",
+        error=DPCacheError,
+    )
     if module is not transformer:
         watch_run_start(module.scheduler, step_hook.begin_run, _RUN_WATCH)
     return key_steps
