@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> dict:
     from harness.context import ModelContext, pipeline_weights_hash
     from harness.methods import DPCacheMethod
     from harness.metrics import psnr
-    from harness.zoo.measure import reuse_schedule
     from harness.zoo.registry import get_spec, load_pipeline
+    from zoo_training.measure import reuse_schedule
 
     torch.set_num_threads(1)
     spec = get_spec(args.model)

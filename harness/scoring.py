@@ -65,7 +65,7 @@ def adherence(spec: Any, images: Any, prompts: Sequence[Any]) -> tuple[Any, dict
     video = images.dim() == 5
     try:
         if video:  # digit / colour / direction of motion, read by the zoo's video checks
-            from harness.zoo.measure_video import adherence as video_adherence
+            from harness.zoo.classifier import video_adherence
 
             res = video_adherence(list(images), [str(p) for p in prompts])
         else:

@@ -189,7 +189,7 @@ def test_zoo_probe_prompts_are_held_out(model, n):
 def test_zoo_training_probes_do_not_read_the_evaluation_prompts():
     import inspect
 
-    from harness.zoo import train, train_video
+    from zoo_training import train, train_video
 
     for fn in (train.adherence_probe, train_video.adherence_probe):
         src = inspect.getsource(fn)

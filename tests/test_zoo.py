@@ -252,7 +252,7 @@ def test_classifier_reads_clean_scenes():
     from harness.zoo import classifier, digits_data
 
     if not (classifier.CLASSIFIER_DIR / "model.safetensors").exists():
-        pytest.skip("classifier not trained: run `python -m harness.zoo.train classifier`")
+        pytest.skip("classifier not trained: run `python -m zoo_training.train classifier`")
     images, scenes = digits_data.sample_scenes(64, seed=2024)
     adh = classifier.prompt_adherence(images, [s.prompt for s in scenes])
     assert adh["n"] == 64 and adh["digit"] >= 0.9 and adh["colour"] >= 0.9 and adh["background"] >= 0.9

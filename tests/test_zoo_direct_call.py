@@ -48,7 +48,7 @@ def test_direct_call_with_listed_kwargs_draws_the_asked_digits(name, capsys):
             out = pipe(prompt=prompt, generator=gen, output_type="np", **row["call_kwargs"])
             digits.append((out.images[0], prompt))
     if videos:
-        from harness.zoo.measure_video import adherence
+        from harness.zoo.classifier import video_adherence as adherence
 
         score = adherence([v for v, _ in videos], [p for _, p in videos])["digit"]
     else:

@@ -28,7 +28,7 @@ def tiny(request):
     name = request.param
     mod = MODULES[name]
     assert (mod.TINY_DIR / "model_index.json").exists(), (
-        f"{mod.TINY_DIR} missing: python -m harness.zoo.train {name}"
+        f"{mod.TINY_DIR} missing: python -m zoo_training.train {name}"
     )
     pipe = mod.build_pipeline(trained=True)
     pipe.set_progress_bar_config(disable=True)
@@ -130,7 +130,7 @@ def test_clips_and_prompts():
 def test_video_checks_read_real_clips():
     """The adherence checks read the digit, colour and direction of rendered clips (their ceiling),
     and a clip's reading changes when the clip shows another digit or moves the other way."""
-    from harness.zoo.measure_video import adherence
+    from harness.zoo.classifier import video_adherence as adherence
 
     prompts = video_data.eval_prompts(20)
     specs = [video_data.ClipSpec(*video_data.parse_prompt(p)) for p in prompts]
@@ -150,7 +150,7 @@ def test_training_script_components(name, tmp_path):
     """A few iterations of each component: ``all`` saves a loadable pipeline and gives the same weights as
     ``vae`` then ``transformer``; a transformer-only run keeps the saved VAE and its normalisation, moves
     the transformer, and replaces only its own entry in the record; it refuses to run without a VAE."""
-    from harness.zoo import train_video
+    from zoo_training import train_video
 
     small = dict(vae_iters=2, vae_batch=1, norm_clips=3, n_clips=3, iters=2, batch=2)
     small |= {"decoder_iters": 2} if train_video.CONFIG[name].get("decoder_iters") else {}
@@ -192,7 +192,7 @@ def test_training_script_components(name, tmp_path):
 def test_decoder_finetune_keeps_the_latent_space():
     """The decoder fine-tune trains the decoder only: the encoder (so every latent the transformer was
     trained on) is bit-identical afterwards, and the decoder has moved."""
-    from harness.zoo import train_video
+    from zoo_training import train_video
 
     vae = hunyuan_tiny.build_pipeline(trained=False, size="tiny").vae
     before = {k: v.clone() for k, v in vae.state_dict().items()}

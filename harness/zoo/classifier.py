@@ -1,25 +1,26 @@
 """Digit / colour / background classifier for digit scenes: the CPU stand-in for ImageReward/CLIP score.
 
-A small CNN trained here on the scene generator (``python -m harness.zoo.train classifier``), with
+A small CNN trained here on the scene generator (``python -m zoo_training.train classifier``), with
 blur and noise augmentation so that it also reads the tiny pipelines' decoded samples. Weights live in
 ``harness/zoo/tiny/classifier/model.safetensors``. ``prompt_adherence(images, prompts)`` returns the
-fraction of images whose digit (and, for text prompts, colour and background) match the prompt.
+fraction of images whose digit (and, for text prompts, colour and background) match the prompt;
+``video_adherence(videos, prompts)`` the same for the video models (digit, colour, direction of motion).
+Training it: ``zoo_training/train_classifier.py``.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from harness.zoo import digits_data
+from harness.zoo import digits_data, video_data
 
 CLASSIFIER_DIR = Path(__file__).parent / "tiny" / "classifier"
 HEADS = {
@@ -58,88 +59,6 @@ class SceneClassifier(nn.Module):
         return {k: h(f) for k, h in self.heads.items()}
 
 
-def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """Random blur (what a small VAE does), brightness jitter and pixel noise."""
-    n = x.shape[0]
-    k = torch.tensor([1.0, 2.0, 1.0])
-    k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
-    blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3)
-    a = torch.rand(n, 1, 1, 1, generator=g)
-    x = x * (1 - a) + blurred * a
-    x = x * (0.9 + 0.2 * torch.rand(n, 1, 1, 1, generator=g))
-    x = x + 0.04 * torch.rand(n, 1, 1, 1, generator=g) * torch.randn(x.shape, generator=g)
-    return x.clamp(0, 1)
-
-
-def _targets(scenes: Sequence[digits_data.Scene]) -> dict[str, torch.Tensor]:
-    return {
-        "digit": torch.tensor([s.digit for s in scenes]),
-        "colour": torch.tensor([digits_data.COLOUR_NAMES.index(s.colour) for s in scenes]),
-        "background": torch.tensor([digits_data.BACKGROUND_NAMES.index(s.background) for s in scenes]),
-    }
-
-
-def train_classifier(seed: int = 0, iters: int = 1500, batch: int = 128, n_data: int = 30000) -> dict:
-    """Train on fresh scenes and save to CLASSIFIER_DIR; returns held-out accuracies."""
-    from safetensors.torch import save_file
-
-    torch.manual_seed(seed)
-    images, scenes = digits_data.sample_scenes(n_data, seed=seed + 500, **digits_data.CLASSIFIER_SCENES)
-    x_all = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
-    y_all = _targets(scenes)
-    model = SceneClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    for it in range(iters):
-        idx = torch.randint(0, n_data, (batch,), generator=g)
-        out = model(_augment(x_all[idx], g))
-        loss = sum(F.cross_entropy(out[k], y_all[k][idx]) for k in HEADS)
-        for group in opt.param_groups:
-            group["lr"] = 2e-3 * min(1.0, (it + 1) / 100) * (1 - it / iters)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if it % 100 == 0:
-            print(f"classifier it {it} loss {loss.item():.3f} ({time.time() - t0:.0f}s)", flush=True)
-    model.eval()
-    acc = {}
-    for name, kw in (("default", {}), ("generator", digits_data.GENERATOR_SCENES)):
-        test_images, test_scenes = digits_data.sample_scenes(2000, seed=seed + 999, **kw)
-        acc[name] = evaluate(model, torch.from_numpy(test_images).permute(0, 3, 1, 2), test_scenes)
-    CLASSIFIER_DIR.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.contiguous() for k, v in model.state_dict().items()},
-        str(CLASSIFIER_DIR / "model.safetensors"),
-        metadata={"format": "pt", "heads": json.dumps(HEADS)},
-    )
-    (CLASSIFIER_DIR / "config.json").write_text(
-        json.dumps(
-            {
-                "heads": HEADS,
-                "colours": digits_data.COLOUR_NAMES,
-                "backgrounds": digits_data.BACKGROUND_NAMES,
-                "held_out_accuracy": acc,
-                "seed": seed,
-                "iters": iters,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
-    load_classifier.cache_clear()
-    return {"train_seconds": time.time() - t0, "held_out_accuracy": acc}
-
-
-@torch.no_grad()
-def evaluate(
-    model: SceneClassifier, x: torch.Tensor, scenes: Sequence[digits_data.Scene]
-) -> dict[str, float]:
-    out = model(x.float())
-    y = _targets(scenes)
-    return {k: float((out[k].argmax(1) == y[k]).float().mean()) for k in HEADS}
-
-
 @functools.lru_cache(maxsize=1)
 def load_classifier(path: str | None = None) -> SceneClassifier:
     """The committed classifier (raises FileNotFoundError with the training command if absent)."""
@@ -147,7 +66,7 @@ def load_classifier(path: str | None = None) -> SceneClassifier:
 
     f = Path(path) if path else CLASSIFIER_DIR / "model.safetensors"
     if not f.exists():
-        raise FileNotFoundError(f"{f} not found: run `python -m harness.zoo.train classifier`")
+        raise FileNotFoundError(f"{f} not found: run `python -m zoo_training.train classifier`")
     model = SceneClassifier()
     model.load_state_dict(load_file(str(f)))
     return model.eval()
@@ -217,3 +136,69 @@ def prompt_adherence(images, prompts: Sequence[str | int]) -> dict:
         "all": frac("all"),
         "per_prompt": rows,
     }
+
+
+# ---------------------------------------------------------------- videos
+def _blob(frame: torch.Tensor) -> torch.Tensor:
+    """Mask of the foreground digit: pixels far from the frame's median colour and bright enough."""
+    med = frame.flatten(1).median(1).values.view(3, 1, 1)
+    dist = (frame - med).norm(dim=0)
+    return (dist > 0.35) & (frame.amax(0) > 0.45)
+
+
+def _direction(video: torch.Tensor) -> str | None:
+    """The direction of the blob's centroid motion from the first two to the last two frames."""
+    f = video.shape[0]
+    cents = []
+    for i in (0, 1, f - 2, f - 1):
+        mi = _blob(video[i])
+        if mi.sum() < 3:
+            return None
+        ys, xs = torch.nonzero(mi, as_tuple=True)
+        cents.append((float(xs.float().mean()), float(ys.float().mean())))
+    dx = (cents[2][0] + cents[3][0] - cents[0][0] - cents[1][0]) / 2
+    dy = (cents[2][1] + cents[3][1] - cents[0][1] - cents[1][1]) / 2
+    return max(
+        video_data.DIRECTION_VECTORS,
+        key=lambda k: video_data.DIRECTION_VECTORS[k][0] * dx + video_data.DIRECTION_VECTORS[k][1] * dy,
+    )
+
+
+@torch.no_grad()
+def read_video(video: torch.Tensor) -> dict[str, Any]:
+    """(digit, colour, direction) shown by a video ``(F, 3, H, W)`` in [0, 1].
+
+    Digit and colour: the committed scene classifier (FileNotFoundError when its weights are absent),
+    log-probabilities summed over the middle half of the frames, where the digit is whole. Direction: the
+    foreground blob's centroid motion.
+    """
+    f = video.shape[0]
+    frames = video[f // 4 : f - f // 4]
+    out = load_classifier()(to_batch(frames))
+    digit = int(out["digit"].log_softmax(1).sum(0).argmax())
+    # only the palette a video prompt can name: the classifier's other colours are never asked for
+    names = [c for c in digits_data.COLOUR_NAMES if c in video_data.COLOURS]
+    idx = [digits_data.COLOUR_NAMES.index(c) for c in names]
+    colour = names[int(out["colour"].log_softmax(1)[:, idx].sum(0).argmax())]
+    return {"digit": digit, "colour": colour, "direction": _direction(video)}
+
+
+def video_adherence(videos: list[torch.Tensor], prompts: list[str]) -> dict[str, Any]:
+    """Fractions of videos whose digit / colour / direction match the prompt (see :func:`read_video`)."""
+    rows = []
+    for v, p in zip(videos, prompts):
+        colour, digit, direction = video_data.parse_prompt(p)
+        o = read_video(v)
+        rows.append(
+            {
+                "prompt": p,
+                "read": o,
+                "digit": o["digit"] == digit,
+                "colour": o["colour"] == colour,
+                "direction": o["direction"] == direction,
+            }
+        )
+    res: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in ("digit", "colour", "direction")}
+    res["all"] = float(np.mean([r["digit"] and r["colour"] and r["direction"] for r in rows]))
+    res["per_prompt"] = rows
+    return res

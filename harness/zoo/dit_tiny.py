@@ -4,7 +4,7 @@ The transformer is configured with ``num_embeds_ada_norm=1000`` so that DiTPipel
 class (label 1000) is the classifier-free-guidance embedding; labels 0–9 are the digits and
 ``id2label`` is registered in the pipeline config so it survives ``save_pretrained``. The scheduler is
 DDIM with DiT's linear beta schedule (v-prediction, see ``PREDICTION_TYPE``). ``trained=True`` loads the weights trained by
-``python -m harness.zoo.train dit-tiny`` from ``harness/zoo/tiny/dit-tiny``.
+``python -m zoo_training.train dit-tiny`` from ``harness/zoo/tiny/dit-tiny``.
 """
 
 from __future__ import annotations

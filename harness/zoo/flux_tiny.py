@@ -1,6 +1,6 @@
 """flux-tiny / flux-medium: a real FluxPipeline with tiny CLIP + T5 text encoders, built from configs.
 
-``build_pipeline(trained=True)`` loads the pipeline trained by ``python -m harness.zoo.train flux-tiny``
+``build_pipeline(trained=True)`` loads the pipeline trained by ``python -m zoo_training.train flux-tiny``
 from ``harness/zoo/tiny/flux-tiny``; ``trained=False`` builds the same architecture with random weights
 (seeded). ``size="medium"`` is a random-weight pipeline whose transformer forward takes ~0.1–0.3 s on
 2 CPU cores. The scheduler is FLUX's FlowMatchEulerDiscreteScheduler with dynamic (resolution-aware)

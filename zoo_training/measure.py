@@ -1,4 +1,4 @@
-"""How hard is a tiny pipeline's trajectory? ``python -m harness.zoo.measure NAME [--prompts N]``.
+"""How hard is a tiny pipeline's trajectory? ``python -m zoo_training.measure NAME [--prompts N]``.
 
 Prints (and writes ``reports/zoo/measure-NAME.json``), for the trained pipeline:
 - the per-step relative change ``|o_t - o_{t-1}| / |o_{t-1}|`` of the transformer output along the
@@ -70,7 +70,7 @@ def reuse_schedule(total: int, k: int, first: int = 3) -> list[int]:
     return sorted(set(range(first)) | set(rest))
 
 
-def _run(pipe, spec: registry.ModelSpec, prompts: list, steps: int, seed: int) -> np.ndarray:
+def run_batch(pipe, spec: registry.ModelSpec, prompts: list, steps: int, seed: int) -> np.ndarray:
     """Batched call: one sample per prompt, generator seeded once (deterministic)."""
     kw = spec.pipeline_kwargs(prompts[0], steps)
     if spec.input_kind == "class_label":
@@ -102,21 +102,21 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
     psnr_prompts = prompts[:n_psnr]
 
     rec.reset()
-    full = _run(pipe, spec, psnr_prompts, steps, seed=0)
+    full = run_batch(pipe, spec, psnr_prompts, steps, seed=0)
     outs = torch.stack(rec.outputs).flatten(1)
     rel = ((outs[1:] - outs[:-1]).norm(dim=1) / outs[:-1].norm(dim=1)).numpy()
     thirds = np.array_split(rel, 3)
 
     rec.reset()
-    few = _run(pipe, spec, psnr_prompts, k, seed=0)
+    few = run_batch(pipe, spec, psnr_prompts, k, seed=0)
     key = reuse_schedule(steps, k)
     rec.reset(set(key))
-    reused = _run(pipe, spec, psnr_prompts, steps, seed=0)
+    reused = run_batch(pipe, spec, psnr_prompts, steps, seed=0)
     computed_steps = rec.computed // cfg_calls
     rec.reset()
-    half = _run(pipe, spec, psnr_prompts, steps // 2, seed=0)
+    half = run_batch(pipe, spec, psnr_prompts, steps // 2, seed=0)
     rec.reset(set(range(0, steps, 2)))
-    every_other = _run(pipe, spec, psnr_prompts, steps, seed=0)
+    every_other = run_batch(pipe, spec, psnr_prompts, steps, seed=0)
     rec.remove()
 
     def mean_psnr(x: np.ndarray) -> float:
@@ -148,7 +148,7 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
         "size_mb": dir_size_mb(spec.path) if spec.path else None,
     }
     t0 = time.perf_counter()
-    samples = _run(pipe, spec, prompts[:n_prompts], steps, seed=1)
+    samples = run_batch(pipe, spec, prompts[:n_prompts], steps, seed=1)
     result["batched_seconds"] = time.perf_counter() - t0
     if spec.family in ("flux", "dit"):
         from harness.zoo.classifier import prompt_adherence
@@ -162,7 +162,7 @@ def measure(name: str, n_prompts: int = 64, n_psnr: int = 8, k: int = 13, steps:
     times = []
     for i in range(3):
         t0 = time.perf_counter()
-        _run(pipe, spec, prompts[i : i + 1], steps, seed=i)
+        run_batch(pipe, spec, prompts[i : i + 1], steps, seed=i)
         times.append(time.perf_counter() - t0)
     result["seconds_per_sample"] = float(np.median(times))
     result["torch_threads"] = torch.get_num_threads()
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     out = (
         Path(args.out)
         if args.out
-        else Path(__file__).resolve().parents[2] / "reports" / "zoo" / f"measure-{args.name}.json"
+        else Path(__file__).resolve().parents[1] / "reports" / "zoo" / f"measure-{args.name}.json"
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -1,6 +1,6 @@
 """Train the tiny video pipelines (``wan-tiny``, ``hunyuan-video-tiny``) on moving coloured digits.
 
-Reproducible (fixed seed, fixed iteration counts, one CPU thread). ``python -m harness.zoo.train NAME``
+Reproducible (fixed seed, fixed iteration counts, one CPU thread). ``python -m zoo_training.train NAME``
 trains two components in turn, each within 30 minutes (times in ``reports/zoo/<NAME>-train.json``):
 
 1. the VAE: the video VAE (causal 3D, 4x spatial / 4x temporal, 16 latent channels) on rendered clips as a
@@ -15,7 +15,7 @@ trains two components in turn, each within 30 minutes (times in ``reports/zoo/<N
    schedule; text encoders stay frozen at their random init; 10% prompt dropout to the empty prompt (the
    negative prompt used for CFG); EMA weights are saved.
 
-``python -m harness.zoo.train NAME --component vae|transformer`` trains one component alone (the
+``python -m zoo_training.train NAME --component vae|transformer`` trains one component alone (the
 transformer on the saved VAE); both in turn give the same weights as the single run, since each component
 seeds its own generator. ``--eval-every N`` logs the EMA weights' adherence on 12 evaluation prompts.
 Saves to ``harness/zoo/tiny/<NAME>/`` with ``save_pretrained(safe_serialization=True)`` and writes
@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +35,11 @@ from typing import Any
 
 import torch
 
+from dpcache.atomic_io import write_text_atomic
 from harness.zoo import hunyuan_tiny, wan_tiny
 from harness.zoo.video_data import NUM_FRAMES, all_prompts, sample_batch
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 
@@ -292,7 +292,7 @@ def train_transformer(
 def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
     """Digit / colour / direction adherence of ``pipe``'s 50-step samples on ``n`` held-out probe prompts
     (disjoint from the calibration and evaluation prompts: ``registry.probe_prompts``)."""
-    from harness.zoo.measure_video import adherence
+    from harness.zoo.classifier import video_adherence
     from harness.zoo.registry import probe_prompts
 
     mod = MODULES[name]
@@ -302,7 +302,7 @@ def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
         pipe(prompt=p, generator=torch.Generator().manual_seed(i), **kw).frames[0]
         for i, p in enumerate(prompts)
     ]
-    return {k: v for k, v in adherence(videos, prompts).items() if k != "per_prompt"}
+    return {k: v for k, v in video_adherence(videos, prompts).items() if k != "per_prompt"}
 
 
 def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Tensor, float]:
@@ -430,13 +430,6 @@ def _write_record(path: Path, name: str, cfg: dict[str, Any], threads: int, entr
     for k, v in entries.items():
         components[k] = {**v, "config": cfg, "threads": threads, "torch": torch.__version__}
     total = round(sum(c["train_seconds"] for c in components.values()), 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"name": name, "train_seconds": total, "components": components}, indent=1))
-    os.replace(tmp, path)
-
-
-if __name__ == "__main__":
-    from harness.zoo.train import main as train_main
-
-    train_main(sys.argv[1:] or ["wan-tiny"])
+    write_text_atomic(
+        path, json.dumps({"name": name, "train_seconds": total, "components": components}, indent=1)
+    )

@@ -1,4 +1,4 @@
-"""Reproducible CPU training of the tiny image pipelines: ``python -m harness.zoo.train NAME``.
+"""Reproducible CPU training of the tiny image pipelines: ``python -m zoo_training.train NAME``.
 
 NAME is ``vae`` (the shared AutoencoderKL, saved under ``harness/zoo/weights/vae-tiny``),
 ``classifier`` (the digit / colour / background reader behind prompt adherence), ``flux-tiny``
@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness.metrics import psnr_db
 from harness.zoo import digits_data
 from harness.zoo.vae import build_vae
 
-ZOO = Path(__file__).parent
+ZOO = Path(__file__).resolve().parents[1] / "harness" / "zoo"  # the shipped zoo: tiny/ and weights/
 VAE_DIR = ZOO / "weights" / "vae-tiny"
 FLUX_SHIFT = float(np.exp(1.15))  # FLUX.1's shift at 1024² (mu = max_shift)
 # Stage 2 (``--resume``): more iterations from the stage-1 weights on fresh scenes, a quarter of the peak lr.
@@ -71,8 +72,7 @@ def train_vae(seed: int = 0, iters: int = 1200, batch: int = 32, n_data: int = 1
     with torch.no_grad():
         z = torch.cat([vae.encode(x_all[i : i + 256]).latent_dist.mean for i in range(0, 2048, 256)])
         rec = torch.cat([vae.decode(z[i : i + 256]).sample for i in range(0, 2048, 256)])
-    mse = F.mse_loss(rec, x_all[:2048]).item()
-    psnr = 10 * np.log10(4.0 / mse)  # images in [-1, 1]: peak-to-peak 2
+    psnr = psnr_db(rec, x_all[:2048], data_range=2.0, cap_db=None)  # images in [-1, 1]: peak-to-peak 2
     vae.register_to_config(scaling_factor=float(1.0 / z.std()), shift_factor=float(z.mean()))
     log(f"vae done: recon PSNR {psnr:.1f} dB, latent mean {z.mean():.3f} std {z.std():.3f}")
     VAE_DIR.mkdir(parents=True, exist_ok=True)
@@ -126,11 +126,11 @@ def adherence_probe(pipe, name: str, n: int = 40) -> dict:
     from the calibration and evaluation prompts: ``registry.probe_prompts``)."""
     from harness.zoo import registry
     from harness.zoo.classifier import prompt_adherence
-    from harness.zoo.measure import _run
+    from zoo_training.measure import run_batch
 
     spec = registry.get_spec(name)
     prompts = registry.probe_prompts(spec, n)
-    samples = _run(pipe, spec, prompts, spec.num_inference_steps, seed=1)
+    samples = run_batch(pipe, spec, prompts, spec.num_inference_steps, seed=1)
     asked = (
         [spec.pipeline_kwargs(p)["class_labels"][0] for p in prompts]
         if spec.input_kind == "class_label"
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.name in ("wan-tiny", "hunyuan-video-tiny"):
-        from harness.zoo.train_video import main as train_video_main
+        from zoo_training.train_video import main as train_video_main
 
         over = {"eval_every": args.eval_every} | ({"iters": args.iters} if args.iters else {})
         if args.resume:
@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         info = (train_flux if args.name == "flux-tiny" else train_dit)(**kw, **gen_kw)
         info["stage"] = 2 if args.resume else 1
     else:
-        from harness.zoo.classifier import train_classifier
+        from zoo_training.train_classifier import train_classifier
 
         info = train_classifier(**kw)
     info["wall_seconds"] = time.time() - t0

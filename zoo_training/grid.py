@@ -1,4 +1,4 @@
-"""Sample grids of the tiny image pipelines with prompts as captions: ``python -m harness.zoo.grid NAME``.
+"""Sample grids of the tiny image pipelines with prompts as captions: ``python -m zoo_training.grid NAME``.
 
 Writes ``reports/zoo/NAME.png``: full-step samples of the first evaluation prompts, each captioned with
 its prompt and, when the classifier is present, what the classifier reads in it.
@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from harness.zoo import registry
-from harness.zoo.measure import _run
+from zoo_training.measure import run_batch
 
-REPORTS = Path(__file__).resolve().parents[2] / "reports" / "zoo"
+REPORTS = Path(__file__).resolve().parents[1] / "reports" / "zoo"
 
 
 def make_grid(name: str, n: int = 24, cols: int = 6, out: str | Path | None = None, seed: int = 1) -> Path:
@@ -28,7 +28,7 @@ def make_grid(name: str, n: int = 24, cols: int = 6, out: str | Path | None = No
     spec = registry.get_spec(name)
     pipe = registry.load_pipeline(spec)
     prompts = list(spec.evaluation_prompts)[:n]
-    images = _run(pipe, spec, prompts, spec.num_inference_steps, seed=seed)
+    images = run_batch(pipe, spec, prompts, spec.num_inference_steps, seed=seed)
     try:
         from harness.zoo.classifier import predict
 

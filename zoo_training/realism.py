@@ -1,4 +1,4 @@
-"""How much a tiny model's trajectory behaves like its real model's: ``python -m harness.zoo.realism NAME``.
+"""How much a tiny model's trajectory behaves like its real model's: ``python -m zoo_training.realism NAME``.
 
 Compares the model's calibrated cost tensor (on its *calibration* prompts) with the authors' released
 tensor of its family (FLUX.1-dev for flux-tiny and dit-tiny, Wan2.1-I2V for wan-tiny and
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-REPORT_DIR = Path(__file__).resolve().parents[2] / "reports" / "zoo"
+REPORT_DIR = Path(__file__).resolve().parents[1] / "reports" / "zoo"
 FAMILY_TENSOR = {
     "flux": ("flux_dev_T50_cost", 3, 0),
     "dit": ("flux_dev_T50_cost", 3, 0),

@@ -1,6 +1,6 @@
 """Measure a tiny video pipeline: trajectory difficulty, K=13 reuse vs 13-step sampling, cost, adherence.
 
-``python -m harness.zoo.measure_video NAME`` (``wan-tiny`` | ``hunyuan-video-tiny``) writes
+``python -m zoo_training.measure_video NAME`` (``wan-tiny`` | ``hunyuan-video-tiny``) writes
 ``reports/zoo/NAME.json``, ``NAME.png`` (frame strips with prompts) and ``NAME.gif``:
 
 - per-step relative change ``|o_t - o_{t-1}| / |o_{t-1}|`` of the (conditional) transformer output
@@ -26,18 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.metrics import psnr_db
 from harness.zoo import hunyuan_tiny, wan_tiny
-from harness.zoo.measure import reuse_schedule
+from harness.zoo.classifier import video_adherence
 from harness.zoo.video_data import (
-    COLOURS,
-    DIRECTION_VECTORS,
     ClipSpec,
     eval_prompts,
     parse_prompt,
     render_clips,
 )
+from zoo_training.measure import reuse_schedule
 
-REPORTS = Path(__file__).resolve().parents[2] / "reports" / "zoo"
+REPORTS = Path(__file__).resolve().parents[1] / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 T, K, FIRST = 50, 13, 3
 
@@ -70,80 +70,9 @@ class ForwardWrap:
         del self.tr.forward
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR on [0, 1], capped at 100 dB."""
-    mse = float(((a.float() - b.float()) ** 2).mean())
-    return 100.0 if mse == 0 else min(100.0, 10 * float(np.log10(1.0 / mse)))
-
-
 def _run(pipe, kwargs: dict[str, Any], prompt: str, seed: int, **over: Any) -> torch.Tensor:
     kw = {**kwargs, **over}
     return pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **kw).frames[0]  # (F, 3, H, W)
-
-
-# ---------------------------------------------------------------- adherence checks
-def _blob(frame: torch.Tensor) -> torch.Tensor:
-    """Mask of the foreground digit: pixels far from the frame's median colour and bright enough."""
-    med = frame.flatten(1).median(1).values.view(3, 1, 1)
-    dist = (frame - med).norm(dim=0)
-    return (dist > 0.35) & (frame.amax(0) > 0.45)
-
-
-def _direction(video: torch.Tensor) -> str | None:
-    """The direction of the blob's centroid motion from the first two to the last two frames."""
-    f = video.shape[0]
-    cents = []
-    for i in (0, 1, f - 2, f - 1):
-        mi = _blob(video[i])
-        if mi.sum() < 3:
-            return None
-        ys, xs = torch.nonzero(mi, as_tuple=True)
-        cents.append((float(xs.float().mean()), float(ys.float().mean())))
-    dx = (cents[2][0] + cents[3][0] - cents[0][0] - cents[1][0]) / 2
-    dy = (cents[2][1] + cents[3][1] - cents[0][1] - cents[1][1]) / 2
-    return max(DIRECTION_VECTORS, key=lambda k: DIRECTION_VECTORS[k][0] * dx + DIRECTION_VECTORS[k][1] * dy)
-
-
-@torch.no_grad()
-def read_video(video: torch.Tensor) -> dict[str, Any]:
-    """(digit, colour, direction) shown by a video ``(F, 3, H, W)`` in [0, 1].
-
-    Digit and colour: the committed scene classifier (``harness.zoo.classifier``; FileNotFoundError
-    when its weights are absent), log-probabilities summed over the middle half of the frames, where
-    the digit is whole. Direction: the foreground blob's centroid motion.
-    """
-    from harness.zoo import classifier, digits_data
-
-    f = video.shape[0]
-    frames = video[f // 4 : f - f // 4]
-    out = classifier.load_classifier()(classifier.to_batch(frames))
-    digit = int(out["digit"].log_softmax(1).sum(0).argmax())
-    # only the palette a video prompt can name: the classifier's other colours are never asked for
-    names = [c for c in digits_data.COLOUR_NAMES if c in COLOURS]
-    idx = [digits_data.COLOUR_NAMES.index(c) for c in names]
-    colour = names[int(out["colour"].log_softmax(1)[:, idx].sum(0).argmax())]
-    return {"digit": digit, "colour": colour, "direction": _direction(video)}
-
-
-def adherence(videos: list[torch.Tensor], prompts: list[str]) -> dict[str, Any]:
-    """Fractions of videos whose digit / colour / direction match the prompt (see :func:`read_video`)."""
-    rows = []
-    for v, p in zip(videos, prompts):
-        colour, digit, direction = parse_prompt(p)
-        o = read_video(v)
-        rows.append(
-            {
-                "prompt": p,
-                "read": o,
-                "digit": o["digit"] == digit,
-                "colour": o["colour"] == colour,
-                "direction": o["direction"] == direction,
-            }
-        )
-    res: dict[str, Any] = {k: float(np.mean([r[k] for r in rows])) for k in ("digit", "colour", "direction")}
-    res["all"] = float(np.mean([r["digit"] and r["colour"] and r["direction"] for r in rows]))
-    res["per_prompt"] = rows
-    return res
 
 
 def checker_accuracy(prompts: list[str], seed: int = 77) -> dict[str, Any]:
@@ -151,7 +80,7 @@ def checker_accuracy(prompts: list[str], seed: int = 77) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     specs = [ClipSpec(*parse_prompt(p)) for p in prompts]
     clips = ((render_clips(specs, g) + 1) / 2).permute(0, 2, 1, 3, 4)  # (n, F, 3, H, W)
-    res = adherence(list(clips), prompts)
+    res = video_adherence(list(clips), prompts)
     res.pop("per_prompt")
     return res
 
@@ -250,9 +179,9 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
         "rel_change_median": round(float(np.median(rel)), 5),
         "K": K,
         "key_steps": keys,
-        "psnr_plain_13_step": round(float(np.mean([psnr(a, b) for a, b in zip(plain, full)])), 2),
-        "psnr_reuse_K13": round(float(np.mean([psnr(a, b) for a, b in zip(reuse, full)])), 2),
-        "adherence": adherence(full, prompts),
+        "psnr_plain_13_step": round(float(np.mean([psnr_db(a, b) for a, b in zip(plain, full)])), 2),
+        "psnr_reuse_K13": round(float(np.mean([psnr_db(a, b) for a, b in zip(reuse, full)])), 2),
+        "adherence": video_adherence(full, prompts),
         "checker_on_real_clips": checker_accuracy(prompts),
         "prompts": prompts,
     }
@@ -263,7 +192,7 @@ def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m harness.zoo.measure_video NAME [N_PROMPTS]``; prints the summary."""
+    """CLI: ``python -m zoo_training.measure_video NAME [N_PROMPTS]``; prints the summary."""
     argv = sys.argv[1:] if argv is None else argv
     name = argv[0] if argv else "wan-tiny"
     res = measure(name, int(argv[1]) if len(argv) > 1 else 20)
