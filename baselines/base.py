@@ -1,8 +1,8 @@
-"""The contract every competitor cache registers with: how to apply it at a knob value, and its budget knob."""
+"""The contract every competitor cache follows: how to apply it at a knob value, and the catalogue of them all."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,18 +32,7 @@ class CacheMethod:
         name: stable registry name (`teacache`, `dicache` …).
         families: model families it applies to; `unsupported` says why for the others.
         knob: name of the budget knob (`threshold`, `interval` …) the harness searches so the measured
-            compute matches the budget K.
-        knob_values: the discrete values of an integer knob (intervals): bisected over the sorted values when
-            `knob_monotone`, else searched exhaustively; or None.
-        knob_range: (lo, hi) of a continuous knob, bisected; or None. It should reach the method's saturation
-            (the knob value beyond which nothing more is skipped), so the least compute it reports is the
-            method's own floor, not the range's.
-        knob_scale: with `knob_range`: bisect `asinh(knob / knob_scale)` (linear below the scale, logarithmic
-            above), so a range up to saturation (1e3) still resolves small thresholds; None = linear.
-        knob_monotone: compute is monotone in the knob (False for fixed-pattern methods whose call counter
-            makes a larger interval skip fewer steps at some T: their values are searched exhaustively).
-        compute_grows_with_knob: True if a larger knob means more full computations (intervals are the
-            opposite: a larger interval means fewer).
+            compute matches the budget K (how it searches is the harness's: `harness.knob_search`).
         never_skip: a knob value at which the method computes every step (output == uncached).
         apply: `apply(pipe, knob, num_steps, artifacts)` attaches the cache to `pipe.transformer`.
         remove: `remove(pipe)` detaches it; the pipeline is uncached again.
@@ -64,14 +53,9 @@ class CacheMethod:
     remove: Callable[[Any], None]
     cache_hits: Callable[[Any], int]
     never_skip: float
-    compute_grows_with_knob: bool
-    knob_values: Sequence[float] | None = None
-    knob_range: tuple[float, float] | None = None
     calibrate: Callable[[Any, Calibration], dict] | None = None
     unsupported: dict[str, str] = field(default_factory=dict)
     origin: str = ""
-    knob_scale: float | None = None
-    knob_monotone: bool = True
     budget_limit: str = ""
     config_id: str = ""
 
@@ -79,17 +63,6 @@ class CacheMethod:
         if family in self.families:
             return True, ""
         return False, self.unsupported.get(family, f"{self.name} does not support the {family} family")
-
-
-_REGISTRY: dict[str, CacheMethod] = {}
-
-
-def register(method: CacheMethod) -> CacheMethod:
-    """Add a method to the registry (a module calls this at import)."""
-    if method.name in _REGISTRY and _REGISTRY[method.name] is not method:
-        raise ValueError(f"a cache method named {method.name!r} is already registered")
-    _REGISTRY[method.name] = method
-    return method
 
 
 _MODULES = (
@@ -111,16 +84,21 @@ _MODULES = (
 
 
 def load_all() -> dict[str, CacheMethod]:
-    """Import every baseline module (each registers itself) and return the registry by name."""
+    """Every baseline module's `METHOD`, by name (a module whose file is absent is left out). The one registry
+    of methods the harness runs is `harness.methods.registry()`, built from this catalogue."""
     import importlib
 
+    methods: dict[str, CacheMethod] = {}
     for module in _MODULES:
         try:
-            importlib.import_module(f"baselines.{module}")
+            method = importlib.import_module(f"baselines.{module}").METHOD
         except ModuleNotFoundError as exc:
             if exc.name != f"baselines.{module}":
                 raise
-    return dict(_REGISTRY)
+            continue
+        if methods.setdefault(method.name, method) is not method:
+            raise ValueError(f"two baseline modules define a cache method named {method.name!r}")
+    return methods
 
 
 def get_method(name: str) -> CacheMethod:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 CACHE_DIT_VERSION = (
     "1.5.3"  # pinned in pyproject's `harness` extra; installs next to torch 2.13 / diffusers 0.42.1
@@ -167,21 +167,16 @@ BUDGET_LIMIT = (
     "(c = share of those blocks); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="dbcache",
-        families=frozenset(FAMILIES),
-        knob="residual_diff_threshold",
-        knob_range=(0.0, 1e3),
-        knob_scale=0.01,
-        budget_limit=BUDGET_LIMIT,
-        config_id=DBCacheBenchConfig(50).config_id,
-        compute_grows_with_knob=False,
-        never_skip=0.0,
-        apply=_apply,
-        remove=remove_dbcache,
-        cache_hits=_wrapped.cache_hits,
-        origin=f"cache-dit {CACHE_DIT_VERSION} (pip package) DBCache, used as is (F1B0: Fn=1 for the tiny models, "
-        "warm-up scaled to T); harness adds only hit accounting and run resets",
-    )
+METHOD = CacheMethod(
+    name="dbcache",
+    families=frozenset(FAMILIES),
+    knob="residual_diff_threshold",
+    budget_limit=BUDGET_LIMIT,
+    config_id=DBCacheBenchConfig(50).config_id,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_dbcache,
+    cache_hits=_wrapped.cache_hits,
+    origin=f"cache-dit {CACHE_DIT_VERSION} (pip package) DBCache, used as is (F1B0: Fn=1 for the tiny models, "
+    "warm-up scaled to T); harness adds only hit accounting and run resets",
 )

@@ -14,7 +14,7 @@ from dpcache.hook_utils import (
 )
 
 from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, interval_full, remove_hooks
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _STEP_HOOK = "delta_dit_step_hook"
 _BLOCK_HOOK = "delta_dit_block_hook"
@@ -182,24 +182,20 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_delta_dit(pipe, DeltaDiTConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-METHOD = register(
-    CacheMethod(
-        name="delta-dit",
-        families=frozenset(FAMILIES),
-        knob="interval",
-        knob_values=tuple(range(1, 51)),
-        budget_limit="Δ-DiT only ever skips one span (FLUX: the single- or the double-stream stack; single-stack "
-        "models: the back or the front half): the other blocks, embedding and output layers run at every step, "
-        "so a sample costs at least 1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
-        config_id=DeltaDiTConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_delta_dit,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        origin=(
-            "schedule from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer; the paper's stage switch: back span "
-            "(FLUX: single-stream stack; Wan/DiT: back half) before T/2, front span (double-stream / front half) after"
-        ),
-    )
+METHOD = CacheMethod(
+    name="delta-dit",
+    families=frozenset(FAMILIES),
+    knob="interval",
+    budget_limit="Δ-DiT only ever skips one span (FLUX: the single- or the double-stream stack; single-stack "
+    "models: the back or the front half): the other blocks, embedding and output layers run at every step, "
+    "so a sample costs at least 1 + (T-1)·f full steps (f = the non-span share of a step); the interval values 1..50 reach it",
+    config_id=DeltaDiTConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_delta_dit,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    origin=(
+        "schedule from the Δ-DiT re-implementation in Shenyi-Z/TaylorSeer; the paper's stage switch: back span "
+        "(FLUX: single-stream stack; Wan/DiT: back half) before T/2, front span (double-stream / front half) after"
+    ),
 )

@@ -25,7 +25,7 @@ from ._stack_hooks import (
     rel_rows,
     remove_hooks,
 )
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _STEP_HOOK = "dicache_step_hook"
 _BLOCK_HOOK = "dicache_block_hook"
@@ -256,23 +256,18 @@ BUDGET_LIMIT = (
     "W + L + (T-W-L)·c full steps (c = the probe's share of a step); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="dicache",
-        families=frozenset(FAMILIES),
-        knob="rel_l1_thresh",
-        knob_range=(0.0, 1e3),
-        knob_scale=0.01,
-        budget_limit=BUDGET_LIMIT,
-        config_id=DiCacheConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=0.0,
-        apply=_apply,
-        remove=remove_dicache,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        origin=(
-            "ported from Bujiazi/DiCache (probe m=1, delta_y error, trajectory-aligned reuse; the probe's block is "
-            "counted as compute, so the model needs >= 2 blocks); DiT uses FLUX's settings; Wan δ from code (0.08)"
-        ),
-    )
+METHOD = CacheMethod(
+    name="dicache",
+    families=frozenset(FAMILIES),
+    knob="rel_l1_thresh",
+    budget_limit=BUDGET_LIMIT,
+    config_id=DiCacheConfig().config_id,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_dicache,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    origin=(
+        "ported from Bujiazi/DiCache (probe m=1, delta_y error, trajectory-aligned reuse; the probe's block is "
+        "counted as compute, so the model needs >= 2 blocks); DiT uses FLUX's settings; Wan δ from code (0.08)"
+    ),
 )

@@ -16,7 +16,7 @@ from dpcache.hook_utils import (
 )
 
 from ._stack_hooks import RowRunner, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
-from .base import CacheMethod, register
+from .base import CacheMethod
 
 _STEP_HOOK = "easycache_step_hook"
 
@@ -189,21 +189,17 @@ _IMAGE = (
     "EasyCache is a video cache (authors' code: Wan2.1, HunyuanVideo); its warm-up and τ are tuned for video"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="easycache",
-        families=frozenset({"wan", "hunyuan-video"}),
-        knob="thresh",
-        knob_range=(0.0, 5.0),
-        compute_grows_with_knob=False,
-        never_skip=0.0,
-        apply=_apply,
-        remove=remove_easycache,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        unsupported={"flux": _IMAGE, "dit": _IMAGE},
-        origin=(
-            "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
-            "(authors: the conditional branch decides for both)"
-        ),
-    )
+METHOD = CacheMethod(
+    name="easycache",
+    families=frozenset({"wan", "hunyuan-video"}),
+    knob="thresh",
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_easycache,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    unsupported={"flux": _IMAGE, "dit": _IMAGE},
+    origin=(
+        "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
+        "(authors: the conditional branch decides for both)"
+    ),
 )

@@ -12,7 +12,7 @@ from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK, _FASTER_CACHE
 from diffusers.utils import logging as diffusers_logging
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _PerContextBlockHook = _wrapped.per_context_hook(_fc.FasterCacheBlockHook, _fc.FasterCacheBlockState)
 _PerContextDenoiserHook = _wrapped.per_context_hook(_fc.FasterCacheDenoiserHook, _fc.FasterCacheDenoiserState)
@@ -106,23 +106,18 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     apply_fastercache(pipe, FasterCacheBenchConfig(spatial_attention_block_skip_range=int(knob)))
 
 
-METHOD = register(
-    CacheMethod(
-        name="fastercache",
-        families=frozenset(FAMILIES),
-        knob="spatial_attention_block_skip_range",
-        knob_values=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 50),
-        knob_monotone=False,
-        budget_limit="FasterCache (attention part) reuses spatial self-attention outputs only (MLPs, norms, embedding "
-        "and output layers always run) and only inside its timestep window (-1, 681), so its saving is "
-        "bounded by the self-attention share of the in-window steps; the values up to N=50 reach that bound",
-        config_id=FasterCacheBenchConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_fastercache,
-        cache_hits=_wrapped.cache_hits,
-        origin="diffusers 0.42 FasterCacheConfig hooks, wrapped; attention-reuse part only (is_guidance_distilled=True) "
-        "because its CFG part needs [uncond, cond]-batched CFG; thin adapter keeps hook state per cache context",
-    )
+METHOD = CacheMethod(
+    name="fastercache",
+    families=frozenset(FAMILIES),
+    knob="spatial_attention_block_skip_range",
+    budget_limit="FasterCache (attention part) reuses spatial self-attention outputs only (MLPs, norms, embedding "
+    "and output layers always run) and only inside its timestep window (-1, 681), so its saving is "
+    "bounded by the self-attention share of the in-window steps; the values up to N=50 reach that bound",
+    config_id=FasterCacheBenchConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_fastercache,
+    cache_hits=_wrapped.cache_hits,
+    origin="diffusers 0.42 FasterCacheConfig hooks, wrapped; attention-reuse part only (is_guidance_distilled=True) "
+    "because its CFG part needs [uncond, cond]-batched CFG; thin adapter keeps hook state per cache context",
 )

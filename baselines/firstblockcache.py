@@ -9,7 +9,7 @@ from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
 from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _HOOKS = (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK)
 
@@ -70,21 +70,16 @@ BUDGET_LIMIT = (
     "1 + (T-1)·c0 full steps (c0 = block 0's share of a step); the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="firstblockcache",
-        families=frozenset(FAMILIES),
-        knob="threshold",
-        knob_range=(0.0, 1e3),
-        knob_scale=0.01,
-        budget_limit=BUDGET_LIMIT,
-        config_id=FirstBlockCacheBenchConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=-1.0,
-        apply=_apply,
-        remove=remove_firstblockcache,
-        cache_hits=_wrapped.cache_hits,
-        origin="diffusers 0.42 FirstBlockCacheConfig hook (ParaAttention's First Block Cache), wrapped unchanged; "
-        "DiT gets it through apply_first_block_cache in a default cache context",
-    )
+METHOD = CacheMethod(
+    name="firstblockcache",
+    families=frozenset(FAMILIES),
+    knob="threshold",
+    budget_limit=BUDGET_LIMIT,
+    config_id=FirstBlockCacheBenchConfig().config_id,
+    never_skip=-1.0,
+    apply=_apply,
+    remove=remove_firstblockcache,
+    cache_hits=_wrapped.cache_hits,
+    origin="diffusers 0.42 FirstBlockCacheConfig hook (ParaAttention's First Block Cache), wrapped unchanged; "
+    "DiT gets it through apply_first_block_cache in a default cache context",
 )

@@ -24,7 +24,7 @@ from ._stack_hooks import (
     interval_full,
     remove_hooks,
 )
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _STEP_HOOK = "fora_step_hook"
 _MODULE_HOOK = "fora_module_hook"
@@ -151,20 +151,16 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_fora(pipe, FORAConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-METHOD = register(
-    CacheMethod(
-        name="fora",
-        families=frozenset(FAMILIES),
-        knob="interval",
-        knob_values=tuple(range(1, 51)),
-        budget_limit="FORA computes its first_enhance=1 step in full, and cached steps still run the norms, modulation, "
-        "embedding and output layers; the interval values 1..50 reach that floor",
-        config_id=FORAConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_fora,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
-    )
+METHOD = CacheMethod(
+    name="fora",
+    families=frozenset(FAMILIES),
+    knob="interval",
+    budget_limit="FORA computes its first_enhance=1 step in full, and cached steps still run the norms, modulation, "
+    "embedding and output layers; the interval values 1..50 reach that floor",
+    config_id=FORAConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_fora,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    origin="ported from the FORA re-implementation in Shenyi-Z/TaylorSeer; caches each block's attention/MLP outputs",
 )

@@ -13,7 +13,7 @@ from diffusers.hooks import HookRegistry, MagCacheConfig, apply_mag_cache
 from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, Calibration, register
+from .base import FAMILIES, CacheMethod, Calibration
 
 _HOOKS = (_MAG_CACHE_LEADER_BLOCK_HOOK, _MAG_CACHE_BLOCK_HOOK)
 
@@ -176,23 +176,18 @@ BUDGET_LIMIT = (
     "whatever the threshold; the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="magcache",
-        families=frozenset(FAMILIES),
-        knob="threshold",
-        knob_range=(0.0, 1e3),
-        knob_scale=0.01,
-        budget_limit=BUDGET_LIMIT,
-        config_id="family-KR:" + ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(FAMILY_DEFAULTS.items())),
-        compute_grows_with_knob=False,
-        never_skip=-1.0,
-        apply=_apply,
-        remove=remove_magcache,
-        cache_hits=_wrapped.cache_hits,
-        calibrate=_calibrate,
-        origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
-        "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
-        "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
-    )
+METHOD = CacheMethod(
+    name="magcache",
+    families=frozenset(FAMILIES),
+    knob="threshold",
+    budget_limit=BUDGET_LIMIT,
+    config_id="family-KR:" + ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(FAMILY_DEFAULTS.items())),
+    never_skip=-1.0,
+    apply=_apply,
+    remove=remove_magcache,
+    cache_hits=_wrapped.cache_hits,
+    calibrate=_calibrate,
+    origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
+    "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
+    "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
 )

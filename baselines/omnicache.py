@@ -18,7 +18,7 @@ from dpcache.hook_utils import (
 )
 
 from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, remove_hooks
-from .base import FAMILIES, CacheMethod, Calibration, register
+from .base import FAMILIES, CacheMethod, Calibration
 
 _STEP_HOOK = "omnicache_step_hook"
 _BLOCK_HOOK = "omnicache_block_hook"
@@ -209,22 +209,18 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_omnicache(pipe, OmniCacheConfig(num_steps, compute_steps, curvature, schedule_source=source))
 
 
-METHOD = register(
-    CacheMethod(
-        name="omnicache",
-        families=frozenset(FAMILIES),
-        knob="compute_fraction",
-        knob_range=(0.0, 1.0),
-        compute_grows_with_knob=True,
-        never_skip=1.0,
-        apply=_apply,
-        remove=remove_omnicache,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        calibrate=calibrate_omnicache,
-        config_id=OmniCacheConfig().config_id,
-        origin=(
-            "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule (our "
-            "interpretation); the EMA noise filter (our reading) is off by default: it cost 4.5 dB on flux-tiny"
-        ),
-    )
+METHOD = CacheMethod(
+    name="omnicache",
+    families=frozenset(FAMILIES),
+    knob="compute_fraction",
+    never_skip=1.0,
+    apply=_apply,
+    remove=remove_omnicache,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    calibrate=calibrate_omnicache,
+    config_id=OmniCacheConfig().config_id,
+    origin=(
+        "RE-IMPLEMENTED from arXiv 2508.16212 (no public code): curvature-quantile static schedule (our "
+        "interpretation); the EMA noise filter (our reading) is off by default: it cost 4.5 dB on flux-tiny"
+    ),
 )

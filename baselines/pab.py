@@ -11,7 +11,7 @@ from diffusers.hooks import pyramid_attention_broadcast as _pab
 from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _PerContextPABHook = _wrapped.per_context_hook(
     _pab.PyramidAttentionBroadcastHook, _pab.PyramidAttentionBroadcastState
@@ -89,24 +89,19 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
     apply_pab(pipe, PABBenchConfig(block_skip_range=int(knob)))
 
 
-METHOD = register(
-    CacheMethod(
-        name="pab",
-        families=frozenset(FAMILIES),
-        knob="block_skip_range",
-        knob_values=(1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 24, 32, 50),
-        knob_monotone=False,
-        budget_limit="PAB reuses attention outputs only (MLPs, norms, embedding and output layers always run) and only "
-        "inside its timestep window (100, 800), so its saving is bounded by the attention share of the "
-        "in-window steps; the values up to N=50 (every in-window call after the first reuses) reach that "
-        "bound",
-        config_id=PABBenchConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_pab,
-        cache_hits=_wrapped.cache_hits,
-        origin="diffusers 0.42 PyramidAttentionBroadcastConfig hook, wrapped; thin adapter keeps its state per cache "
-        "context (CFG branch); spatial/temporal/cross ranges N/2N/3N after the paper's pyramid",
-    )
+METHOD = CacheMethod(
+    name="pab",
+    families=frozenset(FAMILIES),
+    knob="block_skip_range",
+    budget_limit="PAB reuses attention outputs only (MLPs, norms, embedding and output layers always run) and only "
+    "inside its timestep window (100, 800), so its saving is bounded by the attention share of the "
+    "in-window steps; the values up to N=50 (every in-window call after the first reuses) reach that "
+    "bound",
+    config_id=PABBenchConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_pab,
+    cache_hits=_wrapped.cache_hits,
+    origin="diffusers 0.42 PyramidAttentionBroadcastConfig hook, wrapped; thin adapter keeps its state per cache "
+    "context (CFG branch); spatial/temporal/cross ranges N/2N/3N after the paper's pyramid",
 )

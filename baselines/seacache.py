@@ -18,7 +18,7 @@ from diffusers.hooks.sea_cache import (
 from diffusers.utils.torch_utils import unwrap_module
 
 from . import _wrapped
-from .base import CacheMethod, register
+from .base import CacheMethod
 
 _HOOKS = (
     _SEA_CACHE_POST_NORM_HOOK,
@@ -140,22 +140,17 @@ BUDGET_LIMIT = (
     "steps; the threshold range (0, 1e3) saturates"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="seacache",
-        families=frozenset({"flux", "wan", "hunyuan-video"}),
-        knob="threshold",
-        knob_range=(0.0, 1e3),
-        knob_scale=0.01,
-        budget_limit=BUDGET_LIMIT,
-        config_id=SeaCacheBenchConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=0.0,
-        apply=_apply,
-        remove=remove_seacache,
-        cache_hits=_wrapped.cache_hits,
-        unsupported={"dit": DIT_REASON},
-        origin="diffusers 0.42 SeaCacheConfig hook, wrapped unchanged; step/sigma metadata from the scheduler and a "
-        "latent callback for Flux and HunyuanVideo (their pipelines pass neither)",
-    )
+METHOD = CacheMethod(
+    name="seacache",
+    families=frozenset({"flux", "wan", "hunyuan-video"}),
+    knob="threshold",
+    budget_limit=BUDGET_LIMIT,
+    config_id=SeaCacheBenchConfig().config_id,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_seacache,
+    cache_hits=_wrapped.cache_hits,
+    unsupported={"dit": DIT_REASON},
+    origin="diffusers 0.42 SeaCacheConfig hook, wrapped unchanged; step/sigma metadata from the scheduler and a "
+    "latent callback for Flux and HunyuanVideo (their pipelines pass neither)",
 )

@@ -11,7 +11,7 @@ from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
 from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
 
 from . import _wrapped
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 # What TaylorSeer forecasts, as diffusers `cache_identifiers` / `skip_predict_identifiers` (re.fullmatch on module
 # names). The authors (`Shenyi-Z/TaylorSeer`, TaylorSeer-FLUX) forecast every block's attention and MLP outputs —
@@ -158,22 +158,18 @@ BUDGET_LIMIT = (
     "1..50 reach that floor"
 )
 
-METHOD = register(
-    CacheMethod(
-        name="taylorseer",
-        families=frozenset(FAMILIES),
-        knob="cache_interval",
-        knob_values=tuple(range(1, 51)),
-        budget_limit=BUDGET_LIMIT,
-        config_id=TaylorSeerBenchConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_taylorseer,
-        cache_hits=_wrapped.cache_hits,
-        origin="diffusers 0.42 TaylorSeerCacheConfig hook with the authors' step rule (cal_type, first_enhance 3); "
-        "forecasts attention and MLP outputs as the authors do (diffusers' default: attention only), max_order 2 "
-        "(paper), float32 factors; matches Shenyi-Z/TaylorSeer's diffusers FLUX forwards exactly; DiT through "
-        "apply_taylorseer_cache in a default cache context",
-    )
+METHOD = CacheMethod(
+    name="taylorseer",
+    families=frozenset(FAMILIES),
+    knob="cache_interval",
+    budget_limit=BUDGET_LIMIT,
+    config_id=TaylorSeerBenchConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_taylorseer,
+    cache_hits=_wrapped.cache_hits,
+    origin="diffusers 0.42 TaylorSeerCacheConfig hook with the authors' step rule (cal_type, first_enhance 3); "
+    "forecasts attention and MLP outputs as the authors do (diffusers' default: attention only), max_order 2 "
+    "(paper), float32 factors; matches Shenyi-Z/TaylorSeer's diffusers FLUX forwards exactly; DiT through "
+    "apply_taylorseer_cache in a default cache context",
 )

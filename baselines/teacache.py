@@ -28,7 +28,7 @@ from ._stack_hooks import (
     rel_rows,
     remove_hooks,
 )
-from .base import FAMILIES, CacheMethod, Calibration, register
+from .base import FAMILIES, CacheMethod, Calibration
 
 _STEP_HOOK = "teacache_step_hook"
 _BLOCK_HOOK = "teacache_block_hook"
@@ -265,23 +265,19 @@ def calibrate_teacache(pipe, calibration: Calibration, degree: int = 4) -> dict:
     return artifacts
 
 
-METHOD = register(
-    CacheMethod(
-        name="teacache",
-        families=frozenset(FAMILIES),
-        knob="rel_l1_thresh",
-        knob_range=(0.0, 5.0),
-        config_id=CONFIG_ID,
-        compute_grows_with_knob=False,
-        never_skip=0.0,
-        apply=_apply,
-        remove=remove_teacache,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        calibrate=calibrate_teacache,
-        origin=(
-            "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
-            "calibrate (degree 4, authors' recipe), else identity; Wan: indicator e0 and 5 retention steps (authors' "
-            "--use_ret_steps); DiT: the block-0 ada-norm modulated input"
-        ),
-    )
+METHOD = CacheMethod(
+    name="teacache",
+    families=frozenset(FAMILIES),
+    knob="rel_l1_thresh",
+    config_id=CONFIG_ID,
+    never_skip=0.0,
+    apply=_apply,
+    remove=remove_teacache,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    calibrate=calibrate_teacache,
+    origin=(
+        "ported from ali-vilab/TeaCache; rescale polynomial: FLUX.1-dev published, else fitted per model by "
+        "calibrate (degree 4, authors' recipe), else identity; Wan: indicator e0 and 5 retention steps (authors' "
+        "--use_ret_steps); DiT: the block-0 ada-norm modulated input"
+    ),
 )

@@ -30,7 +30,7 @@ from ._stack_hooks import (
     interval_full,
     remove_hooks,
 )
-from .base import FAMILIES, CacheMethod, register
+from .base import FAMILIES, CacheMethod
 
 _STEP_HOOK = "toca_step_hook"
 _MODULE_HOOK = "toca_module_hook"
@@ -290,24 +290,20 @@ def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> 
     apply_toca(pipe, ToCaConfig(interval=int(knob), num_inference_steps=num_steps))
 
 
-METHOD = register(
-    CacheMethod(
-        name="toca",
-        families=frozenset(FAMILIES),
-        knob="interval",
-        knob_values=tuple(range(1, 51)),
-        budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
-        "the scheduled share of the tokens of each MLP (base 0.1, authors' layer/stream schedule) plus the norms, "
-        "modulation, embedding and output layers; the interval values 1..50 reach that floor",
-        config_id=ToCaConfig().config_id,
-        compute_grows_with_knob=False,
-        never_skip=1,
-        apply=_apply,
-        remove=remove_toca,
-        cache_hits=cache_hits_counter(_STEP_HOOK),
-        origin=(
-            "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer (FLUX ToCa mode): attention-map score, "
-            "the authors' layer/stream fresh-ratio schedule, first_enhance 3; ToCa steps are partial compute"
-        ),
-    )
+METHOD = CacheMethod(
+    name="toca",
+    families=frozenset(FAMILIES),
+    knob="interval",
+    budget_limit="ToCa computes its first_enhance=3 steps in full and every ToCa step still recomputes "
+    "the scheduled share of the tokens of each MLP (base 0.1, authors' layer/stream schedule) plus the norms, "
+    "modulation, embedding and output layers; the interval values 1..50 reach that floor",
+    config_id=ToCaConfig().config_id,
+    never_skip=1,
+    apply=_apply,
+    remove=remove_toca,
+    cache_hits=cache_hits_counter(_STEP_HOOK),
+    origin=(
+        "ported from the ToCa re-implementation in Shenyi-Z/TaylorSeer (FLUX ToCa mode): attention-map score, "
+        "the authors' layer/stream fresh-ratio schedule, first_enhance 3; ToCa steps are partial compute"
+    ),
 )

@@ -16,6 +16,7 @@ from filelock import FileLock
 
 from dpcache.errors import InputFileError
 from harness.gates import write_json_atomic
+from harness.knob_search import KnobSearch, knob_search
 
 DEFAULT_TOLERANCE = 0.05
 FORMAT_VERSION = 2  # 2: `limit` in the unreachable message; cache keys carry the knob signature
@@ -191,20 +192,25 @@ def search_knob(
 
 
 def search_method(
-    method: Any, measure: Callable[[float], float], budget: float, tol: float = DEFAULT_TOLERANCE
+    method: Any,
+    measure: Callable[[float], float],
+    budget: float,
+    tol: float = DEFAULT_TOLERANCE,
+    search: KnobSearch | None = None,
 ) -> BudgetMatch:
-    """`search_knob` with the knob description of a `baselines.base.CacheMethod`."""
+    """`search_knob` for a `baselines.base.CacheMethod`, with its search settings (default: `knob_search(name)`)."""
+    s = search or knob_search(method.name)
     return search_knob(
         measure,
         budget,
         method=method.name,
         knob=method.knob,
-        knob_range=method.knob_range,
-        knob_values=method.knob_values,
-        compute_grows_with_knob=method.compute_grows_with_knob,
+        knob_range=s.knob_range,
+        knob_values=s.knob_values,
+        compute_grows_with_knob=s.compute_grows_with_knob,
         tol=tol,
-        knob_scale=getattr(method, "knob_scale", None),
-        monotone=getattr(method, "knob_monotone", True),
+        knob_scale=s.knob_scale,
+        monotone=s.knob_monotone,
         limit=getattr(method, "budget_limit", ""),
     )
 
@@ -258,18 +264,19 @@ def search_schedule_size(
     return _finish(method, budget, "key steps", {float(a): b for a, b in evals.items()}, tol, limit)
 
 
-def knob_signature(method: Any) -> str:
+def knob_signature(method: Any, search: KnobSearch | None = None) -> str:
     """A short hash of everything that decides a method's knob search (knob, range / values, scale, direction,
     monotonicity, its fixed settings `config_id`, the search format): part of the budget-cache key, so a search
     cached under an older knob range or method setting is never reused."""
+    s = search or knob_search(method.name)
     desc = {
         "format": FORMAT_VERSION,
         "knob": method.knob,
-        "range": None if method.knob_range is None else [float(v) for v in method.knob_range],
-        "values": None if method.knob_values is None else [float(v) for v in method.knob_values],
-        "grows": bool(method.compute_grows_with_knob),
-        "scale": getattr(method, "knob_scale", None),
-        "monotone": getattr(method, "knob_monotone", True),
+        "range": None if s.knob_range is None else [float(v) for v in s.knob_range],
+        "values": None if s.knob_values is None else [float(v) for v in s.knob_values],
+        "grows": bool(s.compute_grows_with_knob),
+        "scale": s.knob_scale,
+        "monotone": s.knob_monotone,
         "config": getattr(method, "config_id", ""),
     }
     return "s" + hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:10]

@@ -17,6 +17,7 @@ from harness.context import (  # noqa: F401  (re-exported: the registry's public
     counting_transformer,
     pipeline_weights_hash,
 )
+from harness.knob_search import KnobSearch, knob_search
 from harness.method_base import BenchMethod, Configured, UnreachableBudget  # noqa: F401  (public surface)
 from harness.methods_dpcache import (  # noqa: F401  (public surface)
     DPCACHE_FIRST_FULL,
@@ -60,8 +61,9 @@ class FewerStepsMethod(BenchMethod):
 class BaselineMethod(BenchMethod):
     """A `baselines.base.CacheMethod`, its knob searched so the measured compute matches K (±5%)."""
 
-    def __init__(self, method: Any) -> None:
+    def __init__(self, method: Any, search: KnobSearch | None = None) -> None:
         self.method = method
+        self.search = search or knob_search(method.name)
         self.name, self.knob = method.name, method.knob
         self.description = (method.origin or "").split("\n")[0][:80]
 
@@ -113,11 +115,11 @@ class BaselineMethod(BenchMethod):
         artifacts = self.artifacts(ctx)
         m = self.method
         n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
-        key = ctx.key(self.name, knob_signature(m), f"K{budget}", f"n{n}")
+        key = ctx.key(self.name, knob_signature(m, self.search), f"K{budget}", f"n{n}")
         return cached_search(
             ctx.cache_dir / "budgets.json",
             key,
-            lambda: search_method(m, self._measure(ctx, artifacts), budget),
+            lambda: search_method(m, self._measure(ctx, artifacts), budget, search=self.search),
         )
 
     def configure(self, ctx: ModelContext, budget: int) -> Configured:

@@ -11,6 +11,7 @@ from tiny_pipelines import build_family as _family
 
 from baselines.base import Calibration, get_method
 from dpcache.adapters import block_layout
+from harness.knob_search import knob_search
 
 T = 10
 # method -> a knob value that skips at T=10 on every tiny family
@@ -184,9 +185,9 @@ def test_budget_knobs_reach_each_methods_own_floor():
     """Issue #5: interval knobs go up to T = 50 (the rules allow any interval), DiCache's threshold up to its
     saturation, and each method states why its compute is bounded (quoted when a budget is unreachable)."""
     for name in ("dicache", "fora", "toca", "delta-dit"):
-        m = get_method(name)
+        m, s = get_method(name), knob_search(name)
         assert m.budget_limit and m.config_id, name
-        if m.knob_range is not None:
-            assert m.knob_range[1] >= 1e3 and m.knob_scale, name
+        if s.knob_range is not None:
+            assert s.knob_range[1] >= 1e3 and s.knob_scale, name
         else:
-            assert list(m.knob_values) == list(range(1, 51)) and m.knob_monotone, name
+            assert list(s.knob_values) == list(range(1, 51)) and s.knob_monotone, name

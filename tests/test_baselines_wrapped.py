@@ -12,6 +12,7 @@ from tiny_pipelines import build_family as _build_family
 from baselines import _wrapped
 from baselines.base import get_method
 from baselines.magcache import calibrate_magcache
+from harness.knob_search import knob_search
 
 T = 10
 METHODS = ("firstblockcache", "taylorseer", "magcache", "pab", "fastercache", "seacache", "dbcache")
@@ -95,10 +96,10 @@ def _call_same_branches(family: str, pipe, gens):
 
 def test_registry_lists_every_wrapped_method():
     for name in METHODS:
-        m = get_method(name)
-        assert (m.knob_values is None) != (m.knob_range is None), name
-        if m.knob_values is not None:
-            assert list(m.knob_values) == sorted(m.knob_values) and m.never_skip in m.knob_values
+        m, s = get_method(name), knob_search(name)
+        assert (s.knob_values is None) != (s.knob_range is None), name
+        if s.knob_values is not None:
+            assert list(s.knob_values) == sorted(s.knob_values) and m.never_skip in s.knob_values
         for family in set(FAMILIES) - m.families:
             assert m.unsupported.get(family), f"{name} must say why {family} is unsupported"
     assert get_method("seacache").supports("dit") == (False, get_method("seacache").unsupported["dit"])
@@ -164,12 +165,12 @@ def test_budget_knobs_reach_each_methods_own_floor():
     """Issue #5: the knob ranges go as far as each method's rule allows (thresholds up to saturation, intervals up
     to T = 50), and a method says why its compute is bounded (quoted when a budget is unreachable)."""
     for name in METHODS:
-        m = get_method(name)
+        m, s = get_method(name), knob_search(name)
         assert m.budget_limit and m.config_id, name
-        if m.knob_range is not None:
-            assert m.knob_range[1] >= 1e3 and m.knob_scale, name
+        if s.knob_range is not None:
+            assert s.knob_range[1] >= 1e3 and s.knob_scale, name
         else:
-            assert max(m.knob_values) >= 50, name
+            assert max(s.knob_values) >= 50, name
 
 
 @pytest.mark.parametrize("family", ["flux", "dit"])

@@ -12,6 +12,26 @@ from harness.budget import BudgetMatch, cached_search, search_knob, search_sched
 T = 50
 
 
+# Every baseline's knob signature (part of the budget-cache key) as it was when the search settings lived on the
+# baseline classes: moving them to harness.knob_search must not invalidate a cached search.
+SIGNATURES = {
+    "dbcache": "se2eb4d6740",
+    "delta-dit": "s1759bfa13b",
+    "dicache": "s5617cda96d",
+    "easycache": "sed55e7003f",
+    "fastercache": "se4a9230843",
+    "firstblockcache": "sf7a0c4864d",
+    "fora": "s7232130384",
+    "magcache": "s887b77ac6a",
+    "omnicache": "s192a249253",
+    "pab": "s44708c8ffa",
+    "seacache": "s35947e268d",
+    "taylorseer": "sc013eda5b4",
+    "teacache": "s0e63762693",
+    "toca": "s4c68880b84",
+}
+
+
 def smooth(threshold: float) -> float:
     """A fake monotone threshold method: a larger threshold skips more steps."""
     return T * (1.0 - 0.9 * threshold)
@@ -135,17 +155,25 @@ def test_monotone_discrete_knob_is_bisected():
     assert len(calls) == 10 and exhaustive.reachable
 
 
+def test_knob_signatures_are_unchanged():
+    from baselines.base import load_all
+    from harness.budget import knob_signature
+
+    assert {name: knob_signature(m) for name, m in load_all().items()} == SIGNATURES
+
+
 def test_knob_signature_changes_with_the_knob_range_and_settings():
     from dataclasses import replace
 
     from baselines.base import get_method
     from harness.budget import knob_signature
+    from harness.knob_search import knob_search
 
-    m = get_method("magcache")
+    m, s = get_method("magcache"), knob_search("magcache")
     sig = knob_signature(m)
-    assert sig == knob_signature(replace(m))
-    assert sig != knob_signature(replace(m, knob_range=(0.0, 1.0)))
-    assert sig != knob_signature(replace(m, knob_scale=None))
+    assert sig == knob_signature(replace(m), replace(s)) == SIGNATURES["magcache"]
+    assert sig != knob_signature(m, replace(s, knob_range=(0.0, 1.0)))
+    assert sig != knob_signature(m, replace(s, knob_scale=None))
     assert sig != knob_signature(replace(m, config_id="other"))
     assert len({knob_signature(x) for x in __import__("baselines.base").base.load_all().values()}) > 1
 

@@ -77,14 +77,14 @@ def _fake_method(ctx):
         remove=lambda pipe: None,
         cache_hits=lambda pipe: 7,
         never_skip=0.0,
-        compute_grows_with_knob=False,
-        knob_range=(0.0, 1.0),
     )
 
 
 def test_baseline_knob_search_matches_budget_and_caches(tmp_path):
     ctx = _FakeCtx(_Spec(), object(), 50, ("c1", "c2"), ("e1",), "0" * 64, tmp_path)
-    bm = hm.BaselineMethod(_fake_method(ctx))
+    from harness.knob_search import KnobSearch
+
+    bm = hm.BaselineMethod(_fake_method(ctx), KnobSearch(knob_range=(0.0, 1.0)))
     cfg = bm.configure(ctx, 13)
     assert cfg.config_tag == "fakecache-K13" and cfg.is_cache and cfg.adaptive
     assert abs(cfg.match.measured - 13) <= 0.65 and cfg.knobs["threshold"] == cfg.match.value
