@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic_io import write_atomic, write_text_atomic
 from .errors import DPCacheError
 
 if TYPE_CHECKING:
@@ -40,6 +40,11 @@ def _tensor_for(cost: Any, order: int) -> Any:
     if isinstance(cost, Mapping):
         return cost.get(order, cost[max(cost)])
     return cost
+
+
+def _save_npy(tmp: str, array: np.ndarray) -> None:
+    with open(tmp, "wb") as fh:  # a file object: np.save would append ".npy" to the temp path
+        np.save(fh, array)
 
 
 class _Stop(Exception):
@@ -115,11 +120,7 @@ class Search:
                 continue
             ref = self._sample(i)
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as fh:
-                    np.save(fh, ref)
-                os.replace(tmp, path)
+                write_atomic(path, lambda tmp, ref=ref: _save_npy(tmp, ref))
             refs.append(ref)
         return refs
 
@@ -169,12 +170,8 @@ class Search:
         return cand
 
     def _save(self) -> None:
-        if self.cache is None:
-            return
-        self.cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache.with_name(f".{self.cache.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.scores, sort_keys=True))
-        os.replace(tmp, self.cache)
+        if self.cache is not None:
+            write_text_atomic(self.cache, json.dumps(self.scores, sort_keys=True))
 
     def planned(self, settings: dict[str, Any], stage: str) -> Candidate | None:
         """Plan the candidate `settings` describe and score it (None, logged, when it cannot be planned)."""
