@@ -15,7 +15,6 @@ transformers keep an EMA of their weights, which is what gets saved.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from harness.metrics import psnr_db
 from harness.zoo import digits_data
 from harness.zoo.vae import build_vae
+from zoo_training.optim import EMA, lr_at
 
 ZOO = Path(__file__).resolve().parents[1] / "harness" / "zoo"  # the shipped zoo: tiny/ and weights/
 VAE_DIR = ZOO / "weights" / "vae-tiny"
@@ -99,26 +99,6 @@ def encode_scenes(vae, n: int, seed: int, **render_kw) -> tuple[torch.Tensor, li
     x = to_tensor(images)
     z = torch.cat([vae.encode(x[i : i + 512]).latent_dist.mean for i in range(0, n, 512)])
     return z, scenes
-
-
-class EMA:
-    """Exponential moving average of a module's parameters."""
-
-    def __init__(self, module: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = copy.deepcopy(module).eval()
-        for p in self.shadow.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module, step: int) -> None:
-        d = min(self.decay, (1 + step) / (10 + step))
-        for s, p in zip(self.shadow.parameters(), module.parameters()):
-            s.mul_(d).add_(p.detach(), alpha=1 - d)
-
-
-def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
-    return peak * min(1.0, (it + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * it / iters)) * 0.9 + 0.1)
 
 
 def adherence_probe(pipe, name: str, n: int = 40) -> dict:

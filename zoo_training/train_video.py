@@ -38,51 +38,11 @@ import torch
 from dpcache.atomic_io import write_text_atomic
 from harness.zoo import hunyuan_tiny, wan_tiny
 from harness.zoo.video_data import NUM_FRAMES, all_prompts, sample_batch
+from zoo_training.video_config import CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports" / "zoo"
 MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
-
-# fixed schedules; the measured time of every component is in reports/zoo/<name>-train.json
-CONFIG: dict[str, dict[str, Any]] = {
-    # Wan's VAE decodes 4-frame chunks through a feature cache: it must train on full 9-frame clips
-    "wan-tiny": dict(
-        seed=0,
-        vae_iters=2400,
-        vae_batch=3,
-        vae_frames=9,
-        vae_lr=3e-3,
-        z_noise=0.1,
-        latent_l2=1e-3,
-        norm_clips=6000,
-        n_clips=12000,
-        iters=12500,
-        batch=32,
-        lr=2e-3,
-        warmup=300,
-        drop=0.1,
-        ema=0.998,
-    ),
-    "hunyuan-video-tiny": dict(
-        seed=0,
-        vae_iters=3000,
-        vae_batch=4,
-        vae_frames=5,
-        vae_lr=3e-3,
-        decoder_iters=1500,
-        decoder_lr=1e-3,
-        z_noise=0.1,
-        latent_l2=1e-3,
-        norm_clips=6000,
-        n_clips=12000,
-        iters=15000,
-        batch=32,
-        lr=2e-3,
-        warmup=300,
-        drop=0.1,
-        ema=0.998,
-    ),
-}
 
 
 COMPONENTS = ("all", "vae", "transformer")
