@@ -8,8 +8,9 @@ from unittest import mock
 
 from diffusers.hooks import FasterCacheConfig, apply_faster_cache
 from diffusers.hooks import faster_cache as _fc
-from diffusers.hooks.faster_cache import _FASTER_CACHE_BLOCK_HOOK, _FASTER_CACHE_DENOISER_HOOK
 from diffusers.utils import logging as diffusers_logging
+
+from dpcache.diffusers_internals import FASTER_CACHE_BLOCK_HOOK, FASTER_CACHE_DENOISER_HOOK
 
 from . import _wrapped
 from .base import FAMILIES, CacheMethod
@@ -91,7 +92,7 @@ def apply_fastercache(pipe: Any, config: FasterCacheBenchConfig) -> None:
             _wrapped.apply_config(transformer, diffusers_config, apply_faster_cache)
     finally:
         diffusers_logging.set_verbosity(level)
-    probes = _wrapped.hooked_modules(transformer, [_FASTER_CACHE_BLOCK_HOOK])
+    probes = _wrapped.hooked_modules(transformer, [FASTER_CACHE_BLOCK_HOOK])
     if not probes:
         raise RuntimeError(f"FasterCache found no spatial attention module in {type(transformer).__name__}")
     _wrapped.install(pipe, probes)
@@ -99,7 +100,7 @@ def apply_fastercache(pipe: Any, config: FasterCacheBenchConfig) -> None:
 
 def remove_fastercache(pipe: Any) -> None:
     """Detach it; the pipeline is uncached again."""
-    _wrapped.uninstall(pipe, [_FASTER_CACHE_DENOISER_HOOK, _FASTER_CACHE_BLOCK_HOOK])
+    _wrapped.uninstall(pipe, [FASTER_CACHE_DENOISER_HOOK, FASTER_CACHE_BLOCK_HOOK])
 
 
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
-from diffusers.hooks.first_block_cache import _FBC_BLOCK_HOOK, _FBC_LEADER_BLOCK_HOOK
+
+from dpcache.diffusers_internals import FBC_HOOKS
 
 from . import _wrapped
 from .base import FAMILIES, CacheMethod
 
-_HOOKS = (_FBC_LEADER_BLOCK_HOOK, _FBC_BLOCK_HOOK)
+_HOOKS = FBC_HOOKS
 
 
 @dataclass

@@ -10,12 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from diffusers.hooks import HookRegistry, MagCacheConfig, apply_mag_cache
-from diffusers.hooks.mag_cache import _MAG_CACHE_BLOCK_HOOK, _MAG_CACHE_LEADER_BLOCK_HOOK
+
+from dpcache.diffusers_internals import MAG_CACHE_BLOCK_HOOK, MAG_CACHE_HOOKS
 
 from . import _wrapped
 from .base import FAMILIES, CacheMethod, Calibration
 
-_HOOKS = (_MAG_CACHE_LEADER_BLOCK_HOOK, _MAG_CACHE_BLOCK_HOOK)
+_HOOKS = MAG_CACHE_HOOKS
 
 # Per family: (max_skip_steps K, retention_ratio R) from the authors' scripts (`Zehong-Ma/MagCache`); their
 # thresholds are what the bench searches.
@@ -122,7 +123,7 @@ def calibrate_magcache(pipe: Any, num_steps: int, run_prompts) -> dict:
     )
     _wrapped.install(pipe, probes)
     tail = probes[-1]
-    hook = HookRegistry.check_if_exists_or_initialize(tail).get_hook(_MAG_CACHE_BLOCK_HOOK)
+    hook = HookRegistry.check_if_exists_or_initialize(tail).get_hook(MAG_CACHE_BLOCK_HOOK)
     runs: dict[str, list[float]] = {}
     original = hook._perform_calibration_step
 

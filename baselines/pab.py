@@ -8,7 +8,8 @@ from unittest import mock
 
 from diffusers.hooks import PyramidAttentionBroadcastConfig, apply_pyramid_attention_broadcast
 from diffusers.hooks import pyramid_attention_broadcast as _pab
-from diffusers.hooks.pyramid_attention_broadcast import _PYRAMID_ATTENTION_BROADCAST_HOOK
+
+from dpcache.diffusers_internals import PAB_HOOK
 
 from . import _wrapped
 from .base import FAMILIES, CacheMethod
@@ -74,7 +75,7 @@ def apply_pab(pipe: Any, config: PABBenchConfig) -> None:
     diffusers_config = config.diffusers_config(_wrapped.timestep_callback(pipe))
     with mock.patch.object(_pab, "PyramidAttentionBroadcastHook", _PerContextPABHook):
         _wrapped.apply_config(transformer, diffusers_config, apply_pyramid_attention_broadcast)
-    probes = _wrapped.hooked_modules(transformer, [_PYRAMID_ATTENTION_BROADCAST_HOOK])
+    probes = _wrapped.hooked_modules(transformer, [PAB_HOOK])
     if not probes:
         raise RuntimeError(f"PAB found no attention module in {type(transformer).__name__}")
     _wrapped.install(pipe, probes)
@@ -82,7 +83,7 @@ def apply_pab(pipe: Any, config: PABBenchConfig) -> None:
 
 def remove_pab(pipe: Any) -> None:
     """Detach it; the pipeline is uncached again."""
-    _wrapped.uninstall(pipe, [_PYRAMID_ATTENTION_BROADCAST_HOOK])
+    _wrapped.uninstall(pipe, [PAB_HOOK])
 
 
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:

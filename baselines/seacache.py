@@ -8,24 +8,13 @@ from typing import Any
 
 import torch
 from diffusers.hooks import SeaCacheConfig, apply_sea_cache
-from diffusers.hooks.sea_cache import (
-    _SEA_CACHE_BLOCK_HOOK,
-    _SEA_CACHE_LEADER_BLOCK_HOOK,
-    _SEA_CACHE_POST_NORM_HOOK,
-    _SEA_CACHE_ROOT_HOOK,
-    _prepare_wan_t2v_raw_vision_metadata,
-)
-from diffusers.utils.torch_utils import unwrap_module
+
+from dpcache.diffusers_internals import SEA_CACHE_HOOKS, prepare_wan_t2v_raw_vision_metadata, unwrap_module
 
 from . import _wrapped
 from .base import CacheMethod
 
-_HOOKS = (
-    _SEA_CACHE_POST_NORM_HOOK,
-    _SEA_CACHE_BLOCK_HOOK,
-    _SEA_CACHE_LEADER_BLOCK_HOOK,
-    _SEA_CACHE_ROOT_HOOK,
-)
+_HOOKS = SEA_CACHE_HOOKS
 DIT_REASON = (
     "SeaCache's SEA filter is built on the flow-matching interpolation x_t = (1−σ)x_0 + σ·ε with the scheduler's "
     "σ ∈ [0, 1]; DiT samples with DDIM (variance-preserving ᾱ_t), which has no such σ — mapping one would be our "
@@ -55,7 +44,7 @@ def flux_raw_vision(module: torch.nn.Module, args: tuple, kwargs: dict) -> list[
 
 _RAW_VISION = {
     "FluxTransformer2DModel": flux_raw_vision,
-    "HunyuanVideoTransformer3DModel": _prepare_wan_t2v_raw_vision_metadata,  # hidden_states (B, C, F, H, W)
+    "HunyuanVideoTransformer3DModel": prepare_wan_t2v_raw_vision_metadata,  # hidden_states (B, C, F, H, W)
 }
 
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 from diffusers.hooks import TaylorSeerCacheConfig, apply_taylorseer_cache
-from diffusers.hooks.taylorseer_cache import _TAYLORSEER_CACHE_HOOK
+
+from dpcache.diffusers_internals import TAYLORSEER_HOOK
 
 from . import _wrapped
 from .base import FAMILIES, CacheMethod
@@ -117,12 +118,12 @@ def apply_taylorseer(pipe: Any, config: TaylorSeerBenchConfig) -> None:
     """Attach diffusers' TaylorSeer hooks to `pipe.transformer` (`enable_cache`, or `apply_taylorseer_cache` on DiT)."""
     transformer = pipe.transformer
     _wrapped.apply_config(transformer, config.diffusers_config(), apply_taylorseer_cache)
-    probes = _wrapped.hooked_modules(transformer, [_TAYLORSEER_CACHE_HOOK])
+    probes = _wrapped.hooked_modules(transformer, [TAYLORSEER_HOOK])
     if not probes:
         raise RuntimeError(f"TaylorSeer found no attention module in {type(transformer).__name__}")
     if config.authors_schedule:
         for module in probes:
-            hook = module._diffusers_hook.get_hook(_TAYLORSEER_CACHE_HOOK)
+            hook = module._diffusers_hook.get_hook(TAYLORSEER_HOOK)
             hook._measure_should_compute = types.MethodType(_authors_should_compute, hook)
     _wrapped.install(pipe, probes)
 
@@ -145,7 +146,7 @@ def _authors_should_compute(hook: Any) -> tuple[bool, Any]:
 
 def remove_taylorseer(pipe: Any) -> None:
     """Detach it; the pipeline is uncached again."""
-    _wrapped.uninstall(pipe, [_TAYLORSEER_CACHE_HOOK])
+    _wrapped.uninstall(pipe, [TAYLORSEER_HOOK])
 
 
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:

@@ -5,17 +5,43 @@
 # - `TransformerBlockRegistry` (`diffusers.hooks._helpers`): which element of a block's output is the image / text
 #   stream, and where its `hidden_states` argument is — its own caches (first_block_cache.py, mag_cache.py) read
 #   it the same way, after `unwrap_module`, so a block wrapped by `torch.compile` is looked up by its own class;
-# - `_set_cache_context`: set a cache context on a model without `CacheMixin.cache_context` (DiT's transformer).
+# - `_set_cache_context`: set a cache context on a model without `CacheMixin.cache_context` (DiT's transformer);
+# - the hook names its own caches register (the wrapped baselines remove them from a model without
+#   `CacheMixin.disable_cache`, DiT's, and find the modules they hook), and SeaCache's raw-vision metadata helper.
 # A diffusers upgrade that renames them breaks this module only.
 
 from __future__ import annotations
 
 import torch
+from diffusers.hooks import (
+    faster_cache,
+    first_block_cache,
+    mag_cache,
+    pyramid_attention_broadcast,
+    sea_cache,
+    taylorseer_cache,
+)
 from diffusers.hooks._helpers import TransformerBlockRegistry
 from diffusers.hooks.hooks import CacheContext, _set_cache_context
 from diffusers.utils.torch_utils import unwrap_module
 
 __all__ = ["BlockIO", "set_cache_context", "unwrap_module"]
+
+# the hook names of diffusers' own caches (leader / block order as registered)
+FBC_HOOKS = (first_block_cache._FBC_LEADER_BLOCK_HOOK, first_block_cache._FBC_BLOCK_HOOK)
+MAG_CACHE_BLOCK_HOOK = mag_cache._MAG_CACHE_BLOCK_HOOK
+MAG_CACHE_HOOKS = (mag_cache._MAG_CACHE_LEADER_BLOCK_HOOK, MAG_CACHE_BLOCK_HOOK)
+FASTER_CACHE_BLOCK_HOOK = faster_cache._FASTER_CACHE_BLOCK_HOOK
+FASTER_CACHE_DENOISER_HOOK = faster_cache._FASTER_CACHE_DENOISER_HOOK
+PAB_HOOK = pyramid_attention_broadcast._PYRAMID_ATTENTION_BROADCAST_HOOK
+TAYLORSEER_HOOK = taylorseer_cache._TAYLORSEER_CACHE_HOOK
+SEA_CACHE_HOOKS = (
+    sea_cache._SEA_CACHE_POST_NORM_HOOK,
+    sea_cache._SEA_CACHE_BLOCK_HOOK,
+    sea_cache._SEA_CACHE_LEADER_BLOCK_HOOK,
+    sea_cache._SEA_CACHE_ROOT_HOOK,
+)
+prepare_wan_t2v_raw_vision_metadata = sea_cache._prepare_wan_t2v_raw_vision_metadata
 
 
 class BlockIO:
