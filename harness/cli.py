@@ -158,21 +158,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from baselines.base import FAMILIES
-    from harness.methods import registry
+    from harness.method_catalogue import rows as catalogue
 
-    rows = []
-    for name, m in registry().items():
-        fams = [f for f in FAMILIES if m.supports(f)[0]]
-        rows.append(
-            {
-                "name": name,
-                "families": fams,
-                "knob": m.knob,
-                "description": m.description,
-                "unsupported": {f: m.supports(f)[1] for f in FAMILIES if f not in fams},
-            }
-        )
+    rows = catalogue()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -141,3 +141,20 @@ def test_models_table_imports_no_torch_or_diffusers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out and "flux-tiny" in out
+
+
+def test_methods_catalogue_is_the_registry_and_needs_no_torch():
+    """`dpcache-bench methods` reads the committed catalogue; regenerate it with
+    `python -m harness.method_catalogue` when a method changes."""
+    import subprocess
+    import sys
+
+    from harness.method_catalogue import CATALOGUE, build
+
+    assert json.loads(CATALOGUE.read_text()) == build(), "stale: python -m harness.method_catalogue"
+    code = (
+        "import sys; from harness.cli import main; assert main(['methods']) == 0; "
+        "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'baselines.dicache') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "\ndpcache-tuned " in out
