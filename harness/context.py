@@ -179,6 +179,7 @@ class ModelContext:
     progress: bool = True
     search_prompts: int = 2  # calibration prompts used to measure compute during a knob search
     _full_flops: int | None = field(default=None, repr=False)
+    _probes: int = field(default=0, repr=False)  # budget-search probes so far (the progress lines' count)
 
     def __post_init__(self) -> None:
         check_prompts_disjoint(
@@ -219,16 +220,36 @@ class ModelContext:
             self._full_flops, _ = self.transformer_flops(self.calibration_prompts[0], 42)
         return self._full_flops
 
-    def search_compute(self, apply: Callable[[], Any], remove: Callable[[], Any]) -> float:
+    def search_compute(self, apply: Callable[[], Any], remove: Callable[[], Any], label: str = "") -> float:
         """Measured compute (in K) of a method as `apply` installs it, averaged over the first `search_prompts`
-        calibration prompts: what every budget search (knob or schedule size) measures."""
+        calibration prompts: what every budget search (knob or schedule size) measures. `label` (method and
+        knob value) names the probe in the progress line."""
+        import time
+
         prompts = self.calibration_prompts[: max(1, self.search_prompts)]
+        t0 = time.perf_counter()
         apply()
         try:
             flops = [self.transformer_flops(p, 42 + i)[0] for i, p in enumerate(prompts)]
         finally:
             remove()
-        return self.measured_compute(sum(flops) / len(flops))
+        k = self.measured_compute(sum(flops) / len(flops))
+        self.report_probe(label, k, time.perf_counter() - t0)
+        return k
+
+    def report_probe(self, label: str, k: float, seconds: float) -> None:
+        """One line per budget-search probe, so a long search is never silent: on stderr with progress on
+        (`dpcache-bench run`), else on the terminal's own stderr when it is one (pytest captures the rest;
+        xdist workers share the terminal's stderr); nothing in CI logs."""
+        import sys
+
+        if not label:
+            return
+        self._probes += 1
+        stream = sys.stderr if self.progress else sys.__stderr__
+        if stream is not None and (self.progress or stream.isatty()):
+            line = f"[{self.spec.name}] budget search {label}: K = {k:.2f} ({seconds:.1f} s, probe {self._probes})"
+            print(line, file=stream, flush=True)
 
     def measured_compute(self, flops: float) -> float:
         """Transformer FLOPs of a sample in units of full computations (K): T × flops / full-sample flops."""

@@ -105,7 +105,9 @@ class BaselineMethod(BenchMethod):
 
         def measure(value: float) -> float:
             return ctx.search_compute(
-                lambda: m.apply(ctx.pipe, value, ctx.num_steps, artifacts), lambda: m.remove(ctx.pipe)
+                lambda: m.apply(ctx.pipe, value, ctx.num_steps, artifacts),
+                lambda: m.remove(ctx.pipe),
+                label=f"{m.name} {m.knob}={value:g}",
             )
 
         return measure

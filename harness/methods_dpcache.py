@@ -119,7 +119,11 @@ class DPCacheMethod(BenchMethod):
                 cfg = self._config(ctx, self.plan_steps(ctx, k))
             except DPCacheError:
                 return None
-            return ctx.search_compute(lambda: apply_dpcache(ctx.pipe, cfg), lambda: remove_dpcache(ctx.pipe))
+            return ctx.search_compute(
+                lambda: apply_dpcache(ctx.pipe, cfg),
+                lambda: remove_dpcache(ctx.pipe),
+                label=f"{self.name} k={k}",
+            )
 
         self.cost_tensor(ctx)  # calibrate outside the budget-cache lock
         n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
