@@ -76,9 +76,7 @@ class OmniCacheConfig:
         """The full-compute steps, sorted."""
         T, K = self.num_inference_steps, min(max(int(self.compute_steps), 1), self.num_inference_steps)
         if self.curvature is None or len(self.curvature) != T:
-            return (
-                tuple(sorted({int(round(v)) for v in np.linspace(0, T - 1, K)} | {0}))[:K] if K > 1 else (0,)
-            )
+            return tuple(sorted({round(v) for v in np.linspace(0, T - 1, K)} | {0}))[:K] if K > 1 else (0,)
         w = np.asarray(self.curvature, dtype=np.float64)
         w = np.maximum(w, 0) + 1e-3 * max(
             float(w.mean()), 1e-12
@@ -90,7 +88,7 @@ class OmniCacheConfig:
             gaps = [picks[i + 1] - picks[i - 1] for i in range(1, len(picks) - 1)] or [0]
             picks.pop(1 + int(np.argmin(gaps)) if len(picks) > 2 else len(picks) - 1)
         while len(picks) < K:  # fill the widest gap
-            ext = picks + [T]
+            ext = [*picks, T]
             i = int(np.argmax(np.diff(ext)))
             picks = sorted(set(picks) | {(ext[i] + ext[i + 1]) // 2})
         return tuple(picks)

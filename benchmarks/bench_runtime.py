@@ -57,7 +57,7 @@ def uniform_schedule(T: int, K: int, first: int = 3) -> list[int]:
     import numpy as np
 
     rest = np.linspace(first, T - 1, K - first + 1)[:-1].round().astype(int).tolist()
-    return sorted(set(range(first)) | set(rest))[:K] if K > first else list(range(K))
+    return sorted(set(range(first)) | set(rest))[:K] if first < K else list(range(K))
 
 
 def flops_of(call, steps: int, transformer_class: str) -> tuple[int, int]:

@@ -9,7 +9,7 @@ programming, and sample with only those steps running the transformer blocks::
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     CostTensorError,
     CostTensorMismatchError,
     DPCacheError,

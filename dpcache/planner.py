@@ -7,6 +7,7 @@ sentinel ``T`` is appended for costing, and the cost of a schedule is
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -134,12 +135,12 @@ def path_cost(cost: CostTensor | np.ndarray, key_steps: Iterable[int]) -> float:
     steps = [int(s) for s in key_steps]
     if not steps or steps[0] != 0:
         raise DPCacheError(f"a schedule must start at step 0, got {steps}")
-    if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] >= num_steps:
+    if any(b <= a for a, b in itertools.pairwise(steps)) or steps[-1] >= num_steps:
         raise DPCacheError(f"key steps must be strictly increasing within 0..{num_steps - 1}, got {steps}")
-    nodes = steps + [num_steps]
+    nodes = [*steps, num_steps]
     total = 0.0
     prev = 0
-    for cur, nxt in zip(nodes, nodes[1:]):
+    for cur, nxt in itertools.pairwise(nodes):
         total += float(arr[prev, cur, nxt])
         prev = cur
     return total
@@ -245,7 +246,7 @@ def _solve(
                 found.append((b, *_exact_backtrack(dps, args, b)))
     else:
         is_mand = np.zeros(num_steps + 1, dtype=bool)
-        is_mand[mand + [num_steps]] = True
+        is_mand[[*mand, num_steps]] = True
         dp, path = _official_tables(masked, top, is_mand, jump)
         for b in wanted:
             if np.isfinite(dp[b, num_steps]):

@@ -223,7 +223,7 @@ class Search:
                     base = best
                     for o in space.orders:
                         if o != base.segment_orders[k]:
-                            orders = base.segment_orders[:k] + (o,) + base.segment_orders[k + 1 :]
+                            orders = (*base.segment_orders[:k], o, *base.segment_orders[k + 1 :])
                             settings = {**base.settings, "segment_orders": list(orders)}
                             cand = self.score(Candidate(base.key_steps, orders, settings), "per_segment")
                             best = cand if cand.score > best.score else best
@@ -240,7 +240,7 @@ class Search:
                     for d in range(1, space.refine_radius + 1):
                         for step in (best.key_steps[k] - d, best.key_steps[k] + d):
                             if lo < step < hi:
-                                steps = best.key_steps[:k] + (step,) + best.key_steps[k + 1 :]
+                                steps = (*best.key_steps[:k], step, *best.key_steps[k + 1 :])
                                 moves = [*s.get("moves", []), [best.key_steps[k], step]]
                                 cand = self.score(
                                     Candidate(steps, best.segment_orders, {**s, "moves": moves}), "refine"

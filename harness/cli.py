@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dpcache import cli_args as ca
-from harness.cli_checks import (  # noqa: F401  (BenchUsageError, check_model: public via harness.cli)
+from harness.cli_checks import (
     BenchUsageError,
     check_model,
     check_run_args,

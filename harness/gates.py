@@ -22,7 +22,7 @@ from harness.records import METRIC_FIELDS, ResultRecord
 from harness.stats import ALPHA, compare_samples, mann_whitney_greater, min_p_value
 
 __all__ = ["ALPHA", "GateFailure", "Verdict", "check", "evaluate", "load_expected", "update_expected"]
-__all__ += ["compare_samples", "mann_whitney_greater", "ExpectedFormatError", "SCHEMA"]
+__all__ += ["SCHEMA", "ExpectedFormatError", "compare_samples", "mann_whitney_greater"]
 
 SCHEMA = (
     2  # {"schema": 2, "models": {model: {"configs": {tag: specs}, "timing": {device class: {tag: specs}}}}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ def detect_steps(values: Sequence[float], penalty: float | None = None, min_rel:
     n = len(x)
     if n < 3:
         return []
-    diffs = sorted(abs(b - a) for a, b in zip(x, x[1:], strict=False))
+    diffs = sorted(abs(b - a) for a, b in itertools.pairwise(x))
     sigma = diffs[len(diffs) // 2] / (0.6745 * math.sqrt(2))
     scale = max(abs(v) for v in x) or 1.0
     sigma = max(sigma, 1e-3 * scale)

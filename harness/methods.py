@@ -18,7 +18,7 @@ from harness.context import (  # noqa: F401  (re-exported: the registry's public
     pipeline_weights_hash,
 )
 from harness.knob_search import KnobSearch, knob_search
-from harness.method_base import BenchMethod, Configured, UnreachableBudget  # noqa: F401  (public surface)
+from harness.method_base import BenchMethod, Configured, UnreachableBudget
 from harness.methods_dpcache import (  # noqa: F401  (public surface)
     DPCACHE_FIRST_FULL,
     DPCACHE_ORDER,

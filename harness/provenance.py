@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import re
 import subprocess
@@ -41,10 +42,8 @@ def library_versions(
 
     out = {"python": platform.python_version()}
     for p in packages:
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[p] = version(p)
-        except PackageNotFoundError:
-            pass
     return out
 
 

@@ -121,7 +121,7 @@ def main(dry_run: bool = False, only: list[str] | None = None) -> int:
     return 1 if missing else 0
 
 
-def add_parser(sub, fmt) -> None:  # noqa: ANN001  (argparse's private subparsers type)
+def add_parser(sub, fmt) -> None:
     """`dpcache-bench seed-metrics`."""
     s = sub.add_parser(
         "seed-metrics",

@@ -46,7 +46,7 @@ def _u_exact_cdf(u: float, n1: int, n2: int) -> float:
         return res
 
     d = dist(n1, n2)
-    return sum(d[: int(math.floor(u)) + 1]) / sum(d)
+    return sum(d[: math.floor(u) + 1]) / sum(d)
 
 
 def mann_whitney_greater(a: Sequence[float], b: Sequence[float]) -> float:

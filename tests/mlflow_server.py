@@ -46,7 +46,7 @@ class MlflowServer:
             "--workers",
             "1",
         ]
-        log = open(self.root / f"server-{self.port}.log", "ab")
+        log = open(self.root / f"server-{self.port}.log", "ab")  # noqa: SIM115  (held by the server process)
         env = {**os.environ, "MLFLOW_TRACKING_URI": "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=env, start_new_session=True)
         t0 = time.monotonic()

@@ -105,7 +105,7 @@ def test_registry_lists_every_wrapped_method():
     assert get_method("seacache").supports("dit") == (False, get_method("seacache").unsupported["dit"])
 
 
-@pytest.mark.parametrize("method, family", COMBOS)
+@pytest.mark.parametrize(("method", "family"), COMBOS)
 def test_never_skip_equals_uncached(method, family):
     ref = _family(family)[2]
     with _Applied(method, family, get_method(method).never_skip) as (pipe, call):
@@ -115,7 +115,7 @@ def test_never_skip_equals_uncached(method, family):
     assert torch.allclose(out, ref, atol=1e-6, rtol=0), (out - ref).abs().max()
 
 
-@pytest.mark.parametrize("method, family", COMBOS)
+@pytest.mark.parametrize(("method", "family"), COMBOS)
 def test_skips_repeats_and_removes(method, family):
     """At a skipping knob: hits > 0 in both CFG branches and the output changes; a second call starts from clean
     state (identical output and hits); after `remove` the pipeline is the uncached one again."""
@@ -136,7 +136,7 @@ def test_skips_repeats_and_removes(method, family):
     assert not hasattr(pipe.transformer, "_bench_wrapped_run")
 
 
-@pytest.mark.parametrize("method, family", COMBOS)
+@pytest.mark.parametrize(("method", "family"), COMBOS)
 def test_batch_of_two_matches_single_samples(method, family):
     prompts = PROMPT_PAIRS[family]
     with _Applied(method, family, BATCH_GLOBAL_KNOB.get(method, SKIP_KNOB[method])) as (pipe, call):
@@ -148,7 +148,7 @@ def test_batch_of_two_matches_single_samples(method, family):
     assert torch.allclose(both[1], second[0], atol=1e-5), (both[1] - second[0]).abs().max()
 
 
-@pytest.mark.parametrize("method, family", [c for c in COMBOS if c[1] != "dit"])
+@pytest.mark.parametrize(("method", "family"), [c for c in COMBOS if c[1] != "dit"])
 def test_cfg_branches_keep_separate_state(method, family):
     """With identical cond and uncond inputs, separate per-branch state makes identical decisions in both branches;
     a shared state would not (the uncond call would see the cond call's step, residual or iteration count).

@@ -38,7 +38,7 @@ def test_methods_lists_families_and_knobs(capsys):
 
 
 @pytest.mark.parametrize(
-    "argv, message",
+    ("argv", "message"),
     [
         (["run", "--model", "nope"], "unknown model 'nope'"),
         (["run", "--model", "flux-tiny", "--random-weights", "--budgets", "x"], "--budgets must be"),

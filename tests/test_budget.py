@@ -81,11 +81,11 @@ def test_exhaustive_discrete_knob():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="give knob_range"):
         search_knob(smooth, 13)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="budget must be positive"):
         search_knob(smooth, 0, knob_range=(0, 1))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="lo < hi"):
         search_knob(smooth, 13, knob_range=(1, 0))
 
 

@@ -106,10 +106,10 @@ def test_dpcache_pipeline_args_run_or_are_refused_before_loading(
     argv += _opt("--last-full", last) + _opt("--seed", seed)
     argv += [] if set_height is None else ["--set", f"height={set_height}"]
     if command == "generate":
-        argv += ["--prompt", "a red 1", "--no-cache"] + _opt("--height", height) + _opt("--width", width)
+        argv += ["--prompt", "a red 1", "--no-cache", *_opt("--height", height), *_opt("--width", width)]
         argv += _opt("--guidance", guidance)
     else:
-        argv += ["--prompts", "drawbench"] + _opt("--sample-size", sample)
+        argv += ["--prompts", "drawbench", *_opt("--sample-size", sample)]
         if out == "file":
             argv[argv.index("--out") + 1] = str(tmp_path / "c.safetensors")
     try:
@@ -185,7 +185,7 @@ def test_bench_run_args_run_or_are_refused_before_loading(
 
 
 @pytest.mark.parametrize(
-    "argv,fragment",
+    ("argv", "fragment"),
     [
         (["--threads", "0"], "--threads must be >= 1"),  # was silently turned into 1
         (["--threads", "-2"], "--threads must be >= 1"),  # was a traceback
@@ -256,11 +256,11 @@ def test_output_paths_are_checked(tmp_path):
     f = tmp_path / "f.txt"
     f.write_text("x")
     assert ca.check_output_file("--json-out", tmp_path / "new" / "r.jsonl") == tmp_path / "new" / "r.jsonl"
-    with pytest.raises(OutputPathError, match="--json-out .* is a directory"):
+    with pytest.raises(OutputPathError, match=r"--json-out .* is a directory"):
         ca.check_output_file("--json-out", tmp_path)
     with pytest.raises(OutputPathError, match="is a file, not a directory"):
         ca.check_output_file("--json-out", f / "r.jsonl")
-    with pytest.raises(OutputPathError, match="--report .* is an existing file"):
+    with pytest.raises(OutputPathError, match=r"--report .* is an existing file"):
         ca.check_output_dir("--report", f)
     assert ca.check_output_dir("--report", tmp_path / "a" / "b") == tmp_path / "a" / "b"
 

@@ -111,7 +111,7 @@ def pickle_as_safetensors(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(
-    "extra,fragment",
+    ("extra", "fragment"),
     [
         (["--cost", FLUX, "--budget", "51"], "exceeds the number of steps T=50"),
         (["--cost", FLUX, "--budget", "2"], "mandatory"),

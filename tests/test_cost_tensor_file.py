@@ -85,7 +85,7 @@ def test_mismatch_names_every_field():
 
 
 @pytest.mark.parametrize(
-    "arr,match",
+    ("arr", "match"),
     [
         (np.full((3, 4, 4), np.nan), "NaN"),
         (np.zeros((3, 4, 5)), "shape"),
@@ -200,7 +200,7 @@ def test_malicious_pickle_names_refused_global(tmp_path):
 def test_load_npy_never_unpickles(tmp_path):
     src = tmp_path / "obj.npy"
     np.save(src, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(CostTensorError, match="not a plain .npy"):
+    with pytest.raises(CostTensorError, match=r"not a plain \.npy"):
         load_npy(src)
 
 
@@ -222,7 +222,7 @@ def test_convert(tmp_path, suffix):
 
 
 @pytest.mark.parametrize(
-    "name,model_id,first,last",
+    ("name", "model_id", "first", "last"),
     [
         ("flux_dev_T50_cost", "black-forest-labs/FLUX.1-dev", 3, 0),
         ("wan21_i2v_T50_cost", "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers", 4, 1),

@@ -74,7 +74,7 @@ def test_time_call_warmup_repeats_median(clock):
     r = time_call(fn, warmup=2, repeats=5)
     assert r.samples == (0.5, 0.25, 2.0, 1.0, 4.0) and r.timer == "perf_counter"  # warm-ups not timed
     assert r.median == 1.0 and r.iqr == 1.5 and next(durations, None) is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
         time_call(fn, repeats=0)
 
 

@@ -31,7 +31,7 @@ def test_registry_works_with_zero_baselines(monkeypatch):
 def test_resolve_methods():
     assert hm.resolve_methods(None) == list(hm.CORE_METHODS)
     assert hm.resolve_methods("dpcache,full,dpcache") == ["dpcache", "full"]
-    with pytest.raises(ValueError, match="unknown method.*nope"):
+    with pytest.raises(ValueError, match=r"unknown method.*nope"):
         hm.resolve_methods("full,nope")
 
 
@@ -40,7 +40,7 @@ def test_prompt_sets_disjoint():
 
     spec = get_spec("flux-tiny")
     hm.check_prompts_disjoint(spec.calibration_prompts, spec.evaluation_prompts)
-    with pytest.raises(hm.PromptOverlapError, match="must be disjoint.*'b'"):
+    with pytest.raises(hm.PromptOverlapError, match=r"must be disjoint.*'b'"):
         hm.check_prompts_disjoint(["a", "b"], ["b", "c"], "m")
 
 
@@ -176,7 +176,7 @@ def test_dit_labels_split_and_the_check_compares_labels_not_strings():
     hm.check_prompts_disjoint(old_cal[:4], old_eval[:8], "flux-tiny")  # text: the strings differ
 
 
-@pytest.mark.parametrize("model,n", [("flux-tiny", 40), ("dit-tiny", 40), ("wan-tiny", 12)])
+@pytest.mark.parametrize(("model", "n"), [("flux-tiny", 40), ("dit-tiny", 40), ("wan-tiny", 12)])
 def test_zoo_probe_prompts_are_held_out(model, n):
     from harness.zoo.registry import get_spec, probe_prompts
 

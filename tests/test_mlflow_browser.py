@@ -94,7 +94,7 @@ def store(tmp_path_factory):
 def test_mlflow_ui_shows_the_parent_summary(store, browser, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    server, tr, runs = store
+    server, _tr, runs = store
     client = MlflowClient(tracking_uri=server.uri)
     child = client.get_run(runs[0])
     exp, parent = child.info.experiment_id, child.data.tags["mlflow.parentRunId"]
@@ -108,7 +108,7 @@ def test_mlflow_ui_shows_the_parent_summary(store, browser, tmp_path):
 
 
 def test_mlflow_charts_two_schedules(store, browser, tmp_path):
-    server, tr, runs = store
+    server, _tr, runs = store
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=server.uri)

@@ -83,7 +83,7 @@ def brute_force(cost, budget, first_full, last_full, max_jump):
     best = None
     for extra in itertools.combinations(free, budget - len(mand)):
         steps = sorted(mand + list(extra))
-        if any(b - a > max_jump for a, b in zip(steps, steps[1:] + [num_steps])):
+        if any(b - a > max_jump for a, b in zip(steps, [*steps[1:], num_steps])):
             continue
         total = path_cost(cost, steps)
         if np.isfinite(total) and (best is None or total < best):
@@ -113,8 +113,8 @@ def check_exact_against_brute(cost, first_full, last_full, max_jump):
         assert got.path_cost == want
         assert path_cost(cost, got.key_steps) == got.path_cost
         assert set(mand) <= set(got.key_steps) and len(got.key_steps) == budget
-        nodes = list(got.key_steps) + [num_steps]
-        assert all(0 < b - a <= jump for a, b in zip(nodes, nodes[1:]))
+        nodes = [*list(got.key_steps), num_steps]
+        assert all(0 < b - a <= jump for a, b in itertools.pairwise(nodes))
         try:
             official = plan(cost, budget, solver="official", **kwargs)
         except UnreachablePlanError:
@@ -181,7 +181,7 @@ def test_official_matches_released_recurrence_random(seed, num_steps, first, las
         assert got[budget].key_steps == steps and got[budget].path_cost == total
 
 
-@pytest.mark.parametrize("name,first,last", [("flux", 3, 0), ("wan", 4, 1)])
+@pytest.mark.parametrize(("name", "first", "last"), [("flux", 3, 0), ("wan", 4, 1)])
 def test_released_tensors_official_bit_for_bit_and_exact_never_worse(name, first, last, request):
     cost = request.getfixturevalue(name)
     before = cost.copy()
@@ -248,7 +248,7 @@ def test_deterministic_ties():
 
 
 @pytest.mark.parametrize(
-    "budget,kwargs,match",
+    ("budget", "kwargs", "match"),
     [
         (51, {}, "exceeds the number of steps"),
         (2, {}, "mandatory"),
@@ -274,7 +274,7 @@ def test_unreachable_raises_with_hint(flux):
 
 
 @pytest.mark.parametrize(
-    "arr,match",
+    ("arr", "match"),
     [
         (np.zeros((5, 6, 5)), "shape"),
         (np.zeros((5, 6)), "shape"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -102,7 +103,7 @@ def _released_cost(feats, alpha=0.8):
     f1 = h[T - 1] - h[T - 2]
     f2 = f1 - (h[T - 2] - h[T - 3])
     sentinel = alpha * (h[T - 1] + f1 + f2 / 2) + (1 - alpha) * torch.stack(h[T - 3 :]).mean(0)
-    gt = h + [sentinel]
+    gt = [*h, sentinel]
     C = np.full((T, T + 1, T + 1), np.inf)
     C[0, 0, 1] = 0
     C[0:2, 1, 2] = 0
@@ -176,7 +177,7 @@ def test_low_order_cost_tensors_are_exact_and_plannable(order):
 
     def real_cost(keys):
         total, nodes = 0.0, [*keys, T]
-        for n, (i, nxt) in enumerate(zip(nodes, nodes[1:])):
+        for n, (i, nxt) in enumerate(itertools.pairwise(nodes)):
             if n < order:  # the forced first transitions cost 0 by the released rule
                 continue
             slope = (h[i] - h[nodes[n - 1]]) / (i - nodes[n - 1]) if order and n else 0 * h[i]

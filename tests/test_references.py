@@ -133,7 +133,7 @@ def test_failed_write_in_process_cleans_temp(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         store.put("k", torch.ones(2), {})
     monkeypatch.undo()
     assert store.get("k") is None and list(tmp_path.iterdir()) == []
@@ -214,7 +214,7 @@ def test_check_drift(tmp_path):
         match=rf"reference drift for key {key}: PSNR to the stored reference is \d+\.\d\d dB",
     ):
         store.check_drift(key, (ref + 0.2).clamp(0, 1))
-    with pytest.raises(ReferenceDriftError, match="reference drift.*shape"):
+    with pytest.raises(ReferenceDriftError, match=r"reference drift.*shape"):
         store.check_drift(key, ref[:, :1])
     with pytest.raises(ReferenceDriftError, match="no stored reference"):
         store.check_drift("missing", ref)

@@ -125,7 +125,7 @@ def test_benchmarks_md_uses_latest_tiny_run_per_model(tmp_path):
     }
     src = tmp_path / "r.jsonl"
     make_run(tmp_path)
-    lines = [json.dumps(old)] + (tmp_path / "results.jsonl").read_text().splitlines()
+    lines = [json.dumps(old), *(tmp_path / "results.jsonl").read_text().splitlines()]
     lines += [json.dumps(r) for r in (full_scale, suite_only, suite_newer)]
     src.write_text("\n".join(lines) + "\n")
     md = benchmarks_markdown(
@@ -167,7 +167,7 @@ def test_benchmarks_md_write_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr("dpcache.atomic_io.os.replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         write_benchmarks_md(src, out)
     assert out.read_text() == first  # the old table is intact
     assert [p.name for p in out.parent.iterdir()] == ["BENCHMARKS.md"]  # no temp file left behind

@@ -145,5 +145,5 @@ def test_broken_image_link_fails_the_check(browser, report, tmp_path):
         assert_renders(result, page)
     # the screenshot check alone catches the missing chart too
     result["attrs"]["imgs-ok"] = "true"
-    with pytest.raises(AssertionError, match="speedup_quality.png"):
+    with pytest.raises(AssertionError, match=r"speedup_quality\.png"):
         assert_renders(result, page)

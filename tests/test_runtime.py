@@ -36,7 +36,7 @@ class _ComputeCounter:
 
 
 def test_full_budget_equals_uncached(family):
-    name, pipe, call = family
+    _name, pipe, call = family
     ref = call(generators(0), T)
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=list(range(T))))
     try:
@@ -98,7 +98,7 @@ def test_batch_of_two_matches_single_samples(family):
 
 
 def test_consecutive_calls_identical(family):
-    name, pipe, call = family
+    _name, pipe, call = family
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
         a = call(generators(0), T)
@@ -110,7 +110,7 @@ def test_consecutive_calls_identical(family):
 
 @pytest.mark.parametrize("steps", [T - 3, T + 3])
 def test_other_step_count_raises(family, steps):
-    name, pipe, call = family
+    _name, pipe, call = family
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule=SCHEDULE))
     try:
         with pytest.raises(ScheduleMismatchError, match=f"planned for T={T}"):

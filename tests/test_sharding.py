@@ -142,7 +142,7 @@ def test_bad_shard_is_a_usage_error(tmp_path, capsys):
 def test_parse_and_assign():
     assert parse_shard("2/4") == (2, 4)
     for bad in ("0/3", "4/3", "a/b", "3"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="--shard"):
             parse_shard(bad)
     split = assign({"a": 10, "b": 6, "c": 5, "d": 1}, 2)
     assert split == {"a": 0, "b": 1, "c": 1, "d": 0}  # heaviest first, each to the least-loaded: 11 vs 11

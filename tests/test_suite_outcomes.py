@@ -50,7 +50,7 @@ def test_a_committed_configuration_that_becomes_unreachable_fails_not_skips(tmp_
     )
     session = _FakeSession(tmp_path)
     with pytest.raises(
-        pytest.fail.Exception, match="committed expectation .* can no longer run: teacache cannot"
+        pytest.fail.Exception, match=r"committed expectation .* can no longer run: teacache cannot"
     ):
         result(session, "teacache", 9)
     logged = []

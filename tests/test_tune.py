@@ -65,7 +65,7 @@ def flux():
 
 @pytest.fixture(scope="module")
 def tuned(flux, tmp_path_factory):
-    spec, pipe, prompts, kwargs, ct, seen = flux
+    _spec, pipe, prompts, kwargs, ct, _seen = flux
     out = tmp_path_factory.mktemp("tune") / "tuned.json"
     cache = out.parent / "cache"
     result = tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=SPACE,
@@ -148,7 +148,7 @@ def test_cli_generate_refuses_a_schedule_file_of_another_model(tuned, capsys):
 
 
 def test_tune_is_deterministic_and_cached(flux, tuned, tmp_path):
-    spec, pipe, prompts, kwargs, ct, _ = flux
+    _spec, pipe, prompts, kwargs, ct, _ = flux
     result, out, cache = tuned
     again = tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=SPACE,
                  cache_dir=cache, out=tmp_path / "cached.json", progress=False)  # fmt: skip
@@ -161,7 +161,7 @@ def test_tune_is_deterministic_and_cached(flux, tuned, tmp_path):
 
 
 def test_sample_cap_stops_the_search_with_a_valid_file(flux, tuned, tmp_path):
-    spec, pipe, prompts, kwargs, ct, _ = flux
+    _spec, pipe, prompts, kwargs, ct, _ = flux
     capped = TuneSpace(**{**SPACE.__dict__, "max_samples": 8})
     r = tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=capped,
              cache_dir=tuned[2], out=tmp_path / "capped.json", progress=False)  # fmt: skip

@@ -197,7 +197,7 @@ def test_random_weight_builders_run():
     assert img.shape == (1, 32, 32, 3)
 
 
-@pytest.mark.parametrize("name,builder", [("flux-dev", "flux_tiny"), ("dit-xl-2-256", "dit_tiny")])
+@pytest.mark.parametrize(("name", "builder"), [("flux-dev", "flux_tiny"), ("dit-xl-2-256", "dit_tiny")])
 def test_full_loading_path_with_local_dir(name, builder, tmp_path, monkeypatch):
     """The full-scale path (from_pretrained, local only) works on a pipeline saved under $DPCACHE_MODEL_DIR."""
     import importlib

@@ -88,7 +88,7 @@ def test_save_pretrained_round_trip(tiny, tmp_path):
 def test_hunyuan_template_crops_to_the_prompt():
     pipe = hunyuan_tiny.build_pipeline(trained=False)
     kw = hunyuan_tiny.default_call_kwargs(tokenizer=pipe.tokenizer)
-    emb, pooled, mask = pipe.encode_prompt(
+    _emb, _pooled, mask = pipe.encode_prompt(
         PROMPT, prompt_template=kw["prompt_template"], max_sequence_length=kw["max_sequence_length"]
     )
     assert int(mask.sum()) == len(PROMPT.split())  # no template junk, no all-padding

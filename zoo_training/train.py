@@ -170,7 +170,7 @@ def train_flux(
     b, c, h, w = z.shape
     packed = pipe._pack_latents(z, b, c, h, w)
     img_ids = pipe._prepare_latent_image_ids(1, h // 2, w // 2, "cpu", torch.float32)
-    prompts = sorted({s.prompt for s in scenes}) + [""]
+    prompts = [*sorted({s.prompt for s in scenes}), ""]
     with torch.no_grad():
         pe, pooled, txt_ids = pipe.encode_prompt(
             prompts, prompt_2=None, max_sequence_length=flux_tiny.MAX_SEQUENCE_LENGTH

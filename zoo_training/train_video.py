@@ -149,7 +149,7 @@ def encode_dataset(vae, n: int, gen: torch.Generator) -> tuple[torch.Tensor, lis
 @torch.no_grad()
 def text_table(name: str, pipe) -> dict[str, tuple[torch.Tensor, ...]]:
     """Frozen text conditioning for every caption and for the empty (negative) prompt."""
-    prompts = all_prompts() + [""]
+    prompts = [*all_prompts(), ""]
     out: dict[str, tuple[torch.Tensor, ...]] = {}
     if name == "wan-tiny":
         emb, _ = pipe.encode_prompt(

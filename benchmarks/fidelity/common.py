@@ -71,7 +71,7 @@ def load_functions(source: str, names: tuple[str, ...], filename: str) -> dict[s
     ]
     keep = [n for n in keep if not (isinstance(n, ast.Import) and any(a.name == "pdb" for a in n.names))]
     namespace: dict[str, Any] = {"__name__": f"authors:{filename}"}
-    exec(compile(ast.Module(body=keep, type_ignores=[]), filename, "exec"), namespace)  # noqa: S102
+    exec(compile(ast.Module(body=keep, type_ignores=[]), filename, "exec"), namespace)
     missing = [n for n in names if n not in namespace]
     if missing:
         raise AuthorsSourceMissing(f"{filename} defines no {', '.join(missing)}")

@@ -29,7 +29,7 @@ def _their_ratios(model: Model, calibration, prompt, seed: int, steps: int) -> l
         model.sample(prompt, seed, steps)
     lines = buf.getvalue().splitlines()
     lists = [ast.literal_eval(lines[i + 1]) for i, x in enumerate(lines) if x.strip() == "norm ratio"]
-    return [1.0] + list(np.mean(np.array(lists, dtype=float), axis=0))
+    return [1.0, *list(np.mean(np.array(lists, dtype=float), axis=0))]
 
 
 def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds) -> list[Comparison]:

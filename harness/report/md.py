@@ -169,7 +169,7 @@ def model_section(model: str, invocation: str, all_records: list[Record]) -> str
         ]
     ranking = leader_lines(latest_per_config(all_records))
     if ranking:
-        lines += [""] + ranking
+        lines += ["", *ranking]
     lines += not_run_lines(all_records)
     return "\n".join(lines)
 

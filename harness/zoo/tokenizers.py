@@ -34,7 +34,7 @@ def build_clip_tokenizer(extra_words: list[str] | None = None, model_max_length:
     for word in prompt_vocabulary(extra_words):
         if len(word) == 1:
             continue
-        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        pieces = [*list(word[:-1]), word[-1] + "</w>"]
         left = pieces[0]
         for right in pieces[1:]:
             pair = (left, right)

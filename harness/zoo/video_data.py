@@ -40,7 +40,15 @@ SCALE: tuple[float, float] = (21.0, 27.0)
 
 #: every word a prompt (or the Hunyuan prompt template) can contain
 PROMPT_WORDS: tuple[str, ...] = (
-    ("a", "moving") + tuple(COLOURS) + DIRECTIONS + DIGITS + ("describe", "the", "video", ":")
+    "a",
+    "moving",
+    *tuple(COLOURS),
+    *DIRECTIONS,
+    *DIGITS,
+    "describe",
+    "the",
+    "video",
+    ":",
 )
 
 

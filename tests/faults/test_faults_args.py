@@ -21,7 +21,7 @@ def _bench(tmp_path: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.parametrize(
-    "extra,names",
+    ("extra", "names"),
     [
         (["--threads", "-2"], ["--threads"]),
         (["--threads", "0"], ["--threads", "got 0"]),  # was silently 1
@@ -52,7 +52,7 @@ def test_bench_report_out_an_existing_file(bench_cli, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "argv,names",
+    ("argv", "names"),
     [
         (["generate", "--prompt", "x", "--no-cache", "--steps", "0"], ["--steps"]),  # was ZeroDivisionError
         (["calibrate", "--steps", "0", "--out", "c.safetensors"], ["--steps"]),

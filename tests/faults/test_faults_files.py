@@ -110,7 +110,7 @@ def test_damaged_expected_json_is_one_error_naming_the_file(tmp_path, damage):
         text = path.read_text()
         data = json.loads(text)
         model = next(iter(data["models"].values()))
-        tag, specs = next(iter(model["configs"].items()))
+        _tag, specs = next(iter(model["configs"].items()))
         next(iter(specs.values()))["value"] = float("nan")
         path.write_text(json.dumps(data))
     else:

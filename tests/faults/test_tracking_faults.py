@@ -139,7 +139,7 @@ def test_two_processes_one_sqlite_store_under_two_spellings(tmp_path, bench_cli)
         for n, uri in enumerate(spellings)
     ]
     for p in procs:
-        out, err = p.communicate(timeout=600)
+        _out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     jl = tmp_path / "results.jsonl"
     ids = json_ids(jl)
