@@ -109,7 +109,7 @@ def detect_steps(values: Sequence[float], penalty: float | None = None, min_rel:
 
 
 def points_from_jsonl(paths: Sequence[Path]) -> list[Point]:
-    from harness.records import read_jsonl
+    from harness.record_files import read_jsonl
 
     out = []
     for path in paths:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from harness.metrics import MetricResult, Unavailable
@@ -21,7 +19,6 @@ __all__ = [
     "library_versions",
     "parse_tag",
     "provenance",
-    "read_jsonl",
     "variant_tag",
 ]
 
@@ -393,26 +390,3 @@ class ResultRecord:
 
 def _device_class(device: str | None) -> str:
     return device_class(device) if device and device.startswith("cuda") else (device or "cpu").split(":")[0]
-
-
-class RecordFileWarning(UserWarning):
-    """A JSON-lines record file holds a line that is not a valid record (torn write, hand edit)."""
-
-
-def read_jsonl(path: str | Path) -> list[tuple[str, ResultRecord]]:
-    """(invocation, record) for every valid line of a JSON-lines file, in file order. An invalid line (a torn
-    write, a hand edit) is not dropped silently: a `RecordFileWarning` names the file and the line number."""
-    p = Path(path)
-    out: list[tuple[str, ResultRecord]] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-            rec = ResultRecord.from_dict(data)
-        except (ValueError, TypeError, KeyError) as e:
-            why = f"not JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else str(e)
-            warnings.warn(f"{p}:{n}: skipped an invalid record line: {why}", RecordFileWarning, stacklevel=2)
-            continue
-        out.append((str(data.get("invocation", "unknown")), rec))
-    return out

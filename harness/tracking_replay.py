@@ -8,7 +8,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.records import RecordFileWarning, ResultRecord
+from harness.record_files import RecordFileWarning
+from harness.records import ResultRecord
 from harness.tracking import Tracker, bound_http_retries, experiment_name, reachable, record_id
 
 

@@ -11,17 +11,16 @@ from dataclasses import fields
 import pytest
 
 from harness.metrics import MetricResult, Unavailable
+from harness.record_files import RecordFileWarning, read_jsonl
 from harness.records import (
     RECORD_VERSION,
     Identity,
-    RecordFileWarning,
     RecordFormatError,
     References,
     ResultRecord,
     Speed,
     config_tag,
     parse_tag,
-    read_jsonl,
     variant_tag,
 )
 

@@ -9,7 +9,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.records import ResultRecord, read_jsonl
+from harness.record_files import read_jsonl
+from harness.records import ResultRecord
 
 Record = dict[str, Any]  # `view()` of a ResultRecord
 # PSNR is capped at 100 dB for outputs identical to the reference: such points are not plotted.
