@@ -90,7 +90,7 @@ def test_unreachable_budget_reported_and_recorded(run):
     d, _, skipped = run
     assert [(s.method, s.budget) for s in skipped] == [("dpcache", 2), ("dpcache-o1", 2)]
     assert "cannot plan K=2" in skipped[0].reason and "mandatory" in skipped[0].reason
-    from harness.records import read_jsonl
+    from harness.record_files import read_jsonl
 
     gone = [r for _, r in read_jsonl(d / "results.jsonl") if not r.ran]
     assert [(r.method, r.identity.budget, r.outcome.status) for r in gone] == [

@@ -131,7 +131,7 @@ def test_damaged_schedules_json_is_one_error_naming_the_file(tmp_path):
 
 
 def test_torn_json_lines_name_the_line_and_lose_no_later_record(tmp_path):
-    from harness.records import read_jsonl
+    from harness.record_files import read_jsonl
 
     src = ROOT / "reports" / "results-tiny.jsonl"
     lines = src.read_text().splitlines()[:3]
