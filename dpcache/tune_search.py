@@ -12,6 +12,7 @@ import numpy as np
 
 from .atomic_io import write_atomic, write_text_atomic
 from .errors import DPCacheError
+from .quality import psnr_db
 
 if TYPE_CHECKING:
     from .tune import TuneSpace
@@ -144,13 +145,13 @@ class Search:
             values = []
             try:
                 for i, ref in enumerate(self.refs):
-                    mse = float(np.mean((self._sample(i) - ref) ** 2))
+                    out = self._sample(i)
                     for name, run in dpcache_stats(self.pipe).items():
                         if run.computed_steps != list(cand.key_steps):  # the budget is exactly K
                             raise DPCacheError(
                                 f"context {name!r} computed {run.computed_steps}, not the schedule"
                             )
-                    values.append(100.0 if mse <= 1e-10 else min(100.0, 10 * float(np.log10(1.0 / mse))))
+                    values.append(psnr_db(out, ref))  # capped at 100 dB
             finally:
                 remove_dpcache(self.pipe)
             self.scores[ident] = values

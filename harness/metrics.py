@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+# the one PSNR, capped: identical inputs give 100 dB, not inf, so means stay finite (the runtime's tune uses it)
+from dpcache.quality import PSNR_CAP_DB, psnr_db
+
 if TYPE_CHECKING:
     import torch
 
-PSNR_CAP_DB = 100.0  # every PSNR is capped: identical inputs give 100 dB, not inf, so means stay finite
 _RANGE_SLACK = 1e-3
 
 
@@ -73,20 +75,6 @@ def _per_sample(values: torch.Tensor, n: int, f: int, metric: str, **details: An
     """Per-frame values (N*F,) → per-sample means (N,) → overall mean."""
     per = values.double().reshape(n, f).mean(dim=1).tolist()
     return MetricResult(metric, float(sum(per) / len(per)), tuple(float(v) for v in per), details)
-
-
-def psnr_db(a: Any, b: Any, *, data_range: float = 1.0, cap_db: float | None = PSNR_CAP_DB) -> float:
-    """The one PSNR of the harness, the zoo and the benchmarks: 10·log10(data_range² / MSE) in dB over all
-    elements of two same-shaped torch tensors or numpy arrays, the MSE taken in float64. Capped at `cap_db`
-    (default `PSNR_CAP_DB`, 100 dB; identical inputs give the cap); `cap_db=None`: uncapped, inf if identical."""
-    if hasattr(a, "detach"):  # torch tensors
-        mse = float(((a.detach().double() - b.detach().double()) ** 2).mean())
-    else:
-        import numpy as np
-
-        mse = float(np.mean((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2))
-    db = math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
-    return db if cap_db is None else min(cap_db, db)
 
 
 def psnr_values(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
