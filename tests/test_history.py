@@ -62,3 +62,22 @@ def test_history_refuses_a_missing_file(tmp_path, capsys):
 
     assert main(["history", "--json-in", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl" in capsys.readouterr().err
+
+
+def test_the_report_has_a_history_page_naming_the_step(tmp_path):
+    from harness.report import build_report
+
+    path = tmp_path / "results.jsonl"
+    rng = random.Random(2)
+    _write_runs(
+        path, [31.0 + rng.gauss(0, 0.03) for _ in range(6)] + [30.4 + rng.gauss(0, 0.03) for _ in range(4)]
+    )
+    build_report(path, tmp_path / "rep")
+    index = (tmp_path / "rep" / "index.html").read_text()
+    assert 'href="history/index.html"' in index and "1 step change(s)" in index
+    page = (tmp_path / "rep" / "history" / "index.html").read_text()
+    assert "psnr: REGRESSION step starting at run 20261101T060000-night06" in page
+    one = tmp_path / "one.jsonl"
+    _write_runs(one, [31.0])
+    build_report(one, tmp_path / "rep1")  # a single run: no history to draw, no link
+    assert "history/index.html" not in (tmp_path / "rep1" / "index.html").read_text()

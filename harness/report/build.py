@@ -309,7 +309,7 @@ def build_run(invocation: str, records: list[Record], run_dir: Path, artifacts: 
     return index
 
 
-def write_index(out_dir: str | Path) -> Path:
+def write_index(out_dir: str | Path, history: str | None = None) -> Path:
     """`<out_dir>/index.html` listing every run folder in `out_dir` (those with a run.json), newest first."""
 
     out = Path(out_dir)
@@ -320,7 +320,7 @@ def write_index(out_dir: str | Path) -> Path:
         except (OSError, ValueError):
             continue
     runs.sort(key=lambda s: str(s.get("invocation")), reverse=True)
-    return write_text_atomic(out / "index.html", index_page(runs))
+    return write_text_atomic(out / "index.html", index_page(runs, history))
 
 
 def build_report(
@@ -351,5 +351,18 @@ def build_report(
         # `inv` comes from the records: only folders inside the artifacts root are read ("../x" is not)
         art = next((p for c in candidates if (p := contained_path(c, inv)) is not None and p.is_dir()), None)
         pages.append(build_run(inv, recs, out / _safe(inv), art))
-    index = write_index(out)
+    index = write_index(out, write_history(json_path, out / "history"))
     return pages[0] if len(pages) == 1 else index
+
+
+def write_history(json_path: str | Path, out: Path) -> str | None:
+    """The report's history page (`dpcache-bench history`'s, from the same JSON lines): each gated metric
+    of each configuration over its runs, steps detected asv-style; the summary line, or None with < 2 runs."""
+    from harness.history import build_series, describe, points_from_jsonl, write_html
+
+    series = build_series(points_from_jsonl([Path(json_path)]))
+    if not series:
+        return None
+    write_html(series, out)
+    steps = [describe(s, st) for s in series for st in s.steps]
+    return f"{len(series)} series over the runs in this file, {len(steps)} step change(s)"

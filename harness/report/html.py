@@ -300,8 +300,9 @@ def _prompt_psnr(rec: Record | None, i: int) -> str:
     return f"<small>{v:.1f} dB</small>"
 
 
-def index_page(runs: Sequence[dict[str, Any]]) -> str:
-    """The runs index: newest first, each linking to `<invocation>/index.html`."""
+def index_page(runs: Sequence[dict[str, Any]], history: str | None = None) -> str:
+    """The runs index: newest first, each linking to `<invocation>/index.html`; `history`: a line linking
+    the history page (each gated metric over the runs, with its step changes)."""
     rows = []
     for s in runs:
         rows.append(
@@ -324,6 +325,8 @@ def index_page(runs: Sequence[dict[str, Any]]) -> str:
         f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
+    if history:
+        body += f'<p class="meta"><a href="history/index.html">History</a>: {esc(history)}</p>'
     if not runs:
         body += missing("no runs in this report folder yet")
     return page("dpcache benchmark runs", body)
