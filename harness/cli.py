@@ -1,6 +1,7 @@
 """`dpcache-bench`: run the benchmark on a model (`run`), list `models` and `methods`, build an HTML
 `report` from the JSON lines, open the MLflow `ui`, `replay` records into MLflow, plot the `history` of
-every metric across runs, and `compare` two runs side by side."""
+every metric across runs, `compare` two runs side by side, and `seed-metrics` (fetch every quality metric's
+weights once)."""
 
 from __future__ import annotations
 
@@ -247,11 +248,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+class DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds `(default: …)` to an option's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default" in text.lower() else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     desc = " ".join(line.strip() for line in (__doc__ or "").splitlines() if line.strip())
     p = ca.OneLineParser(prog="dpcache-bench", description=desc)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsOnce
     r = sub.add_parser(
         "run", help="Benchmark methods × budgets on one model and print the table.", formatter_class=fmt
     )
