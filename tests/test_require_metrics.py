@@ -59,36 +59,22 @@ def suite(pytester, monkeypatch):
     return pytester
 
 
+def _run(suite, *extra: str):
+    return suite.runpytest_subprocess(
+        "-p", "harness.plugin", "--mlflow-uri", "off", "--json-out", "r.jsonl", *extra
+    )
+
+
 def test_without_the_option_an_unavailable_metric_is_recorded_and_passes(suite):
-    res = suite.runpytest_subprocess("-p", "harness.plugin", "--mlflow-uri", "off", "--json-out", "r.jsonl")
-    res.assert_outcomes(passed=1)
+    _run(suite).assert_outcomes(passed=1)
 
 
 def test_required_metric_unavailable_fails_the_result_with_its_reason(suite):
-    res = suite.runpytest_subprocess(
-        "-p",
-        "harness.plugin",
-        "--mlflow-uri",
-        "off",
-        "--json-out",
-        "r.jsonl",
-        "--require-metrics",
-        "psnr,lpips",
-    )
+    res = _run(suite, "--require-metrics", "psnr,lpips")
     res.assert_outcomes(failed=1)
     out = res.stdout.str()
     assert "lacks required metrics (--require-metrics)" in out
     assert "lpips: unavailable (AlexNet backbone weights are not in the torch hub cache)" in out
     # the record is still kept: nothing is lost when the verdict fails
     assert json.loads((suite.path / "r.jsonl").read_text())["unavailable"]["lpips"].startswith("AlexNet")
-    ok = suite.runpytest_subprocess(
-        "-p",
-        "harness.plugin",
-        "--mlflow-uri",
-        "off",
-        "--json-out",
-        "r.jsonl",
-        "--require-metrics",
-        "psnr,ssim",
-    )
-    ok.assert_outcomes(passed=1)
+    _run(suite, "--require-metrics", "psnr,ssim").assert_outcomes(passed=1)
