@@ -209,7 +209,7 @@ class CostTensor:
         try:
             with safe_open(str(p), framework="numpy") as fh:
                 raw_meta = fh.metadata() or {}
-                if TENSOR_NAME not in fh:
+                if TENSOR_NAME not in fh.keys():  # noqa: SIM118  (safe_open has keys(), no __contains__)
                     raise CostTensorError(
                         f"{p} holds no tensor named {TENSOR_NAME!r} (found {sorted(fh.keys())}); it is not a cost tensor"
                     )
