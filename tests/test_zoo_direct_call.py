@@ -9,9 +9,12 @@ import pytest
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 TINY = ("flux-tiny", "dit-tiny", "wan-tiny", "hunyuan-video-tiny")
-# digit-adherence floors on 4 held-out probe prompts (seeded, so deterministic): the committed weights read
-# 0.98 / 1.00 (image) and 0.80 / 0.65 (video) on the evaluation prompts
-FLOOR = {"flux-tiny": 0.75, "dit-tiny": 0.75, "wan-tiny": 0.5, "hunyuan-video-tiny": 0.5}
+# digit-adherence floors on these 4 held-out probe prompts (seeded, so deterministic), from what the committed
+# weights read on the 20 probe prompts: image 0.80 / 0.875; the deeper video models (0b2e396) 0.35 (wan) /
+# 0.30 (hunyuan), so one right digit of four; chance is 0.1 and a wrong call path (no CFG, wrong sequence
+# length) draws noise. Videos must also draw the asked colour (0.95-1.00 on the probe prompts).
+FLOOR = {"flux-tiny": 0.75, "dit-tiny": 0.75, "wan-tiny": 0.25, "hunyuan-video-tiny": 0.25}
+COLOUR_FLOOR = 0.75
 
 
 def _models_json(capsys) -> dict[str, dict]:
@@ -50,7 +53,11 @@ def test_direct_call_with_listed_kwargs_draws_the_asked_digits(name, capsys):
     if videos:
         from harness.zoo.classifier import video_adherence as adherence
 
-        score = adherence([v for v, _ in videos], [p for _, p in videos])["digit"]
+        adh = adherence([v for v, _ in videos], [p for _, p in videos])
+        assert adh["colour"] >= COLOUR_FLOOR, (
+            f"{name}: colour adherence {adh['colour']} through the call_kwargs"
+        )
+        score = adh["digit"]
     else:
         import numpy as np
 
