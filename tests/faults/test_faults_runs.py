@@ -95,7 +95,11 @@ def test_kill9_during_calibration_then_rerun_resumes_and_reuses_nothing_stale(tm
 
 def test_sigint_during_calibration_is_one_line_and_exit_130(tmp_path):
     out, parts = tmp_path / "c.safetensors", tmp_path / "c.parts"
-    proc = dpcache_process(*CALIBRATE, "--prompts", _prompts(tmp_path, 2), "--out", out, cwd=tmp_path)
+    prompts = (
+        tmp_path / "six.txt"
+    )  # six prompts: the interrupt lands mid-calibration even on a loaded machine
+    prompts.write_text("".join(f"a red {d} on a black background\n" for d in range(1, 7)))
+    proc = dpcache_process(*CALIBRATE, "--prompts", prompts, "--out", out, cwd=tmp_path)
     end = time.monotonic() + 240
     while not parts.is_dir() and proc.poll() is None and time.monotonic() < end:
         time.sleep(0.1)  # the parts folder appears once the pipeline has loaded and calibration starts
