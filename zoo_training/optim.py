@@ -27,3 +27,23 @@ class EMA:
 
 def lr_at(it: int, iters: int, peak: float, warmup: int = 200) -> float:
     return peak * min(1.0, (it + 1) / warmup) * (0.5 * (1 + np.cos(np.pi * it / iters)) * 0.9 + 0.1)
+
+
+def optimise(
+    opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    model: torch.nn.Module,
+    ema: EMA,
+    it: int,
+    iters: int,
+    peak: float,
+) -> float:
+    """One training step of the image trainers: scheduled lr, backward, clip at 1, step, EMA; the loss value."""
+    for group in opt.param_groups:
+        group["lr"] = lr_at(it, iters, peak)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    ema.update(model, it)
+    return loss.item()

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from harness.metrics import psnr_db
 from harness.zoo import digits_data
 from harness.zoo.vae import build_vae
-from zoo_training.optim import EMA, lr_at
+from zoo_training.optim import EMA, optimise
 
 ZOO = Path(__file__).resolve().parents[1] / "harness" / "zoo"  # the shipped zoo: tiny/ and weights/
 VAE_DIR = ZOO / "weights" / "vae-tiny"
@@ -130,6 +130,13 @@ def _probe(pipe, ema: EMA, model, name: str, it: int, history: list) -> None:
     log(f"{name} it {it} adherence {json.dumps(adh)} ({time.time() - t0:.0f}s)")
 
 
+def _save_ema(pipe, ema: EMA, out_dir) -> None:
+    """The pipeline with its EMA transformer, saved as safetensors."""
+    pipe.transformer = ema.shadow
+    pipe.register_modules(transformer=ema.shadow)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+
+
 def train_flux(
     seed: int = 0,
     iters: int = 6000,
@@ -206,19 +213,10 @@ def train_flux(
             return_dict=False,
         )[0]
         loss = F.mse_loss(out, noise - x0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(it, iters, lr)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model, it)
-        losses.append(loss.item())
+        losses.append(optimise(opt, loss, model, ema, it, iters, lr))
         if it % 100 == 0 or it == iters - 1:
             log(f"flux it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
-    pipe.transformer = ema.shadow
-    pipe.register_modules(transformer=ema.shadow)
-    pipe.save_pretrained(out_dir or flux_tiny.TINY_DIR, safe_serialization=True)
+    _save_ema(pipe, ema, out_dir or flux_tiny.TINY_DIR)
     return {
         "train_seconds": time.time() - t0,
         "iters": iters,
@@ -282,19 +280,10 @@ def train_dit(
         out = model(xt, timestep=t, class_labels=y).sample
         target = a.sqrt() * noise - (1 - a).sqrt() * x0 if v_pred else noise
         loss = F.mse_loss(out[:, :4], target)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(it, iters, lr)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema.update(model, it)
-        losses.append(loss.item())
+        losses.append(optimise(opt, loss, model, ema, it, iters, lr))
         if it % 100 == 0 or it == iters - 1:
             log(f"dit it {it} loss {np.mean(losses[-100:]):.4f} ({time.time() - t0:.0f}s)")
-    pipe.transformer = ema.shadow
-    pipe.register_modules(transformer=ema.shadow)
-    pipe.save_pretrained(out_dir or dit_tiny.TINY_DIR, safe_serialization=True)
+    _save_ema(pipe, ema, out_dir or dit_tiny.TINY_DIR)
     return {
         "train_seconds": time.time() - t0,
         "iters": iters,
