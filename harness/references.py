@@ -20,9 +20,13 @@ from harness.metrics import psnr_db
 if TYPE_CHECKING:
     import torch
 
-KEY_FORMAT_VERSION = 1
+# 2: the device class and every pipeline call argument joined the key (a GPU output, or one made with
+# another max_sequence_length or negative prompt, is another reference).
+KEY_FORMAT_VERSION = 2
 TENSOR_NAME = "reference"
-# Fields every reference key must name (frames is optional: None for images).
+# Fields every reference key must name (frames is optional: None for images). `call_kwargs` is everything
+# passed to the pipeline call apart from the generator (images and tensors by content hash); `device` is
+# the device class ("cpu", "cuda", "mps"): kernels differ between them, so outputs do.
 REQUIRED_KEY_FIELDS = (
     "model_id",
     "weights_hash",
@@ -35,6 +39,8 @@ REQUIRED_KEY_FIELDS = (
     "dtype",
     "prompt",
     "seed",
+    "device",
+    "call_kwargs",
 )
 # Scheduler-config entries that do not change the trajectory (bookkeeping written by diffusers).
 _IGNORED_SCHEDULER_KEYS = {"_diffusers_version", "_use_default_values"}
@@ -73,7 +79,26 @@ def _canonical(value: Any) -> Any:
         return _canonical({"_class_name": type(value).__name__, **dict(value.config)})
     if isinstance(value, type):
         return value.__name__
+    content = _content_hash(value)
+    if content is not None:
+        return content
     return str(value)  # torch.dtype, torch.device, Path ...
+
+
+def _content_hash(value: Any) -> str | None:
+    """`sha256:<hex>` over an array-like's dtype, shape and bytes (a tensor, numpy array or PIL image: their
+    `str()` would name a memory address, or elide the values); None for anything else."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
+        value = value.detach().cpu().contiguous().numpy()
+    elif hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):  # PIL.Image
+        h = hashlib.sha256(f"PIL|{value.mode}|{tuple(value.size)}".encode())
+        h.update(value.tobytes())
+        return "sha256:" + h.hexdigest()
+    if hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):  # numpy
+        h = hashlib.sha256(f"{value.dtype}|{tuple(value.shape)}".encode())
+        h.update(value.tobytes())
+        return "sha256:" + h.hexdigest()
+    return None
 
 
 def canonical_key_json(**fields: Any) -> str:
@@ -93,7 +118,8 @@ def canonical_key_json(**fields: Any) -> str:
 
 def reference_key(**fields: Any) -> str:
     """sha256 hex digest over the canonical JSON of model id + weights hash, pipeline class, scheduler
-    config, T (`num_steps`), height/width/frames, guidance, dtype, prompt and seed."""
+    config, T (`num_steps`), height/width/frames, guidance, dtype, prompt, seed, device class and every
+    other pipeline call argument (`call_kwargs`)."""
     return hashlib.sha256(canonical_key_json(**fields).encode("utf-8")).hexdigest()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.provenance import device_class
+
 
 class ReferencesMixin:
     """Needs `spec`, `pipe`, `ctx`, `prompts`, `seeds`, `store`, `committed`, `_refs` and `_bar`."""
@@ -34,6 +36,8 @@ class ReferencesMixin:
             "dtype": str(next(pipe.transformer.parameters()).dtype),
             "prompt": prompt,
             "seed": seed,
+            "device": device_class(self.ctx.device),
+            "call_kwargs": kw,
         }
 
     def reference_keys(self) -> list[str]:

@@ -33,6 +33,8 @@ BASE = dict(
     dtype=torch.float32,
     prompt="a red digit",
     seed=0,
+    device="cpu",
+    call_kwargs={"max_sequence_length": 16, "negative_prompt": ""},
 )
 
 
@@ -52,6 +54,8 @@ def test_key_is_deterministic_and_sensitive_to_every_field():
         seed=1,
         frames=5,
         scheduler_config={"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 1.0},
+        device="cuda-nvidia-a100",
+        call_kwargs={"max_sequence_length": 32, "negative_prompt": ""},
     )
     keys = {reference_key(**{**BASE, f: v}) for f, v in changes.items()}
     assert k not in keys and len(keys) == len(changes)
@@ -64,6 +68,22 @@ def test_key_ignores_bookkeeping_and_spelling():
         "guidance": 3.5,
     }
     assert reference_key(**other) == reference_key(**BASE)
+
+
+def test_key_hashes_images_and_tensors_by_content():
+    """An I2V conditioning image or a tensor argument enters the key by content: `str()` of a PIL image names
+    its memory address (a new key every run) and of a large tensor elides values (two inputs, one key)."""
+    from PIL import Image
+
+    img = Image.new("RGB", (8, 8), (10, 20, 30))
+    same = Image.new("RGB", (8, 8), (10, 20, 30))
+    other = Image.new("RGB", (8, 8), (10, 20, 31))
+    key = lambda v: reference_key(**{**BASE, "call_kwargs": {"image": v}})  # noqa: E731
+    assert key(img) == key(same) != key(other)
+    t = torch.zeros(2000)
+    t2 = t.clone()
+    t2[1000] = 1.0
+    assert str(t) == str(t2) and key(t) != key(t2) and key(t) == key(t.clone())
 
 
 def test_key_requires_fields():
