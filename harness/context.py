@@ -256,4 +256,31 @@ class ModelContext:
         return self.num_steps * float(flops) / self.full_flops()
 
     def key(self, *parts: Any) -> str:
-        return "-".join([self.spec.name, self.weights_id[:12], f"T{self.num_steps}", *map(str, parts)])
+        """The name of a cached artefact of this model (cost tensor, budget search, tuned settings): model,
+        weights, T and a digest of everything else that changes its content (`settings_digest`)."""
+        return "-".join(
+            [
+                self.spec.name,
+                self.weights_id[:12],
+                f"T{self.num_steps}",
+                self.settings_digest(),
+                *map(str, parts),
+            ]
+        )
+
+    def settings_digest(self) -> str:
+        """12 hex digits over the device class, scheduler, dtype, the calibration prompts and their call arguments
+        (resolution, frames, guidance, max_sequence_length, negative prompt ...): a change of any of them in
+        the registry or on the command line names a new artefact instead of reusing a stale one."""
+        from harness.provenance import device_class
+        from harness.references import canonical_json, scheduler_identity
+
+        payload = canonical_json(
+            {
+                "device": device_class(self.device),
+                "scheduler": scheduler_identity(self.pipe.scheduler),
+                "dtype": str(next(self.pipe.transformer.parameters()).dtype),
+                "calls": [self.kwargs(p) for p in self.calibration_prompts],
+            }
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]

@@ -101,17 +101,28 @@ def _content_hash(value: Any) -> str | None:
     return None
 
 
+def scheduler_identity(sched: Any) -> Any:
+    """A scheduler (or its config mapping) as the mapping that determines the trajectory: class name and
+    config, without diffusers' bookkeeping entries."""
+    if not isinstance(sched, Mapping) and isinstance(getattr(sched, "config", None), Mapping):
+        sched = {"_class_name": type(sched).__name__, **dict(sched.config)}
+    if isinstance(sched, Mapping):
+        return {k: v for k, v in sched.items() if k not in _IGNORED_SCHEDULER_KEYS}
+    return sched
+
+
+def canonical_json(value: Any) -> str:
+    """`value` as canonical JSON (one spelling per meaning, sorted keys, arrays and images by content hash)."""
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical_key_json(**fields: Any) -> str:
     """The canonical JSON that `reference_key` hashes (sorted keys, no whitespace)."""
     fields.setdefault("frames", None)
     missing = [f for f in REQUIRED_KEY_FIELDS if f not in fields]
     if missing:
         raise TypeError(f"reference_key is missing fields {missing}; it needs {list(REQUIRED_KEY_FIELDS)}")
-    sched = fields["scheduler_config"]
-    if not isinstance(sched, Mapping) and isinstance(getattr(sched, "config", None), Mapping):
-        sched = {"_class_name": type(sched).__name__, **dict(sched.config)}
-    if isinstance(sched, Mapping):
-        fields["scheduler_config"] = {k: v for k, v in sched.items() if k not in _IGNORED_SCHEDULER_KEYS}
+    fields["scheduler_config"] = scheduler_identity(fields["scheduler_config"])
     payload = {"key_format": KEY_FORMAT_VERSION, **_canonical(fields)}
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

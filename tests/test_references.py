@@ -247,3 +247,38 @@ def test_refresh_store_recomputes_each_key_once(tmp_path):
     out = store.get_or_compute("k", lambda: calls.append(1) or torch.ones(2), {})
     again = store.get_or_compute("k", lambda: calls.append(1) or torch.full((2,), 5.0), {})
     assert calls == [1] and torch.equal(out, torch.ones(2)) and torch.equal(again, torch.ones(2))
+
+
+def test_cached_artefact_names_change_with_every_setting_that_changes_their_content():
+    """Cost tensors, budget searches and tuned settings are cached under `ModelContext.key`: a change of the
+    call arguments, calibration prompts, scheduler, dtype or device class names a new artefact (a stale one
+    made under other settings is never reused); the same settings name the same artefact."""
+    from types import SimpleNamespace
+
+    from harness.context import ModelContext
+
+    def ctx(extra=None, device="cpu", prompts=("a",), shift=3.0, dtype=torch.float32):
+        spec = SimpleNamespace(
+            name="fake",
+            family="flux",
+            pipeline_kwargs=lambda p, s=None: {"prompt": p, "height": 32, **(extra or {})},
+        )
+        sched = SimpleNamespace(config={"shift": shift, "_diffusers_version": "0"})
+        pipe = SimpleNamespace(
+            scheduler=sched,
+            transformer=SimpleNamespace(parameters=lambda: iter([torch.zeros(1, dtype=dtype)])),
+        )
+        return ModelContext(spec, pipe, 4, prompts, ("b",), "w" * 12, device=device)
+
+    base = ctx().key("taylor", "o2")
+    assert base == ctx().key("taylor", "o2")
+    others = [
+        ctx({"max_sequence_length": 32}),
+        ctx({"height": 16}),
+        ctx(device="cuda"),
+        ctx(prompts=("a", "c")),
+        ctx(shift=1.0),
+        ctx(dtype=torch.bfloat16),
+    ]
+    keys = {c.key("taylor", "o2") for c in others}
+    assert base not in keys and len(keys) == len(others)
