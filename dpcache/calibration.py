@@ -217,6 +217,38 @@ def calibrate(
     *,
     num_inference_steps: int = 50,
     predictor: Predictor | None = None,
+    out: str | os.PathLike | None = None,
+    **kwargs,
+):
+    """Calibrate a pipeline: build its Path-Aware Cost Tensor from full-compute runs of `prompts`.
+
+    Each prompt runs once at full compute with seed `seeds[i]` (default 42 + i); the last-block features
+    are streamed to host memory and turned into that prompt's cost tensor, which is written to `work_dir`
+    (atomically) so a killed calibration restarts from the prompts already done. A part is named by one
+    content hash of everything that changes it (`part_key`: prompt, seed, T, predictor, model id, weights —
+    `weights_id`, or the hash of every component's state dict —, every call setting, dtype, context, device),
+    so a part made under other settings is never reused. The result is the
+    per-cell mean over prompts, with metadata; it is saved to `out` when given. The other keyword arguments
+    (`seeds`, `model_id`, `prompt_to_kwargs`, `call_kwargs`, `context`, `work_dir`, `max_jump`,
+    `sentinel_alpha`, `first_full_steps`, `last_full_steps`, `device`, `progress`, `weights_id`) are
+    `calibrate_predictors`'.
+
+    Example:
+        >>> ct = calibrate(pipe, load_prompts("drawbench", "fix", 10), model_id="black-forest-labs/FLUX.1-dev",
+        ...                work_dir="calib-flux", out="flux_T50.safetensors")
+    """
+    predictor = predictor or TaylorPredictor(order=2)
+    return calibrate_predictors(
+        pipe, prompts, [predictor], num_inference_steps=num_inference_steps, outs=[out], **kwargs
+    )[0]
+
+
+def calibrate_predictors(
+    pipe,
+    prompts: Sequence[str],
+    predictors: Sequence[Predictor],
+    *,
+    num_inference_steps: int = 50,
     seeds: Sequence[int] | None = None,
     model_id: str | None = None,
     prompt_to_kwargs: Callable[[str], dict] | None = None,
@@ -229,22 +261,16 @@ def calibrate(
     last_full_steps: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
-    out: str | os.PathLike | None = None,
+    outs: Sequence[str | os.PathLike | None] | None = None,
     weights_id: str | None = None,
-):
-    """Calibrate a pipeline: build its Path-Aware Cost Tensor from full-compute runs of `prompts`.
-
-    Each prompt runs once at full compute with seed `seeds[i]` (default 42 + i); the last-block features
-    are streamed to host memory and turned into that prompt's cost tensor, which is written to `work_dir`
-    (atomically) so a killed calibration restarts from the prompts already done. A part is named by one
-    content hash of everything that changes it (`part_key`: prompt, seed, T, predictor, model id, weights —
-    `weights_id`, or the hash of every component's state dict —, every call setting, dtype, context, device),
-    so a part made under other settings is never reused. The result is the
-    per-cell mean over prompts, with metadata; it is saved to `out` when given.
+) -> list:
+    """`calibrate` for several predictors from one full-compute run per prompt: the features are recorded
+    once and each predictor's cost tensor is built from them (the same tensors, bit for bit, as one
+    `calibrate` per predictor, for a fraction of the sampling). Returns one `CostTensor` per predictor, each
+    saved to `outs[i]` when given.
 
     Example:
-        >>> ct = calibrate(pipe, load_prompts("drawbench", "fix", 10), model_id="black-forest-labs/FLUX.1-dev",
-        ...                work_dir="calib-flux", out="flux_T50.safetensors")
+        >>> o2, o1 = calibrate_predictors(pipe, prompts, [TaylorPredictor(order=2), TaylorPredictor(order=1)])
     """
     from tqdm.auto import tqdm
 
@@ -252,7 +278,11 @@ def calibrate(
 
     if not prompts:
         raise ValueError("calibration needs at least one prompt")
-    predictor = predictor or TaylorPredictor(order=2)
+    if not predictors:
+        raise ValueError("calibration needs at least one predictor")
+    outs = list(outs) if outs is not None else [None] * len(predictors)
+    if len(outs) != len(predictors):
+        raise ValueError(f"got {len(outs)} outputs for {len(predictors)} predictors")
     seeds = list(seeds) if seeds is not None else [42 + i for i in range(len(prompts))]
     if len(seeds) != len(prompts):
         raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
@@ -263,7 +293,7 @@ def calibrate(
     parts = Path(work_dir) if work_dir is not None else None
     if parts is not None:
         parts.mkdir(parents=True, exist_ok=True)
-    costs: list[np.ndarray] = []
+    costs: list[list[np.ndarray]] = [[] for _ in predictors]
     dtype = None
     transformer = transformer_of(pipe)
     param = next(transformer.parameters())
@@ -272,28 +302,33 @@ def calibrate(
     where = f"{param.device.type}|cost on {device or 'cpu'}"  # the pipeline's device, then the cost's
     bar = tqdm(list(zip(prompts, seeds)), desc="calibrating", unit="prompt", disable=not progress)
     for prompt, seed in bar:
-        part = key = None
-        if parts is not None:
-            call = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
-            key = part_key(
-                prompt,
-                seed,
-                num_inference_steps,
-                predictor,
-                model_id,
-                weights=weights,
-                call=call,
-                dtype=model_dtype,
-                context=context,
-                max_jump=max_jump,
-                sentinel_alpha=sentinel_alpha,
-                device=where,
-            )
-            part = parts / _part_name(key)
-            found = _load_part(part, key, num_inference_steps)
-            if found is not None:
-                costs.append(found)
-                continue
+        todo: list[tuple[int, Path | None, str | None]] = []  # (predictor index, part path, part key)
+        for i, predictor in enumerate(predictors):
+            part = key = None
+            if parts is not None:
+                call = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
+                key = part_key(
+                    prompt,
+                    seed,
+                    num_inference_steps,
+                    predictor,
+                    model_id,
+                    weights=weights,
+                    call=call,
+                    dtype=model_dtype,
+                    context=context,
+                    max_jump=max_jump,
+                    sentinel_alpha=sentinel_alpha,
+                    device=where,
+                )
+                part = parts / _part_name(key)
+                found = _load_part(part, key, num_inference_steps)
+                if found is not None:
+                    costs[i].append(found)
+                    continue
+            todo.append((i, part, key))
+        if not todo:
+            continue
 
         def run(prompt=prompt, seed=seed):
             gen = torch.Generator("cpu").manual_seed(seed)
@@ -307,30 +342,34 @@ def calibrate(
                 "a different number of times than the step count (is the context name right?)"
             )
         dtype = str(feats[0].dtype).replace("torch.", "")
-        cost = cost_tensor_one(
-            feats, predictor, max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device
-        )
+        for i, part, key in todo:
+            cost = cost_tensor_one(
+                feats, predictors[i], max_jump=max_jump, sentinel_alpha=sentinel_alpha, device=device
+            )
+            if part is not None:
+                _save_atomic_npz(part, cost, key)
+            costs[i].append(cost)
         del feats
-        if part is not None:
-            _save_atomic_npz(part, cost, key)
-        costs.append(cost)
-    ct = CostTensor.from_array(
-        mean_finite(costs),
-        num_steps=num_inference_steps,
-        model_id=model_id,
-        predictor=predictor.name,
-        predictor_order=predictor.order,
-        cost_metric="l1",
-        first_full_steps=first_full_steps,
-        last_full_steps=last_full_steps,
-        max_jump=default_max_jump(num_inference_steps) if max_jump is None else max_jump,
-        sentinel_alpha=sentinel_alpha,
-        prompt_hashes=[prompt_hash(p) for p in prompts],
-        seeds=seeds,
-        dtype=dtype or model_dtype,
-        dpcache_version=__version__,
-        source="calibrated",
-    )
-    if out is not None:
-        ct.save(out)
-    return ct
+    tensors = []
+    for predictor, cost, out in zip(predictors, costs, outs):
+        ct = CostTensor.from_array(
+            mean_finite(cost),
+            num_steps=num_inference_steps,
+            model_id=model_id,
+            predictor=predictor.name,
+            predictor_order=predictor.order,
+            cost_metric="l1",
+            first_full_steps=first_full_steps,
+            last_full_steps=last_full_steps,
+            max_jump=default_max_jump(num_inference_steps) if max_jump is None else max_jump,
+            sentinel_alpha=sentinel_alpha,
+            prompt_hashes=[prompt_hash(p) for p in prompts],
+            seeds=seeds,
+            dtype=dtype or model_dtype,
+            dpcache_version=__version__,
+            source="calibrated",
+        )
+        if out is not None:
+            ct.save(out)
+        tensors.append(ct)
+    return tensors

@@ -137,6 +137,16 @@ def search_knob(
     def done() -> BudgetMatch:
         return _finish(method, budget, knob, evals, tol, limit)
 
+    # The knob end giving the most compute (the full-compute end: an interval of 1, a threshold of 0) is the
+    # dearest probe, often half a search's cost; it is measured only when the bisection found no value
+    # within tol and nothing measured lies above the budget (to tell a gap from a budget beyond the range).
+    def done_checking_top(top: float) -> BudgetMatch:
+        result = done()
+        if not result.reachable and all(m < budget for m in evals.values()):
+            ev(top)
+            result = done()
+        return result
+
     if knob_values is not None:
         values = sorted(float(v) for v in knob_values)
         if not values:
@@ -147,11 +157,9 @@ def search_knob(
             return done()
         # index bisection; `small`/`large`: the indices giving less / more compute
         small, large = (0, len(values) - 1) if compute_grows_with_knob else (len(values) - 1, 0)
-        for end in (small, large):
-            if _within(ev(values[end]), budget, tol):
-                return done()
-        if not (evals[values[small]] < budget < evals[values[large]]):
+        if _within(ev(values[small]), budget, tol) or evals[values[small]] > budget:
             return done()
+        top = values[large]
         while abs(small - large) > 1:
             mid = (small + large) // 2
             m = ev(values[mid])
@@ -165,7 +173,7 @@ def search_knob(
                 small = mid
             else:
                 large = mid
-        return done()
+        return done_checking_top(top)
     if knob_range is None:
         raise ValueError(f"{method}: give knob_range (continuous) or knob_values (discrete)")
     lo, hi = float(knob_range[0]), float(knob_range[1])
@@ -174,12 +182,10 @@ def search_knob(
     to, back = _warp(knob_scale)
     # `small`/`large`: the knob ends giving less / more compute.
     small, large = (lo, hi) if compute_grows_with_knob else (hi, lo)
-    for end in (small, large):
-        if _within(ev(end), budget, tol):
-            return done()
-    if not (evals[small] < budget < evals[large]):
+    if _within(ev(small), budget, tol) or evals[small] > budget:
         return done()
-    while len(evals) < max_evals:
+    top = large
+    while len(evals) + (top not in evals) < max_evals:  # the unmeasured top end counts, as if measured
         mid = back((to(small) + to(large)) / 2)
         m = ev(mid)
         if _within(m, budget, tol):
@@ -188,7 +194,7 @@ def search_knob(
             small = mid
         else:
             large = mid
-    return done()
+    return done_checking_top(top)
 
 
 def search_method(

@@ -120,9 +120,9 @@ class _CountingTransformer:
         object.__setattr__(self, "calls", 0)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from harness.measure import flop_counter  # counts attention on CPU too
+        from harness.flops import function_flop_counter  # FlopCounterMode's total (attention on CPU too)
 
-        with flop_counter() as counter:
+        with function_flop_counter() as counter:
             out = self._real(*args, **kwargs)
         object.__setattr__(self, "flops", self.flops + int(counter.get_total_flops()))
         object.__setattr__(self, "calls", self.calls + 1)
@@ -275,11 +275,13 @@ class ModelContext:
         from harness.provenance import device_class
         from harness.references import canonical_json, scheduler_identity
 
+        transformer = getattr(self.pipe, "transformer", None)
+        params = transformer.parameters() if hasattr(transformer, "parameters") else iter(())
         payload = canonical_json(
             {
                 "device": device_class(self.device),
-                "scheduler": scheduler_identity(self.pipe.scheduler),
-                "dtype": str(next(self.pipe.transformer.parameters()).dtype),
+                "scheduler": scheduler_identity(getattr(self.pipe, "scheduler", None)),
+                "dtype": str(next(params).dtype) if transformer is not None else None,
                 "calls": [self.kwargs(p) for p in self.calibration_prompts],
             }
         )

@@ -57,7 +57,9 @@ def attention_flop_formulas() -> dict[Any, Callable[..., int]]:
 
 
 def flop_counter(depth: int | None = None) -> Any:
-    """A silent `FlopCounterMode` that counts attention on every device (CPU flash kernel included)."""
+    """A silent `FlopCounterMode` that counts attention on every device (CPU flash kernel included). For the
+    many transformer calls of budget searches and evaluation, `harness.flops.function_flop_counter` gives
+    the same total with much less overhead."""
     from torch.utils.flop_counter import FlopCounterMode
 
     kw: dict[str, Any] = {"depth": depth} if depth is not None else {}

@@ -66,6 +66,9 @@ class BaselineMethod(BenchMethod):
         self.search = search or knob_search(method.name)
         self.name, self.knob = method.name, method.knob
         self.description = (method.origin or "").split("\n")[0][:80]
+        # measured compute per (model context key, knob value): the K = 9 search reuses the K = 13 search's
+        # probes (a probe's compute does not depend on the budget searched for)
+        self._probes: dict[tuple[str, float], float] = {}
 
     def supports(self, family: str) -> tuple[bool, str]:
         return self.method.supports(family)
@@ -102,13 +105,17 @@ class BaselineMethod(BenchMethod):
 
     def _measure(self, ctx: ModelContext, artifacts: dict) -> Callable[[float], float]:
         m = self.method
+        n = min(len(ctx.calibration_prompts), max(1, ctx.search_prompts))
+        scope = ctx.key(self.name, knob_signature(m, self.search), f"n{n}")
 
         def measure(value: float) -> float:
-            return ctx.search_compute(
-                lambda: m.apply(ctx.pipe, value, ctx.num_steps, artifacts),
-                lambda: m.remove(ctx.pipe),
-                label=f"{m.name} {m.knob}={value:g}",
-            )
+            if (scope, value) not in self._probes:
+                self._probes[scope, value] = ctx.search_compute(
+                    lambda: m.apply(ctx.pipe, value, ctx.num_steps, artifacts),
+                    lambda: m.remove(ctx.pipe),
+                    label=f"{m.name} {m.knob}={value:g}",
+                )
+            return self._probes[scope, value]
 
         return measure
 

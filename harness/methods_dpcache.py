@@ -52,10 +52,12 @@ class DPCacheMethod(BenchMethod):
         return ctx.cache_dir / "dpcache" / f"{tag}.safetensors"
 
     def cost_tensor(self, ctx: ModelContext) -> Any:
-        """The model's cost tensor: calibrated once per model + T + predictor, then reused from disk."""
+        """The model's cost tensor: calibrated once per model + T + predictor, then reused from disk. The
+        missing tensors of the other Taylor orders (`TUNE_ORDERS`: `dpcache-tuned`, `dpcache-o<N>`) are built
+        from the same full-compute runs (a cost tensor costs well under a second per prompt beside them)."""
         from filelock import FileLock
 
-        from dpcache import CostTensor, TaylorPredictor, calibrate
+        from dpcache import CostTensor, TaylorPredictor, calibrate_predictors
 
         path = self.cost_path(ctx)
         if path.is_file():
@@ -65,19 +67,22 @@ class DPCacheMethod(BenchMethod):
             if path.is_file():
                 return CostTensor.load(path)
             first, last = self.settings(ctx)
-            return calibrate(
+            siblings = {o: DPCacheMethod(self.first_full_steps, o).cost_path(ctx) for o in TUNE_ORDERS}
+            orders = [self.order] + [o for o, p in siblings.items() if o != self.order and not p.is_file()]
+            paths = [path] + [siblings[o] for o in orders[1:]]
+            return calibrate_predictors(
                 ctx.pipe,
                 list(ctx.calibration_prompts),
+                [TaylorPredictor(order=o) for o in orders],
                 num_inference_steps=ctx.num_steps,
-                predictor=TaylorPredictor(order=self.order),
                 model_id=ctx.spec.name,
                 prompt_to_kwargs=lambda p: ctx.kwargs(p),
                 work_dir=path.parent / f"{path.stem}.parts",
                 first_full_steps=first,
                 last_full_steps=last,
                 progress=ctx.progress,
-                out=path,
-            )
+                outs=paths,
+            )[0]
 
     def prepare(self, ctx: ModelContext) -> None:
         self.cost_tensor(ctx)

@@ -13,6 +13,7 @@ from dpcache import (
     TaylorPredictor,
     apply_dpcache,
     calibrate,
+    calibrate_predictors,
     load_prompts,
     remove_dpcache,
 )
@@ -109,6 +110,35 @@ def test_calibrate_matches_features_and_resumes(flux, tmp_path):
     assert np.allclose(ct.cost, expected, equal_nan=False)
     loaded = CostTensor.load(tmp_path / "ct.safetensors")
     assert np.array_equal(loaded.cost, ct.cost)
+
+
+def test_several_predictors_from_one_run_per_prompt_equal_separate_calibrations(flux, tmp_path):
+    """`calibrate_predictors` samples each prompt once for all predictors; each tensor is bit-identical to
+    its own `calibrate`, and a resumed run reuses every predictor's parts."""
+    pipe, base = flux
+    prompts = ["a red 1 on a black background", "a blue 2 on a white background"]
+    preds = [TaylorPredictor(order=o) for o in (2, 1, 0)]
+    calls = {"n": 0}
+    original = type(pipe).__call__
+
+    def counting(self, *a, **k):
+        calls["n"] += 1
+        return original(self, *a, **k)
+
+    kw = dict(num_inference_steps=T, call_kwargs=base, progress=False, model_id="flux-tiny-random")
+    type(pipe).__call__ = counting
+    try:
+        together = calibrate_predictors(pipe, prompts, preds, work_dir=tmp_path / "w", **kw)
+        assert calls["n"] == len(prompts)
+        again = calibrate_predictors(pipe, prompts, preds, work_dir=tmp_path / "w", **kw)
+        assert calls["n"] == len(prompts), "every predictor's parts are reused"
+    finally:
+        type(pipe).__call__ = original
+    for p, ct, ct2 in zip(preds, together, again):
+        alone = calibrate(pipe, prompts, predictor=p, **kw)
+        assert ct.meta.predictor_order == p.order == alone.meta.predictor_order
+        assert np.array_equal(ct.cost, alone.cost) and np.array_equal(ct2.cost, alone.cost)
+    assert not np.array_equal(together[0].cost, together[2].cost)
 
 
 def test_calibrated_tensor_drives_the_hook_and_refuses_other_configs(flux, tmp_path):

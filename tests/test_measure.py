@@ -206,7 +206,9 @@ def test_sdpa_cpu_kernel_is_the_one_counted():
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     assert fused in seen and fused in attention_flop_formulas()
-    with torch.utils.flop_counter.FlopCounterMode(display=False) as plain:  # torch alone: attention is 0
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as plain:  # torch alone: attention is 0
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
     assert (
         plain.get_total_flops() == 0

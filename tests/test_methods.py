@@ -50,6 +50,9 @@ class _Spec:
     family: str = "flux"
     scale: str = "tiny"
 
+    def pipeline_kwargs(self, prompt, steps=None):
+        return {"prompt": prompt, "num_inference_steps": steps}
+
 
 class _FakeCtx(hm.ModelContext):
     """Compute = 50 × (1 − 0.9·threshold) full steps, as FLOPs (one step = 100 FLOPs)."""
