@@ -139,7 +139,7 @@ def test_records_survive_a_failing_report_and_damaged_files_are_named(bench_cli,
     assert len(_methods(json_out)) == 2
 
     ref.unlink()
-    (cost,) = (cache / "dpcache").glob("*.safetensors")
+    (cost,) = (cache / "dpcache").glob("*-taylor-o2-*.safetensors")  # dpcache's (orders 0, 1 built beside it)
     cost.write_bytes(cost.read_bytes()[:100])  # a truncated cached cost tensor: named, not a skip
     res = bench_cli(*run)
     assert_one_line_error(res, "dpcache-bench", str(cost))
