@@ -17,14 +17,7 @@ PINNED = json.loads(pin.PINNED.read_text())
 REGEN = "regenerate with `python -m benchmarks.fidelity.pin` if the change is deliberate"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_every_ported_method_is_pinned():

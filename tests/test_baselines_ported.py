@@ -27,13 +27,7 @@ SKIPPING = {
 STEP_HOOKS = {name: f"{name.replace('-', '_')}_step_hook" for name in SKIPPING}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on 2 shared, busy cores this is several times faster than the default."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)

@@ -16,12 +16,7 @@ CASES = sorted(pin.PINS.items()) + [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _both_counts(model, run, apply=lambda: None, remove=lambda: None):
