@@ -100,14 +100,14 @@ PART_FORMAT = (
 )
 
 
-def _fingerprint(value: object) -> object:
+def call_fingerprint(value: object) -> object:
     """Plain JSON data standing for a call argument: arrays, tensors and images by the hash of their bytes."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value if not isinstance(value, float) else repr(value)
     if isinstance(value, dict):
-        return {str(k): _fingerprint(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): call_fingerprint(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (list, tuple)):
-        return [_fingerprint(v) for v in value]
+        return [call_fingerprint(v) for v in value]
     if isinstance(value, torch.Tensor):
         t = value.detach().cpu().contiguous()
         raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
@@ -167,7 +167,7 @@ def part_key(
             "predictor": predictor.spec,
             "model_id": model_id,
             "weights": weights,
-            "call": _fingerprint(call),
+            "call": call_fingerprint(call),
             "dtype": dtype,
             "context": context,
             "max_jump": max_jump,
@@ -303,10 +303,10 @@ def calibrate_predictors(
     bar = tqdm(list(zip(prompts, seeds)), desc="calibrating", unit="prompt", disable=not progress)
     for prompt, seed in bar:
         todo: list[tuple[int, Path | None, str | None]] = []  # (predictor index, part path, part key)
+        call = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
         for i, predictor in enumerate(predictors):
             part = key = None
             if parts is not None:
-                call = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
                 key = part_key(
                     prompt,
                     seed,
@@ -330,10 +330,9 @@ def calibrate_predictors(
         if not todo:
             continue
 
-        def run(prompt=prompt, seed=seed):
+        def run(seed=seed, call=call):
             gen = torch.Generator("cpu").manual_seed(seed)
-            kwargs = {**(call_kwargs or {}), **prompt_to_kwargs(prompt)}
-            return pipe(num_inference_steps=num_inference_steps, generator=gen, **kwargs)
+            return pipe(num_inference_steps=num_inference_steps, generator=gen, **call)
 
         feats = record_features(pipe, run, context=context)
         if len(feats) != num_inference_steps:

@@ -275,13 +275,11 @@ class ModelContext:
         from harness.provenance import device_class
         from harness.references import canonical_json, scheduler_identity
 
-        transformer = getattr(self.pipe, "transformer", None)
-        params = transformer.parameters() if hasattr(transformer, "parameters") else iter(())
         payload = canonical_json(
             {
                 "device": device_class(self.device),
-                "scheduler": scheduler_identity(getattr(self.pipe, "scheduler", None)),
-                "dtype": str(next(params).dtype) if transformer is not None else None,
+                "scheduler": scheduler_identity(self.pipe.scheduler),
+                "dtype": str(next(self.pipe.transformer.parameters()).dtype),
                 "calls": [self.kwargs(p) for p in self.calibration_prompts],
             }
         )

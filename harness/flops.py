@@ -13,11 +13,13 @@ missed: that test is what rules it out for the models and caches here).
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 _MEMO: dict[tuple, int] = {}
 
 
+@cache
 def _watched() -> frozenset[Any]:
     import torch
     import torch.nn.functional as F
@@ -46,17 +48,24 @@ def _signature(value: Any) -> Any:
     return (type(value).__name__, repr(value))
 
 
-def _sdpa_backends(func: Any) -> tuple[bool, ...]:
-    """For attention: which SDPA backends are enabled (`sdpa_kernel`), since they choose the kernel counted."""
-    import torch
+@cache
+def _attention() -> frozenset[Any]:
     import torch.nn.functional as F
 
-    if func not in (F.scaled_dot_product_attention, F.multi_head_attention_forward):
+    return frozenset((F.scaled_dot_product_attention, F.multi_head_attention_forward))
+
+
+def _sdpa_backends(func: Any) -> tuple[bool, ...]:
+    """For attention: which SDPA backends are enabled (`sdpa_kernel`), since they choose the kernel counted."""
+    if func not in _attention():
         return ()
+    import torch
+
     b = torch.backends.cuda
     return (b.flash_sdp_enabled(), b.mem_efficient_sdp_enabled(), b.math_sdp_enabled(), b.cudnn_sdp_enabled())
 
 
+@cache
 def _counter_mode() -> type:
     from torch.overrides import TorchFunctionMode
 

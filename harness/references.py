@@ -79,26 +79,11 @@ def _canonical(value: Any) -> Any:
         return _canonical({"_class_name": type(value).__name__, **dict(value.config)})
     if isinstance(value, type):
         return value.__name__
-    content = _content_hash(value)
-    if content is not None:
-        return content
+    if hasattr(value, "tobytes") or hasattr(value, "detach"):  # arrays, images, tensors: by content
+        from dpcache.calibration import call_fingerprint  # `str()` names an address or elides the values
+
+        return call_fingerprint(value)
     return str(value)  # torch.dtype, torch.device, Path ...
-
-
-def _content_hash(value: Any) -> str | None:
-    """`sha256:<hex>` over an array-like's dtype, shape and bytes (a tensor, numpy array or PIL image: their
-    `str()` would name a memory address, or elide the values); None for anything else."""
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
-        value = value.detach().cpu().contiguous().numpy()
-    elif hasattr(value, "tobytes") and hasattr(value, "size") and hasattr(value, "mode"):  # PIL.Image
-        h = hashlib.sha256(f"PIL|{value.mode}|{tuple(value.size)}".encode())
-        h.update(value.tobytes())
-        return "sha256:" + h.hexdigest()
-    if hasattr(value, "tobytes") and hasattr(value, "dtype") and hasattr(value, "shape"):  # numpy
-        h = hashlib.sha256(f"{value.dtype}|{tuple(value.shape)}".encode())
-        h.update(value.tobytes())
-        return "sha256:" + h.hexdigest()
-    return None
 
 
 def scheduler_identity(sched: Any) -> Any:

@@ -54,6 +54,16 @@ class _Spec:
         return {"prompt": prompt, "num_inference_steps": steps}
 
 
+def _fake_pipe():
+    """What a context reads from its pipeline to name cached artefacts: a scheduler and a transformer's dtype."""
+    from types import SimpleNamespace
+
+    import torch
+
+    transformer = SimpleNamespace(parameters=lambda: iter([torch.zeros(1)]))
+    return SimpleNamespace(scheduler=SimpleNamespace(config={"shift": 1.0}), transformer=transformer)
+
+
 class _FakeCtx(hm.ModelContext):
     """Compute = 50 × (1 − 0.9·threshold) full steps, as FLOPs (one step = 100 FLOPs)."""
 
@@ -84,7 +94,7 @@ def _fake_method(ctx):
 
 
 def test_baseline_knob_search_matches_budget_and_caches(tmp_path):
-    ctx = _FakeCtx(_Spec(), object(), 50, ("c1", "c2"), ("e1",), "0" * 64, tmp_path)
+    ctx = _FakeCtx(_Spec(), _fake_pipe(), 50, ("c1", "c2"), ("e1",), "0" * 64, tmp_path)
     from harness.knob_search import KnobSearch
 
     bm = hm.BaselineMethod(_fake_method(ctx), KnobSearch(knob_range=(0.0, 1.0)))
