@@ -14,7 +14,18 @@ import importlib
 import os
 import sys
 
-METHODS = ("teacache", "dicache", "magcache", "taylorseer")
+METHODS = (
+    "teacache",
+    "dicache",
+    "magcache",
+    "taylorseer",
+    "toca",
+    "delta_dit",
+    "teacache_wan",
+    "easycache",
+    "dicache_wan",
+    "taylorseer_wan",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
