@@ -19,6 +19,7 @@ the uncached check: the official model's frames vs our transformer's, same pipel
 from __future__ import annotations
 
 import ast
+import copy
 import itertools
 import os
 import sys
@@ -31,7 +32,17 @@ from typing import Any
 
 import torch
 
-from .common import AuthorsSource, AuthorsSourceMissing, ComputeTrace, Model, materialize
+from .common import (
+    AuthorsSource,
+    AuthorsSourceMissing,
+    Comparison,
+    ComputeTrace,
+    Model,
+    Pair,
+    materialize,
+    psnr,
+    traced,
+)
 
 WAN_REPO = "Wan-Video/Wan2.1"
 _COUNTER = itertools.count()
@@ -306,6 +317,58 @@ def uncached_difference(model: Model, official: torch.nn.Module, prompt: Any, se
     with driving(model, official):
         theirs = model.sample(prompt, seed, steps)
     return float((ours - theirs).abs().max())
+
+
+def compare_wan(
+    model: Model,
+    official: torch.nn.Module,
+    pair: Pair,
+    steps: int,
+    prompt: Any,
+    seed: int,
+    floor: float | None = None,
+    note: str = "",
+) -> Comparison:
+    """Sample `prompt` with our port (diffusers transformer, `pair.apply`) and with the authors' forward bound to
+    the official model (`pair.forward`, a fresh copy of `pair.state`); outputs, computed steps of both CFG
+    branches (the conditional in `steps_*`, the unconditional in `extra`), and the uncached floor `floor`."""
+
+    def ours() -> torch.Tensor:
+        pair.apply()
+        try:
+            return model.sample(prompt, seed, steps)
+        finally:
+            pair.remove()
+
+    def theirs() -> torch.Tensor:
+        with driving(model, official, pair.forward, copy.deepcopy(pair.state)):
+            return model.sample(prompt, seed, steps)
+
+    a, ta = traced(model, ours)
+    b, tb = traced_official(official, theirs)
+    n = model.branches
+    extra = dict(pair.extra)
+    if n > 1:
+        extra.update(steps_ours_uncond=ta.steps(n, 1), steps_theirs_uncond=tb.steps(n, 1))
+    if floor is not None:
+        extra["uncached_max_abs"] = floor
+    return Comparison(
+        pair.method,
+        model.name,
+        pair.repo,
+        pair.commit,
+        steps,
+        pair.knob,
+        pair.value,
+        str(prompt),
+        seed,
+        float((a - b).abs().max()),
+        psnr(a, b),
+        ta.steps(n),
+        tb.steps(n),
+        note=note,
+        extra=extra,
+    )
 
 
 def main() -> int:
