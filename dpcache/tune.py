@@ -16,7 +16,7 @@ from .errors import DPCacheError
 from .schedule_file import ScheduleFile
 from .tune_search import Candidate, Search, _canon, _sha, _tensor_for
 
-TUNE_VERSION = 1  # bump when the search or its scoring changes: cached scores are then recomputed
+TUNE_VERSION = 2  # bump when the search or its scoring changes: cached scores are then recomputed
 
 
 @dataclass
@@ -26,8 +26,11 @@ class TuneSpace:
     1. `solvers` × `orders` (each order planned on its own cost tensor when one is given);
     2. `first_full_steps`, 3. `last_full_steps`, 4. `max_extrapolation` (the longest run of predicted
     steps after a key step, i.e. the planner's max jump − 1; None = the released 0.3·T);
-    5. `per_segment`: the order of each segment, one segment at a time;
-    6. `refine_radius` d: move one key step by ±1..±d, keep the move when the error drops (K unchanged),
+    5. `aligned`: BudCache's re-alignment of the time discretisation — key steps at the T-step grid's
+    times nearest those of a plain K-step sampler, order 0 everywhere (that sampler, run on our grid's times);
+    kept when it beats the planned schedule, and then refined by stages 6 and 7 like any other;
+    6. `per_segment`: the order of each segment, one segment at a time;
+    7. `refine_radius` d: move one key step by ±1..±d, keep the move when the error drops (K unchanged),
     for up to `refine_passes` passes over the key steps.
     `max_samples` caps the pipeline calls of the whole search (references included); None = no cap.
     """
@@ -37,6 +40,7 @@ class TuneSpace:
     first_full_steps: tuple[int, ...] = (2, 3, 4)
     last_full_steps: tuple[int, ...] = (0, 1, 2)
     max_extrapolation: tuple[int | None, ...] = (None, 10, 7, 5)
+    aligned: bool = True
     per_segment: bool = True
     refine_radius: int = 2
     refine_passes: int = 1

@@ -52,6 +52,31 @@ class _Stop(Exception):
     """The sample cap was reached."""
 
 
+class _Abort(Exception):
+    """Raised by a pre-hook at the transformer's first call: the scheduler's timesteps are set by then."""
+
+
+def _abort(*_: Any, **__: Any) -> None:
+    raise _Abort
+
+
+def aligned_key_steps(grid: Any, coarse: Any) -> tuple[int, ...]:
+    """The T-step grid's indices nearest each timestep of a plain K-step sampler (BudCache's re-alignment).
+
+    Step 0 is always kept; an index already taken moves to the next free one, so there are exactly K.
+    """
+    grid = np.asarray(grid, dtype=np.float64)
+    T, taken = len(grid), {0}
+    for t in list(np.asarray(coarse, dtype=np.float64))[1:]:
+        i = int(np.argmin(np.abs(grid - t)))
+        while i in taken and i < T - 1:
+            i += 1
+        if i in taken:
+            raise DPCacheError(f"cannot place {len(coarse)} aligned key steps on a {T}-step grid")
+        taken.add(i)
+    return tuple(sorted(taken))
+
+
 @dataclass
 class Candidate:
     """One schedule the search scored: key steps, per-segment orders, the derivative gate, settings."""
@@ -174,6 +199,32 @@ class Search:
         if self.cache is not None:
             write_text_atomic(self.cache, json.dumps(self.scores, sort_keys=True))
 
+    def timesteps(self, n: int) -> np.ndarray:
+        """The timesteps the pipeline's scheduler uses for an n-step call (no denoising step is run)."""
+        import torch
+
+        handle = self.pipe.transformer.register_forward_pre_hook(_abort)
+        try:
+            gen = torch.Generator("cpu").manual_seed(int(self.seeds[0]))
+            self.pipe(num_inference_steps=n, generator=gen, **{**self.kwargs[0], "output_type": "np"})
+        except _Abort:
+            pass
+        finally:
+            handle.remove()
+        return np.asarray(self.pipe.scheduler.timesteps, dtype=np.float64)[:n]
+
+    def aligned(self, settings: dict[str, Any], stage: str) -> Candidate | None:
+        """Key steps on the grid times nearest a plain K-step sampler's, order 0 (that sampler on our grid)."""
+        try:
+            steps = aligned_key_steps(self.timesteps(self.T), self.timesteps(self.K))
+        except DPCacheError as exc:
+            self.log.append({"stage": stage, "settings": settings, "psnr": None, "note": str(exc)})
+            return None
+        settings = {**settings, "aligned": True, "first_full_steps": 1, "last_full_steps": 0}
+        settings["max_extrapolation"] = None
+        settings["order"] = 0
+        return self.score(Candidate(steps, (0,) * self.K, settings), stage)
+
     def planned(self, settings: dict[str, Any], stage: str) -> Candidate | None:
         """Plan the candidate `settings` describe and score it (None, logged, when it cannot be planned)."""
         from .planner import plan
@@ -216,6 +267,9 @@ class Search:
                 if settings != best.settings:
                     cand = self.planned(settings, stage)
                     best = cand if cand is not None and cand.score > best.score else best
+            if space.aligned and 1 < self.K < self.T:
+                cand = self.aligned(best.settings, "aligned")
+                best = cand if cand is not None and cand.score > best.score else best
             if space.per_segment and len(space.orders) > 1:
                 for k in range(self.K):
                     end = best.key_steps[k + 1] if k + 1 < self.K else self.T

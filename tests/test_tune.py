@@ -95,7 +95,7 @@ def test_budget_is_exactly_k(flux, tuned):
     assert len(sf.key_steps) == sf.budget == K
     scored = [c for c in sf.candidates if c["psnr"] is not None]
     assert len(scored) >= 6 and all(len(c["key_steps"]) == K for c in scored)
-    assert {c["stage"] for c in scored} >= {"released", "solver+order", "refine"}
+    assert {c["stage"] for c in scored} >= {"released", "solver+order", "aligned", "refine"}
     assert sf.calibration_score >= sf.released_score  # the search keeps the best it scored
     apply_dpcache(pipe, DPCacheConfig(num_inference_steps=T, schedule_file=out, model_id=spec.name))
     try:
@@ -195,3 +195,30 @@ def test_full_budget_with_segment_orders_equals_uncached(flux, tmp_path):
         assert not torch.equal(_sample(pipe, spec, prompts[0]), ref)
     finally:
         remove_dpcache(pipe)
+
+
+def test_aligned_key_steps_are_the_nearest_grid_times():
+    from dpcache.tune_search import aligned_key_steps
+
+    grid = [1000 - 20 * i for i in range(50)]
+    assert aligned_key_steps(grid, [1000, 875, 750, 625, 500, 375, 250, 125, 1]) == (
+        0, 6, 12, 19, 25, 31, 37, 44, 49,
+    )  # fmt: skip
+    # two coarse times nearest the same grid point: the second moves to the next free one, K stays exact
+    assert aligned_key_steps(grid, [1000, 990, 985, 600]) == (0, 1, 2, 20)
+    with pytest.raises(Exception, match="cannot place"):
+        aligned_key_steps([1000, 500], [1000, 10, 5])
+
+
+def test_aligned_candidate_runs_the_k_step_samplers_times(flux, tuned):
+    """BudCache's re-alignment: flux's K-step times (sigmas linspace(1, 1/n, n), one shift for every n) lie
+    on the T-step grid, so the aligned key steps are exactly the grid points a K-step sampler evaluates at."""
+    from dpcache.tune_search import Search, aligned_key_steps
+
+    _spec, pipe, prompts, kwargs, _, _ = flux
+    search = Search(pipe, [kwargs(prompts[0])], [42], T, K, None, None, None, "w", None, False)
+    grid, coarse = search.timesteps(T), search.timesteps(K)
+    steps = aligned_key_steps(grid, coarse)
+    assert steps == (0, 2, 4, 6, 8) and list(grid[list(steps)]) == list(coarse)
+    tried = [c for c in tuned[0].schedule.candidates if c["stage"] == "aligned"]
+    assert len(tried) == 1 and tried[0]["key_steps"] == list(steps) and tried[0]["segment_orders"] == [0] * K
