@@ -5,19 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from diffusers.hooks import ModelHook
 
 from dpcache.adapters import block_layout
 from dpcache.hook_utils import (
     ContextStateManager,
     apply_cache_hooks,
+    register_hook,
     transformer_of,
 )
 
-from ._stack_hooks import SpanState, StepHook, attach_span, cache_hits_counter, interval_full, remove_hooks
+from ._stack_hooks import (
+    SpanState,
+    StepHook,
+    attach_span,
+    batch_rows,
+    block_submodules,
+    cache_hits_counter,
+    interval_full,
+    remove_hooks,
+)
 from .base import FAMILIES, CacheMethod
 
 _STEP_HOOK = "delta_dit_step_hook"
 _BLOCK_HOOK = "delta_dit_block_hook"
+_MODULE_HOOK = "delta_dit_module_hook"
 
 
 @dataclass
@@ -35,12 +47,22 @@ class DeltaDiTConfig:
     double-stream stack (its image and text streams each get their Δ); single-stack models (Wan, DiT) — the back /
     front `span_blocks` blocks (default: half of them each).
 
-    Fidelity: the paper's code was never released; the public code is the TaylorSeer re-implementation
-    (Shenyi-Z/TaylorSeer @ 288776d), written for BFL's `flux` package — checked by reading. It caches the
-    single-stream stack at every cached step (no stage switch: `stage_switch=False` here reproduces that), and its
-    `cal_type` turns every other cached step of its "Delta" mode into a plain FORA-like reuse step (fresh ratio
-    0), a quirk of its shared step classifier that is not ported. Interpretation: the boundary `b` is a tuned
-    hyperparameter in the paper; 0.5 · T here (the steps' midpoint).
+    Fidelity: the paper's code was never released; the public code is the re-implementation in Shenyi-Z/TaylorSeer
+    @ 288776d (the "Delta" mode of its BFL `flux` package), and the port is checked against it by running it on
+    flux-tiny through our FluxPipeline (`benchmarks/fidelity/bfl_flux.py`; `python -m benchmarks.fidelity.run
+    delta_dit`, T = 10, intervals 1–4, two prompts). Set to the re-implementation (`stage_switch=False,
+    reimpl_reuse_steps=True`) the port equals it to 4.2e-6 (images in [0, 1]) at every interval, computed steps
+    identical. The defaults differ from it on purpose, towards the paper: (1) the paper's stage switch (the
+    re-implementation caches the single-stream stack at every cached step; from T/2 on ours caches the front,
+    double-stream span: max |d| 0.21–0.43 at T = 10); (2) its reuse steps are not taken: its `cal_type`, shared
+    with its ToCa mode, makes every second cached step after a full one (intervals ≥ 3) a 'ToCa' step with no
+    fresh tokens — every block's attention / MLP output reused from the last step it ran, with the current
+    modulation, and Δ re-measured — a FORA step that is not in the paper (without them: max |d| 0.12–0.16 at
+    intervals 3–4, identical at ≤ 2). Effect of (2), flux-tiny T = 50, PSNR against full compute
+    (`benchmarks/fidelity/effect.py`, effects.jsonl "re-impl." rows): the reuse steps make a step cheaper at about
+    the same quality (interval 3: K = 22.9, 42.6 dB vs the default's K = 33.6, 42.7 dB) and lower the least
+    compute from K = 25.8 to 9.65 (K = 13 reachable: 26.1 dB at interval 11 over two prompts; K = 9 is not).
+    Interpretation: the boundary `b` is a tuned hyperparameter in the paper; 0.5 · T here (the steps' midpoint).
 
     Args:
         interval: N, a full step every N steps (authors' FLUX setting: 3). 1 never skips. The bench searches
@@ -50,8 +72,10 @@ class DeltaDiTConfig:
         stage_switch: cache the back span before the boundary and the front span after it (the paper); False:
             the back span at every cached step (the TaylorSeer re-implementation, the former port).
         stage_boundary: the switch, as a fraction of T.
+        reimpl_reuse_steps: also take the re-implementation's reuse steps (see Fidelity); with
+            `stage_switch=False` the port is the TaylorSeer re-implementation.
 
-    Least compute (`METHOD.budget_limit`): only one span is ever skipped — the other half of the model and the
+    Least compute (`METHOD.budget_limit`, defaults): only one span is ever skipped — the other half of the model and the
     embedding / output layers run at every step — so a sample costs at least `1 + (T − 1)·f` full steps, f = the
     non-span share of a step (flux-tiny and dit-tiny, back span only: K ≥ 25.8 at T = 50, f ≈ 0.51). K = 13 and
     K = 9 are beyond Δ-DiT's design on these models.
@@ -63,13 +87,15 @@ class DeltaDiTConfig:
     num_inference_steps: int = 50
     stage_switch: bool = True
     stage_boundary: float = 0.5
+    reimpl_reuse_steps: bool = False
 
     @property
     def config_id(self) -> str:
         """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
         span = "single-or-back-half" if self.span_blocks is None else str(self.span_blocks)
         stage = f"stage-switch{self.stage_boundary}" if self.stage_switch else "no-stage-switch"
-        return f"fe{self.first_enhance};span-{span};{stage}"
+        reuse = ";reimpl-reuse-steps" if self.reimpl_reuse_steps else ""
+        return f"fe{self.first_enhance};span-{span};{stage}{reuse}"
 
 
 class DeltaDiTState(SpanState):
@@ -79,6 +105,8 @@ class DeltaDiTState(SpanState):
         super().reset()
         self.delta: dict[str, torch.Tensor] = {}
         self.delta_enc: dict[str, torch.Tensor] = {}
+        self.reuse = False  # a re-implementation reuse step (`reimpl_reuse_steps`)
+        self.outputs: dict[int, object] = {}  # each block submodule's output, last time it ran
 
 
 class DeltaDiTHook(StepHook):
@@ -88,10 +116,25 @@ class DeltaDiTHook(StepHook):
         super().__init__(manager, config.num_inference_steps)
         self.config = config
 
-    def cached_span(self, step: int) -> str | None:
-        """Which span a step reuses ("back" / "front"), or None on full steps."""
+    def step_kind(self, step: int) -> str:
+        """ "full", "delta" (a span returns in + Δ) or "reuse" (`reimpl_reuse_steps`: the re-implementation's
+        `cal_type` makes every second cached step after a full one a 'ToCa' step with no fresh tokens)."""
         c = self.config
         if interval_full(step, c.interval, c.first_enhance):
+            return "full"
+        since_full = (step - (c.first_enhance - 1)) % max(c.interval, 1)
+        return "reuse" if c.reimpl_reuse_steps and since_full % 2 == 0 else "delta"
+
+    def forward_step(self, module: torch.nn.Module, state: DeltaDiTState, args: tuple, kwargs: dict):
+        state.reuse = self.step_kind(state.step) == "reuse" and bool(state.outputs)
+        if state.reuse:
+            state.hits += batch_rows(args, kwargs)
+        return self.fn_ref.original_forward(*args, **kwargs)
+
+    def cached_span(self, step: int) -> str | None:
+        """Which span a step reuses ("back" / "front"), or None on full (and reuse) steps."""
+        c = self.config
+        if self.step_kind(step) != "delta":
             return None
         if c.stage_switch and step >= c.stage_boundary * self.num_steps:
             return "front"
@@ -117,6 +160,23 @@ class DeltaDiTHook(StepHook):
             return state.span_enc_in + state.delta_enc[span]
 
         return decide, finish, finish_encoder
+
+
+class ReuseHook(ModelHook):
+    """On an attention / MLP / projection module of a block (`reimpl_reuse_steps` only): on reuse steps its output
+    from the last step it ran, otherwise computed and kept (a block skipped inside a Δ span does not run)."""
+
+    def __init__(self, manager: ContextStateManager, key: int) -> None:
+        super().__init__()
+        self.manager, self.key = manager, key
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        state: DeltaDiTState = self.manager.get_state()
+        if state.reuse and self.key in state.outputs:
+            return state.outputs[self.key]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        state.outputs[self.key] = output
+        return output
 
 
 def delta_spans(transformer: torch.nn.Module, span_blocks: int | None = None) -> dict[str, tuple]:
@@ -162,6 +222,12 @@ def apply_delta_dit(module: torch.nn.Module | object, config: DeltaDiTConfig) ->
             )
         for name in used:
             attach_span(manager, spans[name], _BLOCK_HOOK, *hook.deciders(name))
+        if config.reimpl_reuse_steps:
+            key = 0
+            for block in block_layout(transformer).blocks:
+                for _, child in block_submodules(block):
+                    register_hook(child, ReuseHook(manager, key), _MODULE_HOOK)
+                    key += 1
 
     apply_cache_hooks(
         module,
@@ -176,6 +242,7 @@ def apply_delta_dit(module: torch.nn.Module | object, config: DeltaDiTConfig) ->
 def remove_delta_dit(module: torch.nn.Module | object) -> None:
     """Remove Δ-DiT; the model runs uncached again."""
     remove_hooks(transformer_of(module), _STEP_HOOK, _BLOCK_HOOK)
+    remove_hooks(transformer_of(module), _STEP_HOOK, _MODULE_HOOK)  # the step hook is gone: a no-op for it
 
 
 def _apply(pipe, knob: float, num_steps: int, artifacts: dict | None = None) -> None:

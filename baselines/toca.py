@@ -62,12 +62,16 @@ class ToCaConfig:
     `proj_mlp` and `proj_out` refresh the same tokens, so the block output equals the authors' `linear2` of the
     cached attention and the fresh MLP at those tokens.
 
-    Fidelity: the TaylorSeer code is written for BFL's `flux` package, not diffusers, so it is checked by reading
-    (Shenyi-Z/TaylorSeer @ 288776d): schedule, score, fresh-ratio schedule and the partial recomputation above
-    follow it. Interpretation: single-stack models (Wan, DiT), which the authors' FLUX code does not cover, take
-    stream factor s = 1; the score of a step is the one of the last full step (as the authors, whose map is only
-    refreshed on full steps). The former port (similarity score, constant ratio) stays available as
-    `score="similarity", schedule="constant"`.
+    Fidelity: checked by running the authors' code — Shenyi-Z/TaylorSeer @ 288776d, the ToCa mode of its BFL
+    `flux` package (`cache_init` mode 'ToCa', `fresh_threshold` = interval), driven by our FluxPipeline through
+    `benchmarks/fidelity/bfl_flux.py` with flux-tiny's weights: T = 10, intervals 1 / 3 / 5, two prompts, max
+    |ours − theirs| = 4.0e-6 on images in [0, 1] (uncached: 1.5e-6, the two FLUX implementations' float
+    rounding), computed steps identical (`python -m benchmarks.fidelity.run toca`). The check sees the token
+    choice: the former score (`score="similarity"`) differs from theirs by 0.15–0.23, a constant ratio by
+    0.07–0.21, no refresh (`fresh_ratio=0`) by 0.17–0.30. Differences: none on FLUX. Interpretation where their
+    FLUX code says nothing: single-stack models (Wan, DiT) take stream factor s = 1; the score of a step is the
+    one of the last full step (as theirs, whose map is only refreshed on full steps). The former port (similarity
+    score, constant ratio) stays available as `score="similarity", schedule="constant"`.
 
     Args:
         interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any

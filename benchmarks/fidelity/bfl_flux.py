@@ -18,6 +18,7 @@ import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -151,8 +152,14 @@ class AuthorsFlux:
         return namespace["cache_init"]
 
 
+_LOADED: dict[Path, AuthorsFlux] = {}
+
+
 def load(src: AuthorsSource) -> AuthorsFlux:
-    """Import the authors' `flux` package (as top-level `flux`: their modules import each other by that name)."""
+    """Import the authors' `flux` package (as top-level `flux`: their modules import each other by that name);
+    once per process and source."""
+    if src.root in _LOADED:
+        return _LOADED[src.root]
     root = materialize(src, SUBDIR)
     loaded = sys.modules.get("flux")
     if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(root)):
@@ -163,7 +170,8 @@ def load(src: AuthorsSource) -> AuthorsFlux:
         raise AuthorsSourceMissing("the authors' flux package needs einops (pip install einops)") from e
     if str(root.parent) not in sys.path:
         sys.path.insert(0, str(root.parent))
-    return AuthorsFlux(importlib.import_module("flux.model"), src)
+    _LOADED[src.root] = AuthorsFlux(importlib.import_module("flux.model"), src)
+    return _LOADED[src.root]
 
 
 class BFLFlux(torch.nn.Module):
