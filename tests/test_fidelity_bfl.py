@@ -96,3 +96,35 @@ def test_ports_match_the_authors_bfl_flux(flux_tiny, method: str, value: float) 
     (row,) = rows
     assert row.steps_equal and len(row.steps_ours) < 10, (row.steps_ours, row.steps_theirs)
     assert row.max_abs < 1e-4, row.line()
+
+
+def test_reimpl_reuse_steps_skip_every_block_on_reuse_steps(flux_tiny) -> None:
+    """Reuse steps run no attention anywhere (double stream included); Δ steps run the double stream only."""
+    from baselines.delta_dit import apply_delta_dit, remove_delta_dit
+
+    tr = flux_tiny.pipe.transformer
+    ran: list[set[str]] = []
+    watch = {
+        "double": tr.transformer_blocks[0].attn.to_q,
+        "single": tr.single_transformer_blocks[-1].attn.to_q,
+    }
+    hooks = [tr.register_forward_pre_hook(lambda *a: ran.append(set()))]
+    hooks += [m.register_forward_hook(lambda *a, n=n: ran[-1].add(n)) for n, m in watch.items()]
+    cfg = DeltaDiTConfig(interval=4, num_inference_steps=10, stage_switch=False, reimpl_reuse_steps=True)
+    apply_delta_dit(flux_tiny.pipe, cfg)
+    try:
+        reused = flux_tiny.sample(flux_tiny.spec.evaluation_prompts[0], 0, 10)
+    finally:
+        remove_delta_dit(flux_tiny.pipe)
+        for h in hooks:
+            h.remove()
+    cond = ran[:: flux_tiny.branches]  # the conditional branch's calls
+    expected = {"full": {"double", "single"}, "delta": {"double"}, "reuse": set()}
+    assert [sorted(r) for r in cond] == [sorted(expected[k]) for k in _authors_kinds(4, 10)]
+    plain = DeltaDiTConfig(interval=4, num_inference_steps=10, stage_switch=False)
+    apply_delta_dit(flux_tiny.pipe, plain)
+    try:
+        out = flux_tiny.sample(flux_tiny.spec.evaluation_prompts[0], 0, 10)
+    finally:
+        remove_delta_dit(flux_tiny.pipe)
+    assert (out - reused).abs().max() > 1e-3  # the reuse steps change the sample
