@@ -52,7 +52,7 @@ class DeltaDiTConfig:
     flux-tiny through our FluxPipeline (`benchmarks/fidelity/bfl_flux.py`; `python -m benchmarks.fidelity.run
     delta_dit`, T = 10, intervals 1–4, two prompts). Set to the re-implementation (`stage_switch=False,
     reimpl_reuse_steps=True`) the port equals it to 4.2e-6 (images in [0, 1]) at every interval, computed steps
-    identical. The defaults differ from it on purpose, towards the paper: (1) the paper's stage switch (the
+    identical (T = 50, intervals 3 / 11: 2.7e-6). The defaults differ from it on purpose, towards the paper: (1) the paper's stage switch (the
     re-implementation caches the single-stream stack at every cached step; from T/2 on ours caches the front,
     double-stream span: max |d| 0.21–0.43 at T = 10); (2) its reuse steps are not taken: its `cal_type`, shared
     with its ToCa mode, makes every second cached step after a full one (intervals ≥ 3) a 'ToCa' step with no

@@ -64,8 +64,8 @@ class ToCaConfig:
 
     Fidelity: checked by running the authors' code — Shenyi-Z/TaylorSeer @ 288776d, the ToCa mode of its BFL
     `flux` package (`cache_init` mode 'ToCa', `fresh_threshold` = interval), driven by our FluxPipeline through
-    `benchmarks/fidelity/bfl_flux.py` with flux-tiny's weights: T = 10, intervals 1 / 3 / 5, two prompts, max
-    |ours − theirs| = 4.0e-6 on images in [0, 1] (uncached: 1.5e-6, the two FLUX implementations' float
+    `benchmarks/fidelity/bfl_flux.py` with flux-tiny's weights: T = 10 (intervals 1 / 3 / 5) and T = 50 (7 / 24),
+    two prompts, max |ours − theirs| = 4.0e-6 on images in [0, 1] (uncached: 1.5e-6, the two FLUX implementations' float
     rounding), computed steps identical (`python -m benchmarks.fidelity.run toca`). The check sees the token
     choice: the former score (`score="similarity"`) differs from theirs by 0.15–0.23, a constant ratio by
     0.07–0.21, no refresh (`fresh_ratio=0`) by 0.17–0.30. Differences: none on FLUX. Interpretation where their
