@@ -15,7 +15,7 @@ from dpcache.hook_utils import (
     transformer_of,
 )
 
-from ._stack_hooks import RowRunner, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
+from ._stack_hooks import RowRunner, Rows, StepHook, StepState, cache_hits_counter, fill_rows, remove_hooks
 from .base import CacheMethod
 
 _STEP_HOOK = "easycache_step_hook"
@@ -35,12 +35,18 @@ class EasyCacheConfig:
     previous computed step c; at later steps `E += k · mean|x_t − x_{t−1}| / mean|v_c|` and the step is skipped
     while `E < thresh` (else computed, `E = 0`). Warm-up steps and the last step are always computed.
 
-    Fidelity: checked by reading H-EmbodVis/EasyCache @ 5127804 (EasyCache4Wan2.1 / EasyCache4HunyuanVideo patch
-    the official model classes, not diffusers', so the code is not run here): rate, accumulator, warm-up (10 of
-    50 steps on Wan, ×2 calls) and forced last step follow it.
-    Differences from the authors' scripts: they decide on the conditional branch and let the unconditional one
-    follow that decision (with its own `Δ`); here each cache context (CFG branch) decides on its own, and each
-    batch row too (so a batch equals its samples run alone).
+    CFG: as in the authors' scripts, the branch called first at a step (the conditional one: the pipelines call
+    it first, as the authors' loops) decides, and the other branches follow that decision with their own `Δ`.
+
+    Fidelity (benchmarks/fidelity/easycache.py, `reports/competitors.md`): against H-EmbodVis/EasyCache @ 5127804
+    (`EasyCache4Wan2.1/easycache_generate.py`: its `easycache_forward` bound to the official Wan2.1 `WanModel`
+    @ 9737cba carrying wan-tiny's weights, driven by our WanPipeline; `benchmarks/fidelity/wan_official.py`) on
+    wan-tiny, T = 50, τ = 0 / 0.05 / 0.1 / 0.2, 2 prompts: computed steps of both branches identical, max |ours −
+    theirs| ≤ 3.4e-6 on frames in [0, 1] (the uncached official-vs-diffusers floor is 2.3e-6); at T = 20 (their
+    `ret_steps` set to our scaled warm-up) identical steps, ≤ 3.7e-6. Fixed: the port let each CFG branch decide on
+    its own (max |d| up to 0.43, steps differing); now the unconditional branch follows the conditional one.
+    Differences kept: the warm-up is scaled from the authors' 10 of 50 steps to T (their `ret_steps` is fixed),
+    and the state is per batch row (their forward assumes one sample), so a batch equals its samples run alone.
 
     Args:
         num_inference_steps: T.
@@ -85,12 +91,36 @@ class EasyCacheHook(StepHook):
     def __init__(self, manager: ContextStateManager, config: EasyCacheConfig) -> None:
         super().__init__(manager, config.num_inference_steps)
         self.config = config
+        # (context, step, rows to compute) of the latest own decision: the first context called at a step decides
+        # (the conditional branch: diffusers' pipelines call it first, as the authors' loops), later ones follow
+        self._lead: tuple[str, int, Rows] | None = None
+
+    def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
+        self._lead = None
+        return super().reset_state(module)
 
     def initialize_hook(self, module: torch.nn.Module) -> torch.nn.Module:
         self.signature = inspect.signature(type(unwrap_module(module)).forward)
         return module
 
-    def _decide(self, state: EasyCacheState, x: torch.Tensor):
+    def _decide(self, state: EasyCacheState, x: torch.Tensor) -> Rows:
+        name, lead = self.manager.context_name, self._lead
+        if lead is not None and lead[0] != name and lead[1] == state.step:  # follow the deciding branch
+            state.prev_input = x
+            rows = lead[2]
+            if (
+                rows is None
+                or state.delta is None
+                or state.delta.shape != x.shape
+                or rows.shape[0] != x.shape[0]
+            ):
+                return None
+            return rows
+        compute = self._own_decision(state, x)
+        self._lead = (name, state.step, compute)
+        return compute
+
+    def _own_decision(self, state: EasyCacheState, x: torch.Tensor) -> Rows:
         c = self.config
         forced = (
             state.step < c.warmup_steps
@@ -199,7 +229,7 @@ METHOD = CacheMethod(
     cache_hits=cache_hits_counter(_STEP_HOOK),
     unsupported={"flux": _IMAGE, "dit": _IMAGE},
     origin=(
-        "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch decides on its own "
-        "(authors: the conditional branch decides for both)"
+        "ported from H-EmbodVis/EasyCache; warm-up scaled from 50 steps; each CFG branch follows the conditional "
+        "branch's decision (the authors' rule); checked against their Wan2.1 code on the official WanModel"
     ),
 )
