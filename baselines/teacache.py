@@ -61,11 +61,15 @@ class TeaCacheConfig:
     Fidelity (benchmarks/fidelity, `reports/competitors.md`): against ali-vilab/TeaCache @ 7c10efc
     (`TeaCache4FLUX/teacache_flux.py`, its forward loaded at run time on flux-tiny, T = 10, thresholds 0 / 0.4 / 1,
     both with the published FLUX polynomial): identical images (max |ours − theirs| = 0) and computed steps. Wan:
-    the authors' forward is written for the official `WanModel`, not diffusers', so it is checked by reading:
-    indicator `e0` and 5 retention steps per branch with `--use_ret_steps` (ported; the port used block 0's
-    modulated input and no retention steps before). Differences kept: the tiny models' polynomials are fitted by
-    `calibrate_teacache` with the authors' recipe (no published coefficients exist for them; the fit's R² is stored
-    in the artifacts), and the batch is handled per row (the authors' code assumes one sample per call).
+    against `TeaCache4Wan2.1/teacache_generate.py` @ 7c10efc, its `teacache_forward` bound to the official Wan2.1
+    `WanModel` @ 9737cba carrying wan-tiny's weights and driven by our WanPipeline
+    (`benchmarks/fidelity/teacache_wan.py`, `wan_official.py`), `--use_ret_steps` (indicator `e0`, 5 retention
+    steps per branch), both with the same polynomial fitted on wan-tiny, T = 50, thresholds 0 / 0.1 / 0.2 / 0.4,
+    2 prompts: computed steps identical, max |ours − theirs| ≤ 1.1e-5 on frames in [0, 1] (uncached floor of the
+    two model implementations: 2.3e-6). The port used block 0's modulated input and no retention steps before.
+    Differences kept: the tiny models' polynomials are fitted by `calibrate_teacache` with the authors' recipe (no
+    published coefficients exist for them; the fit's R² is stored in the artifacts), and the batch is handled per
+    row (the authors' code assumes one sample per call).
 
     Args:
         num_inference_steps: T (the last step is always computed).
