@@ -64,8 +64,15 @@ class DiCacheConfig:
     Fidelity (benchmarks/fidelity/dicache.py, `reports/competitors.md`): against Bujiazi/DiCache @ dd7f0de
     (`FLUX/run_flux_dicache.py`, its forward loaded at run time) on flux-tiny, T = 10, δ = 0 / 0.4 / 1 with the
     authors' FLUX settings: the same computed steps and max |ours − theirs| = 2.0e-6 (float rounding of the
-    per-row accumulator and γ; their code reduces over the whole batch of one sample). Not run on Wan /
-    HunyuanVideo: those scripts patch the official model classes, not diffusers'.
+    per-row accumulator and γ; their code reduces over the whole batch of one sample). Wan (benchmarks/fidelity/
+    dicache_wan.py): against `WAN2.1/run_wan_dicache.py` @ dd7f0de, its `dicache_forward` bound to the WanModel of
+    their own `WAN2.1/wan` copy (identical to Wan-Video/Wan2.1 @ 9737cba) carrying wan-tiny's weights and driven
+    by our WanPipeline (`wan_official.py`), their defaults (probe 1, ret_ratio 0.2, γ in [1, 2]), T = 50,
+    δ = 0 / 0.08 / 0.2 / 0.4, 2 prompts: computed steps identical, max |ours − theirs| ≤ 2.6e-5 on frames in
+    [0, 1] (uncached floor of the two model implementations 2.3e-6, amplified by the γ extrapolation). Kept: their
+    warm-up counts calls (`cnt < int(0.2·2T)`), ours steps (`< int(0.2 T)`): the same whenever int(0.4 T) is even
+    (T = 10, 20, 50 …); otherwise their conditional branch gets one more warm-up step. Not run on HunyuanVideo
+    (that script patches the official HunyuanVideo class).
 
     Budget knob: `rel_l1_thresh`, searched over (0, 1e3) — saturating: every step after the warm-up skips.
     Least compute (`BUDGET_LIMIT`): the warm-up steps (`int(0.2 T) + 1` for FLUX's and DiT's settings) and the
