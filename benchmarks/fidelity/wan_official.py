@@ -26,7 +26,7 @@ import sys
 import types
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -119,17 +119,38 @@ def sdpa_attention(
     return out.contiguous().to(out_dtype)
 
 
-def load_wan_modules(src: AuthorsSource, subdir: str = "wan") -> dict[str, types.ModuleType]:
+@contextmanager
+def wan_alias(wan: dict[str, types.ModuleType]) -> Iterator[None]:
+    """Within: `import wan…` resolves to `wan`'s modules (the authors' files import the package by that name);
+    on exit every `wan` / `wan.*` module imported meanwhile is dropped from sys.modules and the old ones restored
+    (the functions loaded keep their modules)."""
+    before = {k: v for k, v in sys.modules.items() if k == "wan" or k.startswith("wan.")}
+    sys.modules.update(wan)
+    try:
+        yield
+    finally:
+        for k in [k for k in sys.modules if k == "wan" or k.startswith("wan.")]:
+            del sys.modules[k]
+        sys.modules.update(before)
+
+
+def load_wan_modules(
+    src: AuthorsSource, subdir: str = "wan", whole: bool = False
+) -> dict[str, types.ModuleType]:
     """`<subdir>/modules/{attention,model}.py` of a fetched source as modules under a private package name (their
     `__init__`s, which import T5, VAE and CLIP, are not run), `flash_attention` replaced by `sdpa_attention`; keyed
-    by the names the authors' scripts import them as (`wan`, `wan.modules`, `wan.modules.model`, ...)."""
-    modules_dir = materialize(src, f"{subdir}/modules")
+    by the names the authors' files import them as (`wan`, `wan.modules`, `wan.modules.model`, ...). `whole`: the
+    rest of `<subdir>` is importable too (`wan.taylorseer…` of TaylorSeer's copy), under `wan_alias`."""
+    wan_dir = materialize(src, subdir) if whole else None
+    modules_dir = wan_dir / "modules" if wan_dir is not None else materialize(src, f"{subdir}/modules")
     pkg = f"_authors_wan_{next(_COUNTER)}"
     top = types.ModuleType(pkg)
-    top.__path__ = []  # only the registered sub-modules resolve; `from wan.configs import …` fails (skipped)
+    # only the registered sub-modules resolve unless `whole`; `from wan.configs import …` fails (skipped)
+    top.__path__ = [str(wan_dir)] if wan_dir is not None else []
     sub = types.ModuleType(f"{pkg}.modules")
     sub.__path__ = [str(modules_dir)]
     sys.modules[pkg], sys.modules[f"{pkg}.modules"] = top, sub
+    wan = {"wan": top, "wan.modules": sub}
     import importlib
 
     # their `torch.cuda.amp.autocast` decorators warn on every CPU call (deprecated; disabled without CUDA)
@@ -137,13 +158,15 @@ def load_wan_modules(src: AuthorsSource, subdir: str = "wan") -> dict[str, types
     warnings.filterwarnings(
         "ignore", message=r"CUDA is not available.*Disabling autocast", category=UserWarning
     )
-    attention = importlib.import_module(f"{pkg}.modules.attention")
-    attention.flash_attention = sdpa_attention
-    attention.FLASH_ATTN_2_AVAILABLE = attention.FLASH_ATTN_3_AVAILABLE = False
-    model = importlib.import_module(f"{pkg}.modules.model")
-    model.flash_attention = sdpa_attention
-    top.modules, sub.attention, sub.model = sub, attention, model
-    return {"wan": top, "wan.modules": sub, "wan.modules.attention": attention, "wan.modules.model": model}
+    with wan_alias(wan):
+        attention = importlib.import_module(f"{pkg}.modules.attention")
+        attention.flash_attention = sdpa_attention
+        attention.FLASH_ATTN_2_AVAILABLE = attention.FLASH_ATTN_3_AVAILABLE = False
+        sys.modules["wan.modules.attention"] = attention
+        model = importlib.import_module(f"{pkg}.modules.model")
+        model.flash_attention = sdpa_attention
+    top.modules, sub.attention, sub.model, sub.WanModel = sub, attention, model, model.WanModel
+    return wan | {"wan.modules.attention": attention, "wan.modules.model": model}
 
 
 def official_state_dict(diffusers_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -200,21 +223,13 @@ def load_script(
     function that needs one fails when called)."""
     tree = ast.parse(source, filename)
     namespace: dict[str, Any] = {"__name__": f"authors:{filename}"}
-    saved = {k: sys.modules.get(k) for k in wan}
-    sys.modules.update(wan)
-    try:
+    with wan_alias(wan):
         for node in tree.body:
             if isinstance(node, ast.Import | ast.ImportFrom):
                 if any(a.name == "pdb" for a in node.names):
                     continue
                 with suppress(ImportError):
                     exec(compile(ast.Module(body=[node], type_ignores=[]), filename, "exec"), namespace)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
     funcs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
     exec(compile(ast.Module(body=funcs, type_ignores=[]), filename, "exec"), namespace)
     missing = [n for n in names if n not in namespace]
@@ -305,9 +320,11 @@ def text_len(model: Model) -> int:
     )
 
 
-def load_official(model: Model, src: AuthorsSource, subdir: str = "wan") -> tuple[dict, torch.nn.Module]:
+def load_official(
+    model: Model, src: AuthorsSource, subdir: str = "wan", whole: bool = False
+) -> tuple[dict, torch.nn.Module]:
     """The official modules of `src` and a WanModel carrying `model`'s transformer weights."""
-    wan = load_wan_modules(src, subdir)
+    wan = load_wan_modules(src, subdir, whole)
     return wan, build_official(wan, model.pipe.transformer, text_len(model))
 
 
@@ -328,10 +345,12 @@ def compare_wan(
     seed: int,
     floor: float | None = None,
     note: str = "",
+    theirs_context: Callable[[], AbstractContextManager] | None = None,
 ) -> Comparison:
     """Sample `prompt` with our port (diffusers transformer, `pair.apply`) and with the authors' forward bound to
     the official model (`pair.forward`, a fresh copy of `pair.state`); outputs, computed steps of both CFG
-    branches (the conditional in `steps_*`, the unconditional in `extra`), and the uncached floor `floor`."""
+    branches (the conditional in `steps_*`, the unconditional in `extra`), and the uncached floor `floor`;
+    `theirs_context()`, if given, installs the authors' side instead of `driving(…, pair.forward, pair.state)`."""
 
     def ours() -> torch.Tensor:
         pair.apply()
@@ -341,7 +360,12 @@ def compare_wan(
             pair.remove()
 
     def theirs() -> torch.Tensor:
-        with driving(model, official, pair.forward, copy.deepcopy(pair.state)):
+        ctx = (
+            theirs_context()
+            if theirs_context
+            else driving(model, official, pair.forward, copy.deepcopy(pair.state))
+        )
+        with ctx:
             return model.sample(prompt, seed, steps)
 
     a, ta = traced(model, ours)
