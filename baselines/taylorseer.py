@@ -55,6 +55,18 @@ class TaylorSeerBenchConfig:
     step rule (`authors_schedule=False`, the former port) the computed steps differ ([0, 1, 2, 4, 7] vs theirs
     [0, 1, 2, 5, 8] at N = 3) and the images by up to 0.47. Kept from diffusers: the hook machinery, float32
     factors; the module patterns follow the authors' forwards (attention and MLP outputs, single-stream "total").
+    Wan (benchmarks/fidelity/taylorseer_wan.py): against `TaylorSeer-Wan2.1` @ 288776d, its `wan_forward` /
+    `wan_attention_forward` bound to the WanModel of their `wan` copy carrying wan-tiny's weights and driven by
+    our WanPipeline (`wan_official.py`; their `@torch.compile` on the forecast helper run eagerly), T = 50,
+    N = 3 / 5, 2 prompts: at equal settings identical computed steps and max |ours − theirs| ≤ 9.2e-6 on frames in
+    [0, 1] (their code at our O = 2 / first_enhance 3, and our port at their O = 1 / first_enhance 1; uncached
+    floor 2.3e-6) — self-attention, cross-attention and FFN outputs forecast before their gates, as ours. Kept,
+    flagged for the lead: their released Wan settings (`cache_init` mode 'Taylor': max_order 1, first_enhance 1,
+    computing steps 0, N, 2N …) differ from ours on Wan (O = 2, first 3: steps 0, 1, 2, 2+N …; max |d| up to 0.34).
+    Effect on wan-tiny (T = 50, 4 evaluation prompts, PSNR vs full compute, `benchmarks/fidelity/effect.py`):
+    ours N = 5 K = 12.7 35.2 dB, N = 4 K = 14.7 37.1 dB, N = 8 K = 8.8 21.3 dB; theirs N = 4 K = 13.7 39.8 dB,
+    N = 5 K = 10.7 32.0 dB, N = 7 K = 8.8 27.7 dB — theirs is better at matched compute, but reaches no K within
+    5 % of 13 (10.7 / 13.7), and switching changes the CI Wan expectations and the budget-cache signature.
 
     Args:
         cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
