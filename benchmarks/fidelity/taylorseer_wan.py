@@ -97,6 +97,8 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                     "ours": ours or "registered",
                     "authors_order_first": [order, first],
                 }
+                if label == "released":  # make_table: kept apart from the max |d|, shown with the effect
+                    extra["deliberate"] = "their Wan settings O = 1, first_enhance 1 vs ours O = 2, first 3"
                 pair = Pair(
                     "taylorseer",
                     REPO,
