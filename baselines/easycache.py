@@ -226,6 +226,7 @@ METHOD = CacheMethod(
     families=frozenset({"wan", "hunyuan-video"}),
     knob="thresh",
     never_skip=0.0,
+    config_id="uncond-follows-cond",  # cached budget searches from before the CFG fix are not reused
     apply=_apply,
     remove=remove_easycache,
     cache_hits=cache_hits_counter(_STEP_HOOK),

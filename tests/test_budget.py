@@ -18,7 +18,7 @@ SIGNATURES = {
     "dbcache": "se2eb4d6740",
     "delta-dit": "s1759bfa13b",
     "dicache": "s5617cda96d",
-    "easycache": "sed55e7003f",
+    "easycache": "sb289885cf7",
     "fastercache": "se4a9230843",
     "firstblockcache": "sf7a0c4864d",
     "fora": "s7232130384",
@@ -26,7 +26,7 @@ SIGNATURES = {
     "omnicache": "s192a249253",
     "pab": "s44708c8ffa",
     "seacache": "s35947e268d",
-    "taylorseer": "sc013eda5b4",
+    "taylorseer": "sa5a45aa3f1",
     "teacache": "s0e63762693",
     "toca": "s4c68880b84",
 }
