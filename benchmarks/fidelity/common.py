@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from dpcache.atomic_io import write_text_atomic
+
 RESULTS = Path(__file__).with_name("results.jsonl")
 
 
@@ -208,7 +210,7 @@ def write_results(rows: list[Comparison], path: Path = RESULTS) -> None:
         old = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         old = [r for r in old if (r.get("method"), r.get("model"), r.get("num_steps")) not in keys]
     new = old + [{k: (None if v == math.inf else v) for k, v in asdict(r).items()} for r in rows]
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in new))
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in new))
 
 
 @dataclass

@@ -19,12 +19,17 @@ OUT = HERE.parents[1] / "reports" / "competitors.md"
 INFO: dict[str, tuple[str, str, str]] = {
     "teacache": (
         "ali-vilab/TeaCache",
-        "run: TeaCache4FLUX forward",
+        "run: TeaCache4FLUX forward; TeaCache4Wan2.1 forward (`--use_ret_steps`) on the official WanModel "
+        "(wan_official.py)",
         "tiny models' rescale polynomials fitted by `calibrate_teacache` (authors' recipe; no published ones); "
-        "batch handled per row. Wan checked by reading (official `WanModel` code): e0 indicator + 5 retention "
-        "steps now ported",
+        "batch handled per row. Earlier fix (Wan): e0 indicator + 5 retention steps",
     ),
-    "dicache": ("Bujiazi/DiCache", "run: FLUX/run_flux_dicache.py forward", "none (float rounding only)"),
+    "dicache": (
+        "Bujiazi/DiCache",
+        "run: FLUX/run_flux_dicache.py forward; its WAN2.1 forward on its WanModel",
+        "none (rounding; γ extrapolation lifts the 2e-6 model floor to 2.5e-5 on Wan); warm-up counted in steps vs "
+        "their calls (differs only when int(0.4T) is odd)",
+    ),
     "magcache": (
         "Zehong-Ma/MagCache",
         "run: MagCache4FLUX forward (same ratios)",
@@ -34,8 +39,9 @@ INFO: dict[str, tuple[str, str, str]] = {
     ),
     "taylorseer": (
         "Shenyi-Z/TaylorSeer",
-        "run: TaylorSeers-Diffusers FLUX forwards, O = 2",
-        "none since the fix (diffusers' hook step rule replaced by the authors' `cal_type`)",
+        "run: TaylorSeers-Diffusers FLUX forwards, O = 2; TaylorSeer-Wan2.1 forwards on their WanModel",
+        "none since the fixes (FLUX: the authors' `cal_type` step rule; Wan: their released O = 1, first_enhance 1, "
+        "were the FLUX settings O = 2, first 3)",
     ),
     "fora": (
         "Shenyi-Z/TaylorSeer",
@@ -57,8 +63,9 @@ INFO: dict[str, tuple[str, str, str]] = {
     ),
     "easycache": (
         "H-EmbodVis/EasyCache",
-        "read (official Wan2.1 / HunyuanVideo classes)",
-        "each CFG branch decides on its own (authors: the conditional branch decides for both); per-row state",
+        "run: EasyCache4Wan2.1 forward on the official WanModel",
+        "warm-up scaled from 10/50 to T; per-row state. Fixed: each CFG branch decided on its own, now the "
+        "conditional branch decides for both",
     ),
     "dbcache": ("vipshop/cache-dit", "is the authors' package (pip cache-dit)", "none (their code runs)"),
     "omnicache": (
@@ -83,6 +90,16 @@ def _fmt_db(v: float | None) -> str:
     return "∞" if v is None or (isinstance(v, float) and math.isinf(v)) else f"{v:.1f} dB"
 
 
+def _effect_row(e: dict) -> dict:
+    """One effects row in one shape (effects.jsonl: flux-tiny, flat; effects_wan.jsonl: the knob in `knobs`)."""
+    knobs = dict(e.get("knobs") or {})
+    measured = e.get("measured_K", knobs.pop("measured_K", math.nan))
+    knob = e.get("knob", next(iter(knobs.values()), math.nan))
+    model = e.get("model", "flux-tiny")
+    label = e["label"] if model == "flux-tiny" else f"{e['label']} ({model})"
+    return {**e, "label": label, "measured_K": float(measured), "knob": float(knob)}
+
+
 def _deliberate(row: dict) -> bool:
     """A row that compares against a side we differ from on purpose (its reason in `extra.deliberate`)."""
     return bool(row.get("extra", {}).get("deliberate"))
@@ -91,14 +108,16 @@ def _deliberate(row: dict) -> bool:
 def _effect(method: str, effects: list[dict], results: list[dict]) -> str:
     """The K ≈ 13 / 9 figures of this method's variants (before → after a fix, or a design choice), PSNR against
     the full-compute output with the compute each measured; and ours vs theirs at T = 50 where it was run."""
-    mine = [e for e in effects if e["method"] == method and "psnr_mean" in e]
+    mine = [_effect_row(e) for e in effects if e["method"] == method and e.get("psnr_mean") is not None]
     order = {"before": 0, "after": 1}
-    labels = sorted({e["label"] for e in mine}, key=lambda x: (order.get(x, 2), x))
+    labels = sorted({e["label"] for e in mine}, key=lambda x: (order.get(x.split(" ")[0], 2), x))
     parts = []
     for label in labels:
-        rows = sorted((e for e in mine if e["label"] == label), key=lambda e: -e.get("measured_K", 0))
+        rows = sorted((e for e in mine if e["label"] == label), key=lambda e: -e["measured_K"])
         txt = ", ".join(
-            f"{e['psnr_mean']:.2f} dB at K = {e['measured_K']:.1f} (knob {e['knob']:g})" for e in rows
+            dict.fromkeys(
+                f"{e['psnr_mean']:.2f} dB at K = {e['measured_K']:.1f} (knob {e['knob']:g})" for e in rows
+            )
         )
         parts.append(f"{label}: {txt}")
     kept = [r for r in results if r["method"] == method and _deliberate(r) and r["num_steps"] >= 50]
@@ -174,7 +193,8 @@ def fits(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    text = table(_rows(HERE / "results.jsonl"), _rows(HERE / "effects.jsonl"))
+    effects = _rows(HERE / "effects.jsonl") + _rows(HERE / "effects_wan.jsonl")
+    text = table(_rows(HERE / "results.jsonl"), effects)
     text += fits(_rows(HERE / "teacache_fit.jsonl"))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(text)
