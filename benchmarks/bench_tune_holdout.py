@@ -1,6 +1,7 @@
 """Released DPCache vs `dpcache-tuned` on held-out probe prompts (neither calibration nor evaluation prompts).
 
     python benchmarks/bench_tune_holdout.py --model wan-tiny --budgets 13,9 --num-probes 12 [--cache-dir DIR]
+        [--tune-prompts N]
 
 `dpcache tune` chooses its settings on the calibration prompts; the suites judge them on the evaluation
 prompts. With a few prompts either set can move a method by a dB or more, so this measures the difference on
@@ -20,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budgets", default="13,9", help="budgets K, comma-separated")
     ap.add_argument("--num-probes", type=int, default=12)
     ap.add_argument("--cache-dir", default=".dpcache-cache")
+    ap.add_argument(
+        "--tune-prompts",
+        type=int,
+        default=None,
+        help="calibration prompts the tune scores on (default: TUNE_PROMPTS)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -29,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from harness.zoo.registry import get_spec, probe_prompts
 
     torch.set_num_threads(1)
+    if args.tune_prompts is not None:
+        from harness import methods_dpcache
+
+        methods_dpcache.TUNE_PROMPTS = args.tune_prompts
     session = BenchSession(get_spec(args.model), num_prompts=1, progress=False, cache_dir=args.cache_dir)
     ctx = session.ctx
     probes = probe_prompts(ctx.spec, args.num_probes)
@@ -51,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         better = sum(t > r for r, t in zip(released, tuned))
         print(
             f"{args.model} K={k}: {n} probe prompts, PSNR released {sum(released) / n:.2f} dB, "
-            f"tuned {sum(tuned) / n:.2f} dB, tuned better on {better}/{n}",
+            f"tuned {sum(tuned) / n:.2f} dB, tuned better on {better}/{n} "
+            f"(tuned on {cfg.knobs.get('tune_prompts', '?')} calibration prompts)",
             flush=True,
         )
     return 0

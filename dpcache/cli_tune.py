@@ -66,12 +66,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
         first_full_steps=_ints(args.first_full),
         last_full_steps=_ints(args.last_full),
         max_extrapolation=_ints(args.max_extrapolation, allow_none=True),
+        aligned=args.aligned,
         per_segment=not args.no_per_segment,
         refine_radius=args.refine_radius,
         refine_passes=args.refine_passes,
         max_samples=args.max_samples,
     )
     prompts = load_prompts(args.prompts, args.sample_rule, args.sample_size)
+    validation: list[str] = []
+    if args.validation_prompts:  # other prompts of that source than the search's, in file order
+        pool = load_prompts(args.validation_prompts, "fix", None)
+        if args.validation_size < 1:
+            raise DPCacheError(f"--validation-size must be >= 1, got {args.validation_size}")
+        validation = [p for p in pool if p not in prompts][: args.validation_size]
+        if not validation:
+            raise DPCacheError(f"{args.validation_prompts} has no prompt the search does not already use")
     pipe = load_pipeline(args.pipeline, args.device, args.dtype)
     pipe.set_progress_bar_config(disable=True)  # one bar for the whole search, not one per sample
     extra = {**call_defaults(args.pipeline), **_parse_sets(args.set)}
@@ -91,6 +100,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir or out.with_suffix(".tune-cache"),
         out=out,
         progress=not args.no_progress,
+        validation_prompts=validation,
     )
     s = result.schedule
     print(f"wrote {out}: K={s.budget} of T={s.num_steps}, {len(prompts)} calibration prompts")
@@ -190,6 +200,18 @@ def register_tune_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--refine-radius", type=int, default=2, help="move key steps by up to ±D (0: off)")
     p.add_argument("--refine-passes", type=int, default=1)
     p.add_argument("--no-per-segment", action="store_true", help="one order for every segment")
+    p.add_argument(
+        "--aligned",
+        action="store_true",
+        help="also polish a second branch from key steps at a plain K-step sampler's times, order 0 (BudCache's "
+        "re-alignment); give --validation-prompts to choose between the branches on other prompts",
+    )
+    p.add_argument(
+        "--validation-prompts",
+        default=None,
+        help="prompt source (as --prompts) whose prompts not used by the search choose between branches",
+    )
+    p.add_argument("--validation-size", type=int, default=4, help="validation prompts to use (default 4)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on pipeline calls (cheaper search)")
     p.add_argument("--model-id", default=None, help="model id recorded in the file (default: the tensor's)")
     p.add_argument("--any-model", action="store_true", help="accept a tensor calibrated on another model")

@@ -245,10 +245,82 @@ class Search:
         orders = (int(settings["order"]),) * self.K
         return self.score(Candidate(tuple(sched.key_steps), orders, dict(settings)), stage)
 
-    def run(self, space: TuneSpace, released: dict[str, Any]) -> Candidate:
-        """The staged search; stops early (keeping the best so far) when the sample cap is reached."""
+    def polish(self, best: Candidate, space: TuneSpace) -> Candidate:
+        """Stages `per_segment` and `refine` from one starting schedule (each keeps the best so far)."""
         from .planner import mandatory_steps
 
+        self.current = best
+        if space.per_segment and len(space.orders) > 1:
+            for k in range(self.K):
+                end = best.key_steps[k + 1] if k + 1 < self.K else self.T
+                if end - best.key_steps[k] < 2:
+                    continue  # nothing is predicted after this key step
+                base = best
+                for o in space.orders:
+                    if o != base.segment_orders[k]:
+                        orders = (*base.segment_orders[:k], o, *base.segment_orders[k + 1 :])
+                        settings = {**base.settings, "segment_orders": list(orders)}
+                        cand = self.score(Candidate(base.key_steps, orders, settings), "per_segment")
+                        best = self.current = cand if cand.score > best.score else best
+        for _ in range(space.refine_passes):
+            improved = False
+            s = best.settings
+            fixed = set(mandatory_steps(self.T, s["first_full_steps"], s["last_full_steps"]))
+            for k in range(1, self.K):
+                if best.key_steps[k] in fixed:
+                    continue
+                lo = best.key_steps[k - 1]
+                hi = best.key_steps[k + 1] if k + 1 < self.K else self.T
+                top = best
+                for d in range(1, space.refine_radius + 1):
+                    for step in (best.key_steps[k] - d, best.key_steps[k] + d):
+                        if lo < step < hi:
+                            steps = (*best.key_steps[:k], step, *best.key_steps[k + 1 :])
+                            moves = [*s.get("moves", []), [best.key_steps[k], step]]
+                            cand = self.score(
+                                Candidate(steps, best.segment_orders, {**s, "moves": moves}), "refine"
+                            )
+                            top = cand if cand.score > top.score else top
+                improved |= top is not best
+                best, s = top, top.settings
+                self.current = best
+            if not improved:
+                break
+        return best
+
+    def choose(self, finals: list[Candidate], validation: Search | None) -> Candidate:
+        """The best branch: by the validation prompts' PSNR when given (and more than one branch), else by the
+        calibration PSNR. Validation scores are logged (stage "validation") and kept in the settings."""
+        best = max(finals, key=lambda c: c.score)
+        if validation is None or len(finals) < 2:
+            return best
+        if self.max_samples is not None:
+            validation.max_samples = max(0, self.max_samples - self.samples_total)
+        try:
+            validation.refs = validation.references()
+            scores = [validation.score(Candidate(c.key_steps, c.segment_orders, c.settings), "validation").score
+                      for c in finals]  # fmt: skip
+        except _Stop:
+            return best
+        finally:
+            validation.bar.close()
+            self.samples_total += validation.samples_total
+            self.samples_run += validation.samples_run
+        self.log += validation.log
+        pick = finals[int(np.argmax(scores))]
+        branches = [c.settings.get("branch", "planned") for c in finals]
+        pick.settings = {
+            **pick.settings,
+            "validation_psnr": {b: round(v, 6) for b, v in zip(branches, scores, strict=True)},
+        }
+        return pick
+
+    def run(self, space: TuneSpace, released: dict[str, Any], validation: Search | None = None) -> Candidate:
+        """The staged search; stops early (keeping the best so far) when the sample cap is reached.
+
+        With `space.aligned` two branches are polished (per-segment orders, key-step moves): from the best
+        planned schedule and from the aligned one; `validation` (other calibration prompts) picks between them.
+        """
         try:
             self.refs = self.references()
             best = self.planned(released, "released")
@@ -257,6 +329,8 @@ class Search:
             self.released_score = round(best.score, 6)
         except _Stop as exc:
             raise DPCacheError(f"{exc} before the released settings were scored; raise max_samples") from None
+        finals: list[Candidate] = []
+        self.current = best
         try:
             grid = [("solver+order", {"solver": s, "order": o}) for s in space.solvers for o in space.orders]
             grid += [("first_full_steps", {"first_full_steps": v}) for v in space.first_full_steps]
@@ -266,47 +340,19 @@ class Search:
                 settings = {**best.settings, **change}
                 if settings != best.settings:
                     cand = self.planned(settings, stage)
-                    best = cand if cand is not None and cand.score > best.score else best
+                    best = self.current = cand if cand is not None and cand.score > best.score else best
+            starts = [best]
             if space.aligned and 1 < self.K < self.T:
                 cand = self.aligned(best.settings, "aligned")
-                best = cand if cand is not None and cand.score > best.score else best
-            if space.per_segment and len(space.orders) > 1:
-                for k in range(self.K):
-                    end = best.key_steps[k + 1] if k + 1 < self.K else self.T
-                    if end - best.key_steps[k] < 2:
-                        continue  # nothing is predicted after this key step
-                    base = best
-                    for o in space.orders:
-                        if o != base.segment_orders[k]:
-                            orders = (*base.segment_orders[:k], o, *base.segment_orders[k + 1 :])
-                            settings = {**base.settings, "segment_orders": list(orders)}
-                            cand = self.score(Candidate(base.key_steps, orders, settings), "per_segment")
-                            best = cand if cand.score > best.score else best
-            for _ in range(space.refine_passes):
-                improved = False
-                s = best.settings
-                fixed = set(mandatory_steps(self.T, s["first_full_steps"], s["last_full_steps"]))
-                for k in range(1, self.K):
-                    if best.key_steps[k] in fixed:
-                        continue
-                    lo = best.key_steps[k - 1]
-                    hi = best.key_steps[k + 1] if k + 1 < self.K else self.T
-                    top = best
-                    for d in range(1, space.refine_radius + 1):
-                        for step in (best.key_steps[k] - d, best.key_steps[k] + d):
-                            if lo < step < hi:
-                                steps = (*best.key_steps[:k], step, *best.key_steps[k + 1 :])
-                                moves = [*s.get("moves", []), [best.key_steps[k], step]]
-                                cand = self.score(
-                                    Candidate(steps, best.segment_orders, {**s, "moves": moves}), "refine"
-                                )
-                                top = cand if cand.score > top.score else top
-                    improved |= top is not best
-                    best, s = top, top.settings
-                if not improved:
-                    break
+                if cand is not None:
+                    cand.settings["branch"] = "aligned"
+                    starts.append(cand)
+            for start in starts:
+                finals.append(self.polish(start, space))
+            best = self.choose(finals, validation)
         except _Stop as exc:
             self.stopped = str(exc)
+            best = max([*finals, self.current], key=lambda c: c.score)
         finally:
             self.bar.close()
         return best

@@ -207,3 +207,30 @@ def test_zoo_training_probes_do_not_read_the_evaluation_prompts():
     for fn in (train.adherence_probe, train_video.adherence_probe):
         src = inspect.getsource(fn)
         assert "probe_prompts(" in src and "evaluation_prompts" not in src and "eval_prompts(" not in src
+
+
+def test_tuned_scores_on_calibration_prompts_only():
+    """dpcache-tuned searches on the run's calibration prompts, then the model's next calibration prompts up to
+    TUNE_PROMPTS — never an evaluation prompt (refused by name if one slips in)."""
+    from types import SimpleNamespace
+
+    from harness.context import PromptOverlapError
+    from harness.methods_dpcache import TUNE_PROMPTS, DPCacheTunedMethod
+    from harness.zoo.registry import get_spec
+
+    for name, count in (("flux-tiny", TUNE_PROMPTS), ("dit-tiny", TUNE_PROMPTS)):
+        spec = get_spec(name)
+        run = tuple(spec.calibration_prompts[2:4])
+        ctx = SimpleNamespace(calibration_prompts=run, evaluation_prompts=spec.evaluation_prompts, spec=spec)
+        prompts = DPCacheTunedMethod.tune_prompts(ctx)
+        assert prompts[:2] == list(run) and len(prompts) == len(set(prompts)) == count
+        assert set(prompts) <= set(spec.calibration_prompts)
+        assert not set(prompts) & set(spec.evaluation_prompts)
+    leaked = spec.evaluation_prompts[0]  # a model whose calibration list holds an evaluation prompt
+    bad = SimpleNamespace(
+        calibration_prompts=(),
+        evaluation_prompts=(leaked,),
+        spec=SimpleNamespace(calibration_prompts=[leaked], name="x"),
+    )
+    with pytest.raises(PromptOverlapError):
+        DPCacheTunedMethod.tune_prompts(bad)

@@ -20,6 +20,7 @@ SPACE = TuneSpace(
     first_full_steps=(3,),
     last_full_steps=(0, 1),
     max_extrapolation=(None, 2),
+    aligned=True,
     refine_radius=1,
 )
 
@@ -222,3 +223,28 @@ def test_aligned_candidate_runs_the_k_step_samplers_times(flux, tuned):
     assert steps == (0, 2, 4, 6, 8) and list(grid[list(steps)]) == list(coarse)
     tried = [c for c in tuned[0].schedule.candidates if c["stage"] == "aligned"]
     assert len(tried) == 1 and tried[0]["key_steps"] == list(steps) and tried[0]["segment_orders"] == [0] * K
+
+
+def test_validation_prompts_choose_the_branch_and_are_recorded(flux, tuned, tmp_path):
+    """Both branches (planned, aligned) are polished; other calibration prompts choose between them by their
+    own PSNR, recorded in the file; a validation prompt that is also a search prompt is refused."""
+    spec, pipe, prompts, kwargs, ct, _seen = flux
+    extra = [spec.calibration_prompts[2]]
+    r = tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=SPACE,
+             cache_dir=tuned[2], out=tmp_path / "v.json", progress=False, validation_prompts=extra)  # fmt: skip
+    sf = ScheduleFile.load(tmp_path / "v.json")
+    scores = sf.settings["validation_psnr"]
+    assert set(scores) == {"planned", "aligned"}
+    assert sf.settings.get("branch", "planned") == max(scores, key=scores.get)  # the validation's choice
+    assert sf.settings["validation_prompt_hashes"] == [prompt_hash(extra[0])]
+    assert not set(sf.settings["validation_prompt_hashes"]) & {
+        prompt_hash(str(p)) for p in spec.evaluation_prompts
+    }
+    validated = [c for c in sf.candidates if c["stage"] == "validation"]
+    assert len(validated) == 2 and sorted(round(v, 6) for v in scores.values()) == sorted(
+        c["psnr"] for c in validated
+    )
+    assert r.schedule.samples > tuned[0].schedule.samples  # the validation prompt's reference + two samples
+    with pytest.raises(Exception, match="also search prompts"):
+        tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=SPACE,
+             progress=False, validation_prompts=[prompts[0]])  # fmt: skip
