@@ -378,6 +378,28 @@ def driving(model: Model, hy: dict, official: torch.nn.Module, forward: Callable
         official.__dict__.pop("forward", None)
 
 
+class _NoCfgSpec:
+    """A model spec whose pipeline runs without CFG (`true_cfg_scale` 1: one transformer call per step)."""
+
+    def __init__(self, spec: Any) -> None:
+        self._spec = spec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._spec, name)
+
+    def pipeline_kwargs(self, prompt: Any, steps: int) -> dict:
+        return {**self._spec.pipeline_kwargs(prompt, steps), "true_cfg_scale": 1.0}
+
+
+def without_cfg(model: Model) -> Model:
+    """`model` sampled without CFG: one call per step, as the authors ran their forwards (the released
+    HunyuanVideo is CFG-distilled: guidance embedded, one call per step)."""
+    out = Model(model.name, model.pipe, _NoCfgSpec(model.spec))
+    if out.branches != 1:
+        raise ValueError(f"{model.name}: true_cfg_scale 1 still calls the transformer {out.branches}x per step")
+    return out
+
+
 class OfficialTrace(ComputeTrace):
     """`ComputeTrace` for the official model: a call computed if its last single block's `linear1` fired."""
 
