@@ -1,0 +1,94 @@
+"""ToCa on dit-tiny: our port (baselines/toca.py) next to Shenyi-Z/ToCa's own DiT code (DiT-ToCa) on their DiT class with dit-tiny's weights."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .common import AuthorsSource, Comparison, Model, Pair
+from .dit_official import build_official, compare_dit, driving, load_dit_modules
+
+REPO = "Shenyi-Z/ToCa"
+DIT_DIR = "DiT-ToCa"
+MODELS = ("dit-tiny",)
+KNOB = "interval"
+VALUES = (3.0, 4.0)
+# Their README's DDIM-50 command: `--cache-type attention --fresh-threshold 3 --fresh-ratio 0.07
+# --ratio-scheduler ToCa-ddim50 --force-fresh global --soft-fresh-weight 0.25` (fresh_threshold = the interval N).
+RELEASED = {
+    "cache_type": "attention",
+    "fresh_ratio": 0.07,
+    "ratio_scheduler": "ToCa-ddim50",
+    "force_fresh": "global",
+    "soft_fresh_weight": 0.25,
+    "test_FLOPs": False,
+}
+DIFFERENCE = (
+    "our ToCa follows the authors' later re-implementation (TaylorSeer's FLUX ToCa mode: first_enhance 3, a full "
+    "step every N, fresh ratio 0.1 x layer / stream factors, attention score only) on every model; DiT-ToCa's own "
+    "code differs in the schedule (force_scheduler: threshold round(N / (1.4 - 0.8 step/T)), 2 in the steps "
+    "0.2T-0.4T counted down, decided per block, so a step can be full in block 0 only), the ratio ('ToCa-ddim50': "
+    "0.07 x step x layer x module factors, attention outputs never refreshed) and the score (+ 0.25 x cache age "
+    "/ N, a 0.6 bonus to each 2x2 patch's best token) - not ported"
+)
+
+
+def _state(cache_init, steps: int, **kwargs):
+    """Their `cache_init` as `sample.py` calls it (model_kwargs of the CLI's flags)."""
+    return cache_init(kwargs, steps)
+
+
+def off_difference(model: Model, official, cache_init, prompt, seed: int, steps: int) -> float:
+    """Their ToCa DiT with caching off (fresh_threshold 1, fresh_ratio 0: every block 'full', attention computed
+    explicitly for its map) vs our transformer: max |d| on images."""
+    ours = model.sample(prompt, seed, steps)
+    state = _state(cache_init, steps, **(RELEASED | {"fresh_ratio": 0.0, "fresh_threshold": 1}))
+    with driving(model, official, *state):
+        theirs = model.sample(prompt, seed, steps)
+    return float((ours - theirs).abs().max())
+
+
+def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds) -> list[Comparison]:
+    """At each interval N: our registered ToCa vs DiT-ToCa at its README's DDIM-50 settings with threshold N."""
+    from baselines.base import get_method
+
+    mods = load_dit_modules(src, DIT_DIR, ("models", "cache_functions"))
+    cache_init = mods["cache_functions"].cache_init
+    official = build_official(mods["models"], model.pipe.transformer)
+    method = get_method("toca")
+    floors = {
+        seed: off_difference(model, official, cache_init, p, seed, steps)
+        for p, seed in zip(prompts, seeds, strict=True)
+    }
+    commit, rows = src.commit(), []
+    for value in values:
+        n = int(value)
+        extra = {"setting": "released", "ours": "registered", "authors": RELEASED | {"fresh_threshold": n}}
+        extra["deliberate"] = DIFFERENCE
+        for prompt, seed in zip(prompts, seeds, strict=True):
+            pair = Pair(
+                "toca",
+                REPO,
+                commit,
+                KNOB,
+                value,
+                partial(method.apply, model.pipe, value, steps, None),
+                partial(method.remove, model.pipe),
+                None,
+                {},
+                dict(extra),
+            )
+            state = partial(_state, cache_init, steps, **(RELEASED | {"fresh_threshold": n}))
+            rows.append(
+                compare_dit(
+                    model,
+                    official,
+                    pair,
+                    steps,
+                    prompt,
+                    seed,
+                    state,
+                    floors[seed],
+                    "released: DiT-ToCa README DDIM-50 settings, fresh_threshold N",
+                )
+            )
+    return rows
