@@ -72,6 +72,14 @@ class ToCaConfig:
     FLUX code says nothing: single-stack models (Wan, DiT) take stream factor s = 1; the score of a step is the
     one of the last full step (as theirs, whose map is only refreshed on full steps). The former port (similarity
     score, constant ratio) stays available as `score="similarity", schedule="constant"`.
+    DiT (benchmarks/fidelity/toca_dit.py): the paper's own DiT code (Shenyi-Z/ToCa @ e84096f, `DiT-ToCa`, its
+    README's DDIM-50 settings with fresh_threshold = N) on its DiT class carrying dit-tiny's weights, driven by our
+    DiTPipeline (`dit_official.py`; caching off: 1.1e-6 from its explicit softmax): T = 50, N = 3 / 4, 2 prompts,
+    computed steps differ and max |ours − theirs| = 0.21–0.49. Not ported, kept apart in the table: this port
+    follows the later FLUX re-implementation on every model, DiT-ToCa's own rule differs — a per-block full /
+    ToCa decision with a step-dependent threshold (`force_scheduler`: round(N / (1.4 − 0.8·step/T)), step counting down; 2 for
+    steps 0.2T–0.4T), the 'ToCa-ddim50' ratio (0.07 × step, layer and module factors; attention outputs never
+    refreshed) and a score adding 0.25 × cache age / N and a 0.6 bonus to each 2×2 patch's best token.
 
     Args:
         interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any
