@@ -23,7 +23,9 @@ _HOOKS = MAG_CACHE_HOOKS
 FAMILY_DEFAULTS = {
     "flux": (5, 0.1),  # MagCache4FLUX/magcache_flux.py: E024K5R01 (their FLUX.1-dev setting)
     "hunyuan-video": (6, 0.2),  # MagCache4HunyuanVideo/magcache_sample_video.py: E024K6R02
-    "wan": (3, 0.2),  # diffusers' MagCacheConfig defaults (the authors' Wan script takes K, R from its CLI)
+    # MagCache4Wan2.1/README.md's T2V-1.3B command and the paper's 'fast' eval: E012K4R02 (the script's CLI
+    # default is K = 2, its 'slow' eval; 14B: K = 6); checked against its forward (benchmarks/fidelity/magcache_wan.py)
+    "wan": (4, 0.2),
     "dit": (5, 0.1),  # no authors' DiT script: FLUX's image settings (as DiCache here)
 }
 _FAMILY_OF = {
@@ -51,14 +53,14 @@ class MagCacheBenchConfig:
         max_skip_steps (K) / retention_ratio (R): diffusers' defaults 3 / 0.2; the bench uses the authors' setting
             for the model family (`FAMILY_DEFAULTS`, `for_family`): FLUX K = 5, R = 0.1 (their FLUX.1-dev script,
             "E024K5R01"; it also forces the 11th of 28 steps, which diffusers' hook does not), HunyuanVideo K = 6,
-            R = 0.2, Wan diffusers' 3 / 0.2, DiT FLUX's (no authors' DiT script).
+            R = 0.2, Wan K = 4, R = 0.2 (their Wan2.1 T2V-1.3B command, "E012K4R02"), DiT FLUX's (no authors' DiT script).
 
     Least compute (`BUDGET_LIMIT`): the first `W = round(R·T)` steps compute, then at most K skips follow each
     computed step, so a sample costs at least `W + floor((T − W)/(K + 1))` full steps (plus the embedding and
     output layers, which run at skipped steps too) whatever the threshold — at T = 50: 5 + 7 = 12 for FLUX/DiT
     (measured: flux-tiny K ≥ 12.3, threshold 0.23 → 13.3; dit-tiny K ≥ 12.5, reached at saturation: K = 13 is
-    reached, K = 9 is not), 10 + 10 = 20 with diffusers' defaults (Wan; diffusers' defaults gave flux-tiny
-    K ≥ 20.3).
+    reached, K = 9 is not), 10 + 8 = 18 for Wan (K = 4, R = 0.2; diffusers' defaults 3 / 0.2 give 20, and
+    gave flux-tiny K ≥ 20.3).
 
     Fidelity (benchmarks/fidelity/magcache.py, `reports/competitors.md`): against Zehong-Ma/MagCache @ df81cb1
     (`MagCache4FLUX/magcache_flux.py`, its forward loaded at run time, fed the same ratios) on flux-tiny, T = 10,
@@ -67,6 +69,20 @@ class MagCacheBenchConfig:
     script also forces the step nearest the 11th of 28 (a FLUX.1-dev trajectory fix, step 20 at T = 50), which
     diffusers' hook does not; at T = 50, threshold 0.23 (≈ K = 13) that one extra step makes ours vs theirs
     41.9 dB PSNR apart (their run computes 14 steps, ours 13).
+
+    Wan (benchmarks/fidelity/magcache_wan.py): against `MagCache4Wan2.1/magcache_generate.py` @ df81cb1, its
+    `magcache_forward` bound to the official WanModel (Wan-Video/Wan2.1 @ 9737cba) carrying wan-tiny's weights,
+    same pipeline and seeds; T = 50, thresholds −1 / 0.06 / 0.12 / 0.24, 2 prompts, both fed diffusers' ratios:
+    computed steps of both CFG branches identical, max |ours − theirs| ≤ 3.1e-6 (the uncached floor is 2.3e-6).
+    Their `magcache_calibration` and diffusers' calibration agree to 4.1e-6 (theirs rounds to 5 decimals). Fixed:
+    Wan ran diffusers' K = 3 (no authors' Wan setting); now K = 4, R = 0.2, their T2V-1.3B command (effect on
+    wan-tiny, 4 prompts, effects_wan.jsonl: threshold 0.12 at the same K = 21.5 34.0 → 32.5 dB, the least compute
+    20.6 → 18.6 steps at 32.5 → 30.3 dB; K = 13 / 9 stay out of reach either way). Kept on purpose: their Wan
+    script keeps one ratio list per CFG branch, diffusers' hook one for both (ours: the branches' mean; the lists
+    differ by ≤ 4.9e-3 on wan-tiny); fed their own per-branch calibration their unconditional branch skips other
+    steps at threshold 0.06 (max |d| 0.72), identical schedules at 0.12 / 0.24. Their retention `int(2T·R)` over
+    both branches' calls equals diffusers' `round(R·T)` whenever 2T·R is even (T = 10, 50); their skip test is
+    `err < threshold`, diffusers' `≤` (the same unless equal).
 
     The schedule depends only on the calibrated ratios, not on the sample, so a batch behaves like its samples
     run alone; every cache context (CFG branch) has its own accumulators and residual.
@@ -173,7 +189,7 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
 
 BUDGET_LIMIT = (
     "MagCache computes its first round(retention_ratio·T) steps and at least one step in every max_skip_steps+1 "
-    "after them (the authors' FLUX/DiT setting K=5, R=0.1: 12 of 50 steps; diffusers' K=3, R=0.2: 20 of 50), "
+    "after them (the authors' FLUX/DiT setting K=5, R=0.1: 12 of 50 steps; their Wan K=4, R=0.2: 18 of 50), "
     "whatever the threshold; the threshold range (0, 1e3) saturates"
 )
 
@@ -190,5 +206,5 @@ METHOD = CacheMethod(
     calibrate=_calibrate,
     origin="diffusers 0.42 MagCacheConfig hook (Zehong-Ma/MagCache), wrapped unchanged; mag_ratios per model from "
     "diffusers' calibrate=True mode; K/R from the authors' per-model scripts (FLUX 5/0.1, HunyuanVideo 6/0.2; "
-    "Wan diffusers' 3/0.2; DiT FLUX's); DiT through apply_mag_cache",
+    "Wan 4/0.2 (their T2V-1.3B command); DiT FLUX's); DiT through apply_mag_cache",
 )

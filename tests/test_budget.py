@@ -22,7 +22,7 @@ SIGNATURES = {
     "fastercache": "se4a9230843",
     "firstblockcache": "sf7a0c4864d",
     "fora": "s7232130384",
-    "magcache": "s887b77ac6a",
+    "magcache": "sea91b7971e",  # Wan K/R 3/0.2 -> 4/0.2 (the authors' T2V-1.3B setting)
     "omnicache": "s192a249253",
     "pab": "s44708c8ffa",
     "seacache": "s35947e268d",

@@ -102,4 +102,4 @@ def test_teacache_and_magcache_ids_come_from_their_family_tables():
     assert get_method("teacache").config_id == "wan-e0-ret5" == f"wan-e0-ret{teacache.WAN_RET_STEPS[0]}"
     table = ",".join(f"{f}={k}/{r}" for f, (k, r) in sorted(magcache.FAMILY_DEFAULTS.items()))
     assert get_method("magcache").config_id == "family-KR:" + table
-    assert table == "dit=5/0.1,flux=5/0.1,hunyuan-video=6/0.2,wan=3/0.2"
+    assert table == "dit=5/0.1,flux=5/0.1,hunyuan-video=6/0.2,wan=4/0.2"

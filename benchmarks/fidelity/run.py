@@ -25,6 +25,7 @@ METHODS = (
     "easycache",
     "dicache_wan",
     "taylorseer_wan",
+    "magcache_wan",
 )
 
 
