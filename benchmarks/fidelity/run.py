@@ -26,6 +26,10 @@ METHODS = (
     "dicache_wan",
     "taylorseer_wan",
     "magcache_wan",
+    "teacache_hunyuan",
+    "easycache_hunyuan",
+    "dicache_hunyuan",
+    "magcache_hunyuan",
 )
 
 
