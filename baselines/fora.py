@@ -54,6 +54,13 @@ class FORAConfig:
     warm-up is 1 step on purpose: the codebase's `cal_type` gives FORA ("FORA: Uniform", `fresh_ratio == 0`)
     only step 0, whatever `first_enhance` says (3 applies to its ToCa / Taylor modes).
 
+    Wan (benchmarks/fidelity/fora_wan.py): the codebase's FORA mode cannot run in its `TaylorSeer-Wan2.1` folder
+    (its block forward implements only 'full' and 'Taylor' steps; FORA's cached steps get the type 'ToCa'), so
+    their Taylor path at max_order 0 and first_enhance 1 — FORA's rule: full every N steps from step 0, each
+    block's ungated self-attention / cross-attention / FFN outputs reused under the current gates — bound to
+    their WanModel with wan-tiny's weights is the reference: T = 50, N = 3 / 5 / 7, 2 prompts: computed steps of
+    both CFG branches identical, max |ours − theirs| ≤ 6.8e-6 (uncached floor 2.3e-6). No Wan-specific change.
+
     Least compute (`METHOD.budget_limit`): step 0, plus the recomputed norms / modulation and the embedding and output
     layers at every cached step. At T = 50: flux-tiny N = 4 → 13.6, N = 7 → 8.7 (K = 13 and K = 9 reached); dit-tiny
     N = 4 → 13.9, N = 5 → 11.0, N = 7 → 9.0 (K = 9 reached; K = 13 falls between two integer intervals).

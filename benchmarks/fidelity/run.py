@@ -26,6 +26,7 @@ METHODS = (
     "dicache_wan",
     "taylorseer_wan",
     "magcache_wan",
+    "fora_wan",
     "teacache_hunyuan",
     "easycache_hunyuan",
     "dicache_hunyuan",
