@@ -19,6 +19,7 @@ from dpcache.hook_utils import (
     transformer_of,
 )
 
+from . import _toca_dit as _dit
 from ._stack_hooks import (
     ATTENTION_CHILDREN,
     TOKENWISE_CHILDREN,
@@ -96,11 +97,13 @@ class ToCaConfig:
     num_inference_steps: int = 50
     score: str = "attention"
     schedule: str = "toca"
+    rule: str = "flux"
 
     @property
     def config_id(self) -> str:
         """The fixed settings besides the knob and T, as the bench's budget cache keys them."""
-        return f"fe{self.first_enhance};fresh{self.fresh_ratio};{self.score};{self.schedule}-schedule"
+        rule = ";dit-toca-rule" if self.rule == "dit" else ""
+        return f"fe{self.first_enhance};fresh{self.fresh_ratio};{self.score};{self.schedule}-schedule{rule}"
 
 
 def fresh_ratio_for(base: float, layer: int, stream: str, schedule: str = "toca") -> float:
@@ -121,6 +124,9 @@ class ToCaState(StepState):
         self.outputs: dict[int, object] = {}
         self.inputs: dict[int, torch.Tensor] = {}
         self.scores: dict[int, torch.Tensor] = {}
+        self.threshold: float | None = None  # rule "dit": the refresh period block 0 set last
+        self.block_full: dict[int, bool] = {}  # rule "dit": this step's decision per block
+        self.ages: dict[int, torch.Tensor] = {}  # rule "dit": steps since each token was refreshed
 
 
 class ToCaStepHook(StepHook):
@@ -132,6 +138,13 @@ class ToCaStepHook(StepHook):
 
     def forward_step(self, module: torch.nn.Module, state: ToCaState, args: tuple, kwargs: dict):
         c = self.config
+        if c.rule == "dit":  # decided per block (ToCaModuleHook); block 0's prospective decision counts hits
+            sd = self.num_steps - 1 - state.step
+            state.full = _dit.block_full(sd, self.num_steps, c.interval, state.threshold) or not state.outputs
+            state.block_full = {}
+            if not state.full:
+                state.hits += batch_rows(args, kwargs)
+            return self.fn_ref.original_forward(*args, **kwargs)
         state.full = interval_full(state.step, c.interval, c.first_enhance) or not state.outputs
         # the score is only needed when a ToCa step follows (so interval 1 runs the fused kernel: == uncached)
         nxt = state.step + 1
@@ -144,7 +157,7 @@ class ToCaStepHook(StepHook):
 
 
 @contextmanager
-def _attention_maps(sink: list[torch.Tensor]) -> Iterator[None]:
+def _attention_maps(sink: list[torch.Tensor], over_queries: bool = True) -> Iterator[None]:
     """Inside: scaled_dot_product_attention computed explicitly, each map's mean over heads and queries (B, S)
     appended to `sink` (the authors' `dot_product_attention`; same FLOPs as the fused kernel)."""
     fused = F.scaled_dot_product_attention
@@ -162,7 +175,7 @@ def _attention_maps(sink: list[torch.Tensor]) -> Iterator[None]:
                 else weight + attn_mask
             )
         attn = weight.softmax(dim=-1)
-        sink.append(attn.mean(dim=1).mean(dim=1))
+        sink.append(attn.mean(dim=1).mean(dim=1) if over_queries else attn.mean(dim=1))
         return attn @ value
 
     torch.nn.functional.scaled_dot_product_attention = explicit
@@ -188,6 +201,8 @@ class ToCaModuleHook(ModelHook):
 
     def new_forward(self, module: torch.nn.Module, *args, **kwargs):
         state: ToCaState = self.manager.get_state()
+        if self.config.rule == "dit":
+            return self._dit_forward(state, args, kwargs)
         x = args[0] if args else kwargs.get("hidden_states")
         if state.full or self.key not in state.outputs:
             if self.records and state.record and self.config.score == "attention":
@@ -220,6 +235,45 @@ class ToCaModuleHook(ModelHook):
         output = cached.scatter(1, idx.expand(-1, -1, cached.shape[-1]), fresh_out.to(cached.dtype))
         state.outputs[self.key] = output
         state.inputs[self.key] = state.inputs[self.key].scatter(1, idx.expand(-1, -1, x.shape[-1]), fresh_x)
+        return output
+
+    def _dit_forward(self, state: ToCaState, args: tuple, kwargs: dict):
+        """DiT-ToCa's rule (`baselines._toca_dit`): the block's attention decides full / ToCa for its block
+        (block 0 then sets the refresh period); full: compute (the attention recording its map's score), reset
+        the token ages; ToCa: attention reused, the MLP recomputed for the selected tokens."""
+        c = self.config
+        n = c.num_inference_steps
+        sd = n - 1 - state.step
+        x = args[0] if args else kwargs.get("hidden_states")
+        if self.records:
+            full = _dit.block_full(sd, n, c.interval, state.threshold) or self.key not in state.outputs
+            state.block_full[self.block] = full
+            if full and self.block == 0:
+                state.threshold = _dit.threshold(c.interval, sd, n, c.fresh_ratio)
+        else:
+            full = state.block_full.get(self.block, True) or self.key not in state.outputs
+        if full:
+            if self.records:
+                sink: list[torch.Tensor] = []
+                with _attention_maps(sink, over_queries=False):
+                    output = self.fn_ref.original_forward(*args, **kwargs)
+                state.scores[self.block] = _dit.attention_score(sink[0].float())
+            else:
+                output = self.fn_ref.original_forward(*args, **kwargs)
+            state.outputs[self.key] = output
+            if self.tokenwise and isinstance(x, torch.Tensor):
+                state.ages[self.key] = torch.zeros(x.shape[:2], dtype=torch.int, device=x.device)
+            return output
+        cached = state.outputs[self.key]
+        if not self.tokenwise or self.key not in state.ages:
+            return cached
+        count = _dit.fresh_count(c.fresh_ratio, self.block, sd, n, x.shape[1])
+        fresh = _dit.select(state.scores[self.block], state.ages[self.key], c.interval, count)
+        idx = fresh.unsqueeze(-1)
+        fresh_x = x.gather(1, idx.expand(-1, -1, x.shape[-1]))
+        fresh_out = self.fn_ref.original_forward(fresh_x, *args[1:], **kwargs)
+        output = cached.scatter(1, idx.expand(-1, -1, cached.shape[-1]), fresh_out.to(cached.dtype))
+        state.outputs[self.key] = output
         return output
 
     def _score(self, state: ToCaState, x: torch.Tensor) -> torch.Tensor | None:

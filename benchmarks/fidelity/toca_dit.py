@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 
 from .common import AuthorsSource, Comparison, Model, Pair
@@ -50,6 +51,7 @@ def off_difference(model: Model, official, cache_init, prompt, seed: int, steps:
 def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds) -> list[Comparison]:
     """At each interval N: our registered ToCa vs DiT-ToCa at its README's DDIM-50 settings with threshold N."""
     from baselines.base import get_method
+    from baselines.toca import ToCaConfig, apply_toca, remove_toca
 
     mods = load_dit_modules(src, DIT_DIR, ("models", "cache_functions"))
     cache_init = mods["cache_functions"].cache_init
@@ -60,10 +62,18 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
         for p, seed in zip(prompts, seeds, strict=True)
     }
     commit, rows = src.commit(), []
-    for value in values:
+    for label, value in itertools.product(("released", "dit-rule"), values):
         n = int(value)
-        extra = {"setting": "released", "ours": "registered", "authors": RELEASED | {"fresh_threshold": n}}
-        extra["deliberate"] = DIFFERENCE
+        extra = {"setting": label, "authors": RELEASED | {"fresh_threshold": n}}
+        if label == "released":
+            extra |= {"ours": "registered", "deliberate": DIFFERENCE}
+            apply = partial(method.apply, model.pipe, value, steps, None)
+        else:  # our port with DiT-ToCa's own rule at their settings
+            cfg = ToCaConfig(
+                interval=n, fresh_ratio=RELEASED["fresh_ratio"], rule="dit", num_inference_steps=steps
+            )
+            extra["ours"] = {"rule": "dit", "fresh_ratio": cfg.fresh_ratio}
+            apply = partial(apply_toca, model.pipe, cfg)
         for prompt, seed in zip(prompts, seeds, strict=True):
             pair = Pair(
                 "toca",
@@ -71,8 +81,8 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                 commit,
                 KNOB,
                 value,
-                partial(method.apply, model.pipe, value, steps, None),
-                partial(method.remove, model.pipe),
+                apply,
+                partial(remove_toca, model.pipe),
                 None,
                 {},
                 dict(extra),
@@ -88,7 +98,7 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                     seed,
                     state,
                     floors[seed],
-                    "released: DiT-ToCa README DDIM-50 settings, fresh_threshold N",
+                    f"{label}: DiT-ToCa README DDIM-50 settings, fresh_threshold N",
                 )
             )
     return rows
