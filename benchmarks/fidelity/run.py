@@ -27,6 +27,8 @@ METHODS = (
     "taylorseer_wan",
     "magcache_wan",
     "fora_wan",
+    "taylorseer_dit",
+    "toca_dit",
     "teacache_hunyuan",
     "easycache_hunyuan",
     "dicache_hunyuan",
