@@ -68,6 +68,17 @@ class TaylorSeerBenchConfig:
     N = 8 K = 8.8 21.3 dB; theirs N = 4 K = 13.7 39.8 dB, N = 5 K = 10.7 32.0 dB, N = 7 K = 8.8 27.7 dB — theirs
     is better at matched compute, so the bench now runs their Wan settings on Wan (`WAN_SETTINGS`; the config
     id says so), even though their coarser step grid may leave no interval within 5 % of K = 13.
+    DiT (benchmarks/fidelity/taylorseer_dit.py): against `TaylorSeer-DiT` @ 288776d — their `DiT` class (facebookresearch
+    DiT's models.py with their cache) carrying dit-tiny's weights, driven by our DiTPipeline (`dit_official.py`;
+    caching off: identical images) — T = 50, N = 3 / 4, 2 prompts: at equal settings identical computed steps and
+    max |ours − theirs| ≤ 3.8e-6 (their code at our O = 2 / first_enhance 3: 0; our port at their O = 4 /
+    first_enhance 2). Kept, flagged for the lead: their DiT code as released (README: N = 4, max_order 4;
+    `cache_init` fixes first_enhance 2) differs from the FLUX settings the bench runs on DiT (max |d| up to 0.53).
+    Effect on dit-tiny (T = 50, 4 evaluation prompts, PSNR vs full, benchmarks/fidelity/effects_dit.jsonl): ours
+    N = 5 K = 12.7 24.9 dB, N = 8 K = 8.8 18.3 dB; theirs N = 5 K = 11.7 30.1 dB, N = 4 K = 14.6 25.6 dB,
+    N = 7 K = 8.8 21.1 dB (no N within 5 % of K = 13) — theirs is better at matched compute; not switched here
+    because the dit suite's expected TaylorSeer figures would move (a `DIT_SETTINGS` like `WAN_SETTINGS` plus
+    `--update-expected` is the lead's call).
 
     Args:
         cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
