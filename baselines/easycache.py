@@ -47,8 +47,17 @@ class EasyCacheConfig:
     its own (max |d| up to 0.43, steps differing); now the unconditional branch follows the conditional one:
     at K = 13 on wan-tiny (T = 50, 4 evaluation prompts, knob searched as the harness does,
     `benchmarks/fidelity/effect.py`) PSNR vs the full-compute output 13.7 dB before (τ 1.25), 22.7 dB after (τ 0.625).
+    HunyuanVideo (benchmarks/fidelity/easycache_hunyuan.py): against `EasyCache4HunyuanVideo/easycache_sample_video.py`
+    @ 5127804, its `easycache_forward` bound to the official `HYVideoDiffusionTransformer` (Tencent/HunyuanVideo
+    @ fa14b00) carrying hunyuan-video-tiny's weights, driven by our pipeline (`hunyuan_official.py`), without CFG
+    (one call per step, as they ran the CFG-distilled model), T = 50, τ = 0 / 0.025 / 0.05 / 0.1, 2 prompts:
+    computed steps identical, max |ours − theirs| ≤ 1.2e-6 (uncached floor 8.3e-7).
     Differences kept: the warm-up is scaled from the authors' 10 of 50 steps to T (their `ret_steps` is fixed),
     and the state is per batch row (their forward assumes one sample), so a batch equals its samples run alone.
+    With true CFG on HunyuanVideo the conditional branch decides (the authors' Wan rule); their forward run by the
+    official pipeline decides on the batched [uncond, cond] call, pooling both branches' changes, which is not
+    available at diffusers' conditional call (measured, rows tagged deliberate: theirs computes more steps, e.g.
+    τ 0.025: 42 vs 49 of 50; PSNR ours vs theirs 37.1–51.5 dB at τ 0.025–0.1).
 
     Args:
         num_inference_steps: T.

@@ -67,6 +67,15 @@ class TeaCacheConfig:
     steps per branch), both with the same polynomial fitted on wan-tiny, T = 50, thresholds 0 / 0.1 / 0.2 / 0.4,
     2 prompts: computed steps identical, max |ours − theirs| ≤ 1.1e-5 on frames in [0, 1] (uncached floor of the
     two model implementations: 2.3e-6). The port used block 0's modulated input and no retention steps before.
+    HunyuanVideo: against `TeaCache4HunyuanVideo/teacache_sample_video.py` @ 7c10efc, its `teacache_forward` bound
+    to the official `HYVideoDiffusionTransformer` (Tencent/HunyuanVideo @ fa14b00) carrying hunyuan-video-tiny's
+    weights, driven by our pipeline (`benchmarks/fidelity/teacache_hunyuan.py`, `hunyuan_official.py`), both with
+    the authors' published HunyuanVideo polynomial, their state per CFG branch: T = 50, thresholds 0 / 0.1 / 0.15
+    / 0.3, 2 prompts: computed steps of both branches identical, max |ours − theirs| ≤ 5.1e-6 (uncached floor
+    5.1e-6). Kept on purpose: the state is per CFG branch — their forward, written for the CFG-distilled model
+    (one call per step), decides once per step for the official pipeline's batched [uncond, cond] call; that
+    pooled decision is not available when diffusers calls the branches one after the other (measured, rows
+    tagged deliberate: at 0.15 / 0.3 one prompt's steps differ, PSNR ours vs theirs down to 16.9 dB).
     Differences kept: the tiny models' polynomials are fitted by `calibrate_teacache` with the authors' recipe (no
     published coefficients exist for them; the fit's R² is stored in the artifacts), and the batch is handled per
     row (the authors' code assumes one sample per call).
