@@ -98,3 +98,42 @@ def test_authors_taylorseer_dit_matches_our_port(dit_tiny, taylorseer_dit, setti
     assert row.max_abs < 1e-4
     released = [r for r in rows if r.extra["setting"] == "released"]
     assert released and all("deliberate" in r.extra for r in released)
+
+
+def test_toca_dit_rule_pieces():
+    """DiT-ToCa's force_scheduler period, 'ToCa-ddim50' count, 2x2 bonus and cache ages, by hand."""
+    from baselines import _toca_dit as d
+
+    assert d.threshold(3, 49, 50, 0.07) == 5.0  # round(3 / (1.4 - 0.8 * 49 / 50)) = round(4.87)
+    assert d.threshold(3, 0, 50, 0.07) == 2.0  # round(3 / 1.4)
+    assert d.threshold(3, 15, 50, 0.07) == 2.0  # steps 10..19 (counted down): 2
+    assert d.threshold(3, 15, 50, 0.0) == 3.0  # fresh ratio 0 (FORA): the interval
+    assert d.block_full(49, 50, 3, None) and d.block_full(10, 50, 3, 5.0)
+    assert not d.block_full(11, 50, 3, 5.0)
+    assert d.fresh_count(0.07, 0, 49, 50, 64) == 0  # step factor < 0 early: clamped to 0
+    assert d.fresh_count(0.07, 0, 0, 50, 64) == int(torch.tensor(0.07 * 0.8 * 3.0 * 2.5) * 64)
+    score = torch.tensor([[0.1, 0.2, 0.9, 0.3] * 4])  # a 4x4 grid: 2x2 patches
+    bonus = d._local_bonus(score)
+    assert torch.allclose(bonus.sum() - score.sum(), torch.tensor(0.6 * (0.2 + 0.9) * 2))  # one max per patch
+    ages = torch.zeros(1, 16, dtype=torch.int)
+    fresh = d.select(torch.zeros(1, 16), ages, 3, 4)
+    assert fresh.shape == (1, 4) and int(ages.sum()) == 12 and all(ages[0, fresh[0]] == 0)
+
+
+@pytest.fixture(scope="module")
+def toca_src():
+    return _source("Shenyi-Z+ToCa", "Shenyi-Z/ToCa")
+
+
+def test_authors_toca_dit_matches_our_dit_rule(dit_tiny, toca_src):
+    """Their DiT-ToCa at its README's DDIM-50 settings vs our port with rule 'dit': same computed steps (fewer than
+    T), images within 1e-4; their model uncached within 1e-5; the registered port (FLUX rule) differs, tagged."""
+    from benchmarks.fidelity import toca_dit
+
+    rows = toca_dit.compare(toca_src, dit_tiny, STEPS, (3.0,), dit_tiny.spec.evaluation_prompts[:1], [0])
+    (dit,) = [r for r in rows if r.extra["setting"] == "dit-rule"]
+    assert dit.extra["uncached_max_abs"] < 1e-5
+    assert dit.steps_equal and len(dit.steps_ours) < STEPS
+    assert dit.max_abs < 1e-4
+    (released,) = [r for r in rows if r.extra["setting"] == "released"]
+    assert released.max_abs > 1e-3 and "deliberate" in released.extra
