@@ -121,3 +121,78 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                 note = f"{label}: authors' t2v --use_magcache, K {k}, retention {r}"
                 rows.append(compare_wan(model, official, pair, steps, prompt, seed, floors[seed], note))
     return rows
+
+
+def branch_effect(src: AuthorsSource, model: Model, steps: int, values, prompts: int = 4) -> list[dict]:
+    """What the kept difference (`PER_BRANCH`) changes: the authors' forward on the official model fed their own
+    per-branch calibration vs the branches' mean (what diffusers' hook can take), at each threshold; PSNR of the
+    frames against the uncached official model's (evaluation prompts, seeds 100, 101, … as effect.py) and the
+    computed steps per branch and sample (`measured_K`: full steps only — skipped steps still run the embeddings
+    and the head)."""
+    from baselines.magcache import FAMILY_DEFAULTS
+
+    from .common import psnr
+    from .wan_official import OfficialTrace
+
+    wan_src = wan_source(src)
+    wan, official = load_official(model, wan_src)
+    names = ("magcache_forward", "magcache_calibration", "save_json")
+    fns = load_script(src.read(SCRIPT), names, SCRIPT, wan)
+    theirs_cal = their_ratios(
+        model, official, fns["magcache_calibration"], model.spec.calibration_prompts[0], 42, steps
+    )
+    mean = list(np.mean(np.array(theirs_cal), axis=0))
+    k, r = FAMILY_DEFAULTS["wan"]
+    evals = list(model.spec.evaluation_prompts[:prompts])
+    with driving(model, official):
+        refs = [model.sample(p, 100 + i, steps) for i, p in enumerate(evals)]
+    rows = []
+    for label, ratios in (("per-branch", theirs_cal), ("mean", [mean, mean])):
+        for value in values:
+            trace, outs = OfficialTrace(official), []
+            try:
+                for i, p in enumerate(evals):
+                    state = authors_state(steps, value, k, r, ratios)
+                    with driving(model, official, fns["magcache_forward"], state):
+                        outs.append(model.sample(p, 100 + i, steps))
+            finally:
+                trace.close()
+            values_db = [psnr(o, ref) for o, ref in zip(outs, refs, strict=True)]
+            rows.append(
+                {
+                    "method": "magcache",
+                    "model": model.name,
+                    "T": steps,
+                    "knob": value,
+                    "label": f"authors' Wan forward, {label} ratios (K = full steps)",
+                    "overrides": [],
+                    "measured_K": sum(trace.calls) / (model.branches * len(evals)),
+                    "psnr": values_db,
+                    "psnr_mean": sum(values_db) / len(values_db),
+                    "code": f"{REPO}@{src.commit()}:{SCRIPT}",
+                }
+            )
+    return rows
+
+
+def main() -> int:
+    """``python -m benchmarks.fidelity.magcache_wan AUTHORS_SRC [OUT]``: `branch_effect` at T = 50, thresholds
+    0.06 / 0.12 / 0.24, printed and appended to OUT."""
+    import json
+    import sys
+
+    from .common import authors_source, load_model
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    rows = branch_effect(authors_source(sys.argv[1], REPO), load_model("wan-tiny"), 50, (0.06, 0.12, 0.24))
+    for row in rows:
+        print(json.dumps(row), flush=True)
+        if len(sys.argv) > 2:
+            with open(sys.argv[2], "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
