@@ -29,6 +29,7 @@ METHODS = (
     "fora_wan",
     "taylorseer_dit",
     "toca_dit",
+    "fora_dit",
     "teacache_hunyuan",
     "easycache_hunyuan",
     "dicache_hunyuan",
