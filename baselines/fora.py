@@ -60,6 +60,11 @@ class FORAConfig:
     block's ungated self-attention / cross-attention / FFN outputs reused under the current gates — bound to
     their WanModel with wan-tiny's weights is the reference: T = 50, N = 3 / 5 / 7, 2 prompts: computed steps of
     both CFG branches identical, max |ours − theirs| ≤ 6.8e-6 (uncached floor 2.3e-6). No Wan-specific change.
+    DiT (benchmarks/fidelity/fora_dit.py): likewise `TaylorSeer-DiT` (no FORA mode either) at max_order 0 and
+    first_enhance 1 on their DiT class with dit-tiny's weights (`dit_official.py`): T = 50, N = 3 / 5 / 7,
+    2 prompts, identical images (max |d| = 0) and computed steps. (DiT-ToCa's `fresh_ratio = 0` FORA variant
+    counts its grid down from T − 1, i.e. aligns it to the last step; not the rule of FORA's paper or of this
+    codebase's FLUX / Wan code, not followed.) No DiT-specific change.
 
     Least compute (`METHOD.budget_limit`): step 0, plus the recomputed norms / modulation and the embedding and output
     layers at every cached step. At T = 50: flux-tiny N = 4 → 13.6, N = 7 → 8.7 (K = 13 and K = 9 reached); dit-tiny

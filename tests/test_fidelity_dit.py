@@ -137,3 +137,13 @@ def test_authors_toca_dit_matches_our_dit_rule(dit_tiny, toca_src):
     assert dit.max_abs < 1e-4
     (released,) = [r for r in rows if r.extra["setting"] == "released"]
     assert released.max_abs > 1e-3 and "deliberate" in released.extra
+
+
+def test_authors_taylorseer_dit_order0_is_our_fora(dit_tiny, taylorseer_dit):
+    """TaylorSeer-DiT at max_order 0 / first_enhance 1 (FORA's rule) vs our FORA: same steps, images within 1e-4."""
+    from benchmarks.fidelity import fora_dit
+
+    src, _, _ = taylorseer_dit
+    (row,) = fora_dit.compare(src, dit_tiny, STEPS, (3.0,), dit_tiny.spec.evaluation_prompts[:1], [0])
+    assert row.steps_equal and row.steps_ours == [0, 3, 6, 9]
+    assert row.max_abs < 1e-4
