@@ -75,12 +75,15 @@ class ToCaConfig:
     score, constant ratio) stays available as `score="similarity", schedule="constant"`.
     DiT (benchmarks/fidelity/toca_dit.py): the paper's own DiT code (Shenyi-Z/ToCa @ e84096f, `DiT-ToCa`, its
     README's DDIM-50 settings with fresh_threshold = N) on its DiT class carrying dit-tiny's weights, driven by our
-    DiTPipeline (`dit_official.py`; caching off: 1.1e-6 from its explicit softmax): T = 50, N = 3 / 4, 2 prompts,
-    computed steps differ and max |ours − theirs| = 0.21–0.49. Not ported, kept apart in the table: this port
-    follows the later FLUX re-implementation on every model, DiT-ToCa's own rule differs — a per-block full /
-    ToCa decision with a step-dependent threshold (`force_scheduler`: round(N / (1.4 − 0.8·step/T)), step counting down; 2 for
-    steps 0.2T–0.4T), the 'ToCa-ddim50' ratio (0.07 × step, layer and module factors; attention outputs never
-    refreshed) and a score adding 0.25 × cache age / N and a 0.6 bonus to each 2×2 patch's best token.
+    DiTPipeline (`dit_official.py`; caching off: 1.1e-6 from its explicit softmax). Its rule differs from the FLUX
+    re-implementation's: a per-block full / ToCa decision with a step-dependent period (`force_scheduler`:
+    round(N / (1.4 − 0.8·sd/T)), sd counting down; 2 for sd in 0.2T–0.4T), the 'ToCa-ddim50' MLP ratio (0.07 ×
+    step, layer and module factors; attention outputs never refreshed) and a score adding 0.25 × cache age / N
+    and a 0.6 bonus to each 2×2 patch's best token. `rule="dit"` (`baselines._toca_dit`, with fresh_ratio 0.07)
+    ports it: T = 50, N = 3 / 4, 2 prompts, computed steps identical, max |ours − theirs| ≤ 6.7e-6. Kept, on
+    purpose: the registered method runs the re-implementation's rule on DiT too (max |d| to DiT-ToCa 0.21–0.49),
+    better at matched compute on dit-tiny (T = 50, 4 prompts, PSNR vs full: K = 13 22.0 vs 16.6 dB, K = 9 15.0
+    vs 13.6 dB; benchmarks/fidelity/effects_dit.jsonl).
 
     Args:
         interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any
@@ -89,6 +92,9 @@ class ToCaConfig:
         first_enhance: the first steps always full (authors' ToCa mode: 3).
         score: "attention" (authors' `cache_type`) or "similarity" (1 − cosine similarity to the cached input).
         schedule: "toca" (authors' layer / stream schedule) or "constant".
+        rule: "flux" (the re-implementation's rule above) or "dit" (DiT-ToCa's own rule, single-stack square
+            token grids: `baselines._toca_dit`; `interval` is its fresh_threshold, `first_enhance` and
+            `schedule` unused).
     """
 
     interval: int = 5
