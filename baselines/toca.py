@@ -84,6 +84,9 @@ class ToCaConfig:
     purpose: the registered method runs the re-implementation's rule on DiT too (max |d| to DiT-ToCa 0.21–0.49),
     better at matched compute on dit-tiny (T = 50, 4 prompts, PSNR vs full: K = 13 22.0 vs 16.6 dB, K = 9 15.0
     vs 13.6 dB; benchmarks/fidelity/effects_dit.jsonl).
+    Wan: no authors' code to check against — Shenyi-Z/ToCa @ e84096f has none (DiT, PixArt-α, Open-Sora), and
+    TaylorSeer-Wan2.1's block forward implements only 'full' and 'Taylor' steps (its ToCa mode's cached steps,
+    type 'ToCa', raise "Not supported type"); tests/test_fidelity_wan_more.py pins both facts.
 
     Args:
         interval: N, a full step every N steps. 1 never skips. The bench searches N = 1 … 50 (the rule allows any
