@@ -82,9 +82,9 @@ class MagCacheBenchConfig:
     differ by ≤ 4.9e-3 on wan-tiny); fed their own per-branch calibration their unconditional branch skips other
     steps at threshold 0.06 (max |d| 0.72), identical schedules at 0.12 / 0.24. Measured (their forward, 4
     prompts, `python -m benchmarks.fidelity.magcache_wan`): at 0.06 (24 full steps) per-branch lists 21.7 dB vs
-    the mean 36.1 dB against full compute (the branches fall out of step), equal at 0.12 / 0.24. Their retention `int(2T·R)` over
-    both branches' calls equals diffusers' `round(R·T)` whenever 2T·R is even (T = 10, 50); their skip test is
-    `err < threshold`, diffusers' `≤` (the same unless equal).
+    the mean 36.1 dB against full compute (the branches fall out of step), equal at 0.12 / 0.24. Their
+    retention `int(2T·R)` over both branches' calls equals diffusers' `round(R·T)` whenever 2T·R is even (T = 10,
+    50); their skip test is `err < threshold`, diffusers' `≤` (the same unless equal).
 
     The schedule depends only on the calibrated ratios, not on the sample, so a batch behaves like its samples
     run alone; every cache context (CFG branch) has its own accumulators and residual.
