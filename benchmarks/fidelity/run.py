@@ -34,6 +34,7 @@ METHODS = (
     "easycache_hunyuan",
     "dicache_hunyuan",
     "magcache_hunyuan",
+    "taylorseer_hunyuan",
 )
 
 
