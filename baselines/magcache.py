@@ -86,6 +86,14 @@ class MagCacheBenchConfig:
     retention `int(2T·R)` over both branches' calls equals diffusers' `round(R·T)` whenever 2T·R is even (T = 10,
     50); their skip test is `err < threshold`, diffusers' `≤` (the same unless equal).
 
+    HunyuanVideo (benchmarks/fidelity/magcache_hunyuan.py): against `MagCache4HunyuanVideo/magcache_sample_video.py`
+    @ df81cb1, its `magcache_forward` bound to the official `HYVideoDiffusionTransformer` (Tencent/HunyuanVideo
+    @ fa14b00) carrying hunyuan-video-tiny's weights, driven by our pipeline (`hunyuan_official.py`), K = 6,
+    R = 0.2 (their E024K6R02), both fed diffusers' calibration, T = 50, thresholds −1 / 0.06 / 0.12 / 0.24,
+    2 prompts, their state per CFG branch and, as the official pipeline runs true CFG, batched [uncond, cond]
+    with one state: computed steps of both branches identical, max |ours − theirs| ≤ 9.5e-6 (uncached floor
+    5.1e-6). No difference kept.
+
     The schedule depends only on the calibrated ratios, not on the sample, so a batch behaves like its samples
     run alone; every cache context (CFG branch) has its own accumulators and residual.
     """
