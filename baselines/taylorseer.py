@@ -66,19 +66,18 @@ class TaylorSeerBenchConfig:
     steps 0, 1, 2, 2+N …; max |d| up to 0.34). Effect on wan-tiny (T = 50, 4 evaluation prompts, PSNR vs full
     compute, `benchmarks/fidelity/effect.py`): FLUX settings N = 5 K = 12.7 35.2 dB, N = 4 K = 14.7 37.1 dB,
     N = 8 K = 8.8 21.3 dB; theirs N = 4 K = 13.7 39.8 dB, N = 5 K = 10.7 32.0 dB, N = 7 K = 8.8 27.7 dB — theirs
-    is better at matched compute, so the bench now runs their Wan settings on Wan (`WAN_SETTINGS`; the config
+    is better at matched compute, so the bench now runs their Wan settings on Wan (`FAMILY_SETTINGS`; the config
     id says so), even though their coarser step grid may leave no interval within 5 % of K = 13.
     DiT (benchmarks/fidelity/taylorseer_dit.py): against `TaylorSeer-DiT` @ 288776d — their `DiT` class (facebookresearch
     DiT's models.py with their cache) carrying dit-tiny's weights, driven by our DiTPipeline (`dit_official.py`;
     caching off: identical images) — T = 50, N = 3 / 4, 2 prompts: at equal settings identical computed steps and
     max |ours − theirs| ≤ 3.8e-6 (their code at our O = 2 / first_enhance 3: 0; our port at their O = 4 /
-    first_enhance 2). Kept, flagged for the lead: their DiT code as released (README: N = 4, max_order 4;
-    `cache_init` fixes first_enhance 2) differs from the FLUX settings the bench runs on DiT (max |d| up to 0.53).
-    Effect on dit-tiny (T = 50, 4 evaluation prompts, PSNR vs full, benchmarks/fidelity/effects_dit.jsonl): ours
-    N = 5 K = 12.7 24.9 dB, N = 8 K = 8.8 18.3 dB; theirs N = 5 K = 11.7 30.1 dB, N = 4 K = 14.6 25.6 dB,
-    N = 7 K = 8.8 21.1 dB (no N within 5 % of K = 13) — theirs is better at matched compute; not switched here
-    because the dit suite's expected TaylorSeer figures would move (a `DIT_SETTINGS` like `WAN_SETTINGS` plus
-    `--update-expected` is the lead's call).
+    first_enhance 2). Their DiT code as released (README: N = 4, max_order 4; `cache_init` fixes first_enhance
+    2) differed from the FLUX settings the bench first ran on DiT (max |d| up to 0.53). Effect on dit-tiny
+    (T = 50, 4 evaluation prompts, PSNR vs full, benchmarks/fidelity/effects_dit.jsonl): FLUX settings N = 5
+    K = 12.7 24.9 dB, N = 8 K = 8.8 18.3 dB; theirs N = 5 K = 11.7 30.1 dB, N = 4 K = 14.6 25.6 dB, N = 7
+    K = 8.8 21.1 dB (no N within 5 % of K = 13) — theirs is better at matched compute, so the bench runs their
+    DiT settings on DiT (`FAMILY_SETTINGS`; the config id says so).
 
     Args:
         cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
@@ -173,14 +172,20 @@ def remove_taylorseer(pipe: Any) -> None:
     _wrapped.uninstall(pipe, [TAYLORSEER_HOOK])
 
 
-# The authors' released Wan2.1 code (TaylorSeer-Wan2.1 `cache_init`, mode 'Taylor') runs max_order 1 and
-# first_enhance 1; their FLUX code (and the paper's FLUX settings) max_order 2, first_enhance 3.
-WAN_SETTINGS = {"max_order": 1, "disable_cache_before_step": 1}
+# The authors' released settings per model where they differ from their FLUX code (and the paper's FLUX
+# settings: max_order 2, first_enhance 3): TaylorSeer-Wan2.1 `cache_init` (mode 'Taylor') max_order 1,
+# first_enhance 1; TaylorSeer-DiT max_order 4, first_enhance 2. Both beat the FLUX settings at matched compute
+# on their tiny models (see Fidelity).
+FAMILY_SETTINGS = {
+    "WanTransformer3DModel": {"max_order": 1, "disable_cache_before_step": 1},
+    "DiTTransformer2DModel": {"max_order": 4, "disable_cache_before_step": 2},
+}
+WAN_SETTINGS = FAMILY_SETTINGS["WanTransformer3DModel"]
 
 
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:
-    wan = type(getattr(pipe, "transformer", pipe)).__name__ == "WanTransformer3DModel"
-    apply_taylorseer(pipe, TaylorSeerBenchConfig(cache_interval=int(knob), **(WAN_SETTINGS if wan else {})))
+    own = FAMILY_SETTINGS.get(type(getattr(pipe, "transformer", pipe)).__name__, {})
+    apply_taylorseer(pipe, TaylorSeerBenchConfig(cache_interval=int(knob), **own))
 
 
 BUDGET_LIMIT = (
@@ -194,7 +199,7 @@ METHOD = CacheMethod(
     families=frozenset(FAMILIES),
     knob="cache_interval",
     budget_limit=BUDGET_LIMIT,
-    config_id=TaylorSeerBenchConfig().config_id + ";wan:O1-first1",
+    config_id=TaylorSeerBenchConfig().config_id + ";wan:O1-first1;dit:O4-first2",
     never_skip=1,
     apply=_apply,
     remove=remove_taylorseer,
