@@ -78,6 +78,18 @@ class TaylorSeerBenchConfig:
     K = 12.7 24.9 dB, N = 8 K = 8.8 18.3 dB; theirs N = 5 K = 11.7 30.1 dB, N = 4 K = 14.6 25.6 dB, N = 7
     K = 8.8 21.1 dB (no N within 5 % of K = 13) — theirs is better at matched compute, so the bench runs their
     DiT settings on DiT (`FAMILY_SETTINGS`; the config id says so).
+    HunyuanVideo (benchmarks/fidelity/taylorseer_hunyuan.py): against `TaylorSeer-HunyuanVideo` @ 288776d — their
+    cached `HYVideoDiffusionTransformer` (their `hyvideo` copy) carrying hunyuan-video-tiny's weights, driven by our
+    pipeline (`hunyuan_official.py`; one cache per CFG branch, which equals their batched CFG: data-independent
+    schedule, elementwise forecasts) — T = 50, N = 3 / 5, 2 prompts: at equal settings identical computed steps
+    and max |ours − theirs| ≤ 3.1e-5 (their code at our O = 2 / first_enhance 3, and our port at their O = 1 /
+    first_enhance 1; uncached floor 5.1e-6). Kept, flagged for the lead: their HunyuanVideo code as released
+    (`cache_init` mode 'Taylor': O = 1, first_enhance 1, N = 5) differs from the FLUX settings the bench runs on
+    HunyuanVideo (max |d| up to 0.62). Effect on hunyuan-video-tiny (T = 50, 4 evaluation prompts, PSNR vs full,
+    benchmarks/fidelity/effects_hunyuan.jsonl): FLUX settings N = 5 K = 13.6 27.9 dB, N = 10 K = 8.8 18.4 dB;
+    theirs N = 4 K = 14.5 32.1 dB, N = 5 K = 11.7 24.5 dB, N = 8 K = 8.8 24.5 dB (no N within 5 % of K = 13) —
+    theirs is better at matched compute; not switched here because the hunyuan_video suite's expected TaylorSeer
+    figures and the config id would move.
 
     Args:
         cache_interval: the budget knob N (diffusers default 5); N = 1 computes every step (never skips). The bench
