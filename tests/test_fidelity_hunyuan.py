@@ -178,3 +178,14 @@ def test_authors_taylorseer_hunyuan_matches_our_port(hy_tiny):
     for r in rows[1:]:
         assert r.steps_equal and len(r.steps_ours) < 10 and r.max_abs < 1e-4
         assert r.extra["uncached_max_abs"] < 1e-5
+
+
+def test_authors_fora_hunyuan_matches_our_port(hy_tiny):
+    """Their TaylorSeer-HunyuanVideo model in its FORA mode ('original': cached steps take the 'ToCa' path with no
+    fresh tokens, which the trace does not count as computed) vs our FORA: same steps, frames within 1e-4."""
+    from benchmarks.fidelity import fora_hunyuan
+
+    src = _source("Shenyi-Z+TaylorSeer", fora_hunyuan.REPO)
+    (row,) = fora_hunyuan.compare(src, hy_tiny, 10, [3.0], [hy_tiny.spec.evaluation_prompts[0]], [0])
+    assert row.steps_ours == [0, 3, 6, 9] and row.steps_equal
+    assert row.extra["steps_ours_uncond"] == row.extra["steps_theirs_uncond"] and row.max_abs < 1e-4

@@ -314,16 +314,24 @@ def without_cfg(model: Model) -> Model:
 
 
 class OfficialTrace(ComputeTrace):
-    """`ComputeTrace` for the official model: a call computed if its last single block's `linear1` fired."""
+    """`ComputeTrace` for the official model: a call computed if its last block's first Linear ran on all of the
+    block's tokens (TaylorSeer's 'ToCa' path runs it on the fresh tokens only: not a computed step)."""
 
     def __init__(self, official: torch.nn.Module) -> None:
         self.calls: list[bool] = []
         last = official.single_blocks[-1] if len(official.single_blocks) else official.double_blocks[-1]
         linear = last.linear1 if hasattr(last, "linear1") else last.img_attn_qkv
+        tokens = [0]
         self._h = [
             official.register_forward_pre_hook(lambda *a: self.calls.append(False)),
-            linear.register_forward_hook(self._hit),
+            last.register_forward_pre_hook(lambda m, args: tokens.__setitem__(0, args[0].shape[1])),
+            linear.register_forward_hook(self._full),
         ]
+        self._tokens = tokens
+
+    def _full(self, module: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if out.shape[1] == self._tokens[0]:
+            self._hit()
 
 
 def uncached_difference(model: Model, hy: dict, official: torch.nn.Module, prompt: Any, seed: int,

@@ -38,12 +38,13 @@ def their_forward(self, x, t, text_states=None, text_mask=None, text_states_2=No
                               return_dict, cache_dic=self.ts_cache_dic, current=self.ts_current)  # fmt: skip
 
 
-def authors_state(hy: dict, steps: int, interval: int, order: int, first: int) -> dict:
-    """Their `cache_init(T)` (mode 'Taylor' hard-coded) with the knob and mode parameters set after it."""
+def authors_state(hy: dict, steps: int, interval: int, order: int, first: int, **mode) -> dict:
+    """Their `cache_init(T)` (mode 'Taylor' hard-coded) with the knob and mode parameters (`mode`: further
+    `cache_dic` entries, e.g. another of their modes) set after it."""
     with hyvideo_alias(hy):
         cache_init = importlib.import_module("hyvideo.modules.cache_functions").cache_init
     cache_dic, current = cache_init(steps)
-    cache_dic.update(fresh_threshold=interval, max_order=order, first_enhance=first)
+    cache_dic.update(fresh_threshold=interval, max_order=order, first_enhance=first, **mode)
     return {"ts_cache_dic": cache_dic, "ts_current": current, "ts_step": 0}
 
 
