@@ -35,6 +35,7 @@ METHODS = (
     "dicache_hunyuan",
     "magcache_hunyuan",
     "taylorseer_hunyuan",
+    "fora_hunyuan",
 )
 
 
