@@ -65,6 +65,11 @@ class FORAConfig:
     2 prompts, identical images (max |d| = 0) and computed steps. (DiT-ToCa's `fresh_ratio = 0` FORA variant
     counts its grid down from T − 1, i.e. aligns it to the last step; not the rule of FORA's paper or of this
     codebase's FLUX / Wan code, not followed.) No DiT-specific change.
+    HunyuanVideo (benchmarks/fidelity/fora_hunyuan.py): `TaylorSeer-HunyuanVideo` @ 288776d runs its own FORA mode
+    (`cache_init` mode 'original': fresh_ratio 0, max_order 0, first_enhance 1; cached steps take its 'ToCa' path
+    with no fresh tokens) on its cached HunyuanVideo model with hunyuan-video-tiny's weights, driven by our
+    pipeline (`hunyuan_official.py`, one cache per CFG branch): T = 50, N = 3 / 5 / 7, 2 prompts: computed steps
+    of both branches identical, max |ours − theirs| ≤ 5.3e-6 (uncached floor 5.1e-6). No HunyuanVideo change.
 
     Least compute (`METHOD.budget_limit`): step 0, plus the recomputed norms / modulation and the embedding and output
     layers at every cached step. At T = 50: flux-tiny N = 4 → 13.6, N = 7 → 8.7 (K = 13 and K = 9 reached); dit-tiny
