@@ -26,7 +26,7 @@ SIGNATURES = {
     "omnicache": "s192a249253",
     "pab": "s44708c8ffa",
     "seacache": "s35947e268d",
-    "taylorseer": "s613e00edc4",
+    "taylorseer": "s2211ef9dc9",
     "teacache": "s0e63762693",
     "toca": "s4c68880b84",
 }

@@ -25,7 +25,7 @@ EXPECTED = {
 }
 
 # methods whose registered id adds settings of one family to the config's (TaylorSeer: the authors' Wan settings)
-METHOD_IDS = {"taylorseer": EXPECTED["taylorseer"] + ";wan:O1-first1;dit:O4-first2"}
+METHOD_IDS = {"taylorseer": EXPECTED["taylorseer"] + ";wan:O1-first1;dit:O4-first2;hunyuan-video:O1-first1"}
 
 
 def _configs():

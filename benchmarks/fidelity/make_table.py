@@ -19,64 +19,74 @@ OUT = HERE.parents[1] / "reports" / "competitors.md"
 INFO: dict[str, tuple[str, str, str]] = {
     "teacache": (
         "ali-vilab/TeaCache",
-        "run: TeaCache4FLUX forward; TeaCache4Wan2.1 forward (`--use_ret_steps`) on the official WanModel "
-        "(wan_official.py)",
-        "tiny models' rescale polynomials fitted by `calibrate_teacache` (authors' recipe; no published ones); "
-        "batch handled per row. Earlier fix (Wan): e0 indicator + 5 retention steps",
+        "run: TeaCache4FLUX forward; TeaCache4Wan2.1 forward (`--use_ret_steps`) on the official WanModel (wan_official.py); TeaCache4HunyuanVideo forward on the official HunyuanVideo model (hunyuan_official.py; their published polynomial on both sides, state per CFG branch)",
+        "tiny models' rescale polynomials fitted by `calibrate_teacache` (authors' recipe; no published ones); batch handled per row. Earlier fix (Wan): e0 indicator + 5 retention steps; HunyuanVideo: state per CFG branch — their forward decides once on the official pipeline's batched [uncond, cond] call, not available with diffusers' two calls (measured: PSNR ours vs theirs ≥ 16.9 dB)",
     ),
     "dicache": (
         "Bujiazi/DiCache",
-        "run: FLUX/run_flux_dicache.py forward; its WAN2.1 forward on its WanModel",
-        "none (rounding; γ extrapolation lifts the 2e-6 model floor to 2.5e-5 on Wan); warm-up counted in steps vs "
-        "their calls (differs only when int(0.4T) is odd)",
+        "run: FLUX/run_flux_dicache.py forward; its WAN2.1 forward on its WanModel; its HunyuanVideo forward on its hyvideo copy (state per CFG branch)",
+        "none (rounding; γ extrapolation lifts the 2e-6 model floor to 2.5e-5 on Wan); warm-up counted in steps vs their calls (differs only when int(0.4T) is odd); HunyuanVideo: state per CFG branch vs their batched-CFG decision (measured: PSNR ≥ 18.3 dB)",
     ),
     "magcache": (
         "Zehong-Ma/MagCache",
-        "run: MagCache4FLUX forward (same ratios)",
-        "diffusers' hook does not force the 11th of 28 steps that the authors' FLUX.1-dev script forces "
-        "(a FLUX.1-dev trajectory fix; step 20 at T = 50); ratios from diffusers' calibration (vs the authors' "
-        "calibration forward: max ratio difference in the extra column of results.jsonl)",
+        "run: MagCache4FLUX forward (same ratios); MagCache4Wan2.1 forward on the official WanModel (same ratios, and its own per-branch calibration); MagCache4HunyuanVideo forward on the official HunyuanVideo model (K 6, R 0.2, same ratios; per-branch and batched CFG)",
+        "diffusers' hook does not force the 11th of 28 steps that the authors' FLUX.1-dev script forces (a FLUX.1-dev trajectory fix; step 20 at T = 50); ratios from diffusers' calibration (vs the authors' calibration forward: max ratio difference in the extra column of results.jsonl); Wan: one ratio list for both CFG branches (diffusers' hook; the branches' mean) where the authors' script keeps one per branch. Fixed (Wan): K/R were diffusers' 3/0.2, now the authors' T2V-1.3B 4/0.2",
     ),
     "taylorseer": (
         "Shenyi-Z/TaylorSeer",
-        "run: TaylorSeers-Diffusers FLUX forwards, O = 2; TaylorSeer-Wan2.1 forwards on their WanModel",
-        "none since the fixes (FLUX: the authors' `cal_type` step rule; Wan: their released O = 1, first_enhance 1, "
-        "were the FLUX settings O = 2, first 3)",
+        "run: TaylorSeers-Diffusers FLUX forwards, O = 2; TaylorSeer-Wan2.1 forwards on their WanModel; TaylorSeer-DiT forwards on their DiT class with dit-tiny's weights (dit_official.py); TaylorSeer-HunyuanVideo model (their cached HYVideoDiffusionTransformer)",
+        "none since the fixes (FLUX: the authors' `cal_type` step rule; their released per-model settings, were the FLUX settings O = 2, first 3: Wan and HunyuanVideo O = 1, first_enhance 1; DiT O = 4, first_enhance 2)",
     ),
     "fora": (
         "Shenyi-Z/TaylorSeer",
-        "run: same forwards, order 0, FORA warm-up (step 0)",
+        "run: same forwards, order 0, FORA warm-up (step 0); TaylorSeer-Wan2.1 forwards at order 0, first_enhance 1 on their WanModel (its FORA mode has no Wan block forward); DiT: TaylorSeer-DiT's Taylor path at order 0, first_enhance 1 (the codebase has no DiT FORA mode); TaylorSeer-HunyuanVideo in its FORA mode ('original')",
         "none; FORA's warm-up is 1 step in the codebase (`cal_type`: 'FORA: Uniform', step == 0)",
     ),
     "toca": (
-        "Shenyi-Z/TaylorSeer",
-        "run: its BFL `flux` model in 'ToCa' mode, driven by our pipeline (bfl_flux.py)",
-        "none on FLUX (earlier fix: attention-map score, 'ToCa' fresh-ratio schedule); Wan/DiT stream factor 1 "
-        "(not in their code)",
+        "Shenyi-Z/TaylorSeer @ 288776d (FLUX); Shenyi-Z/ToCa @ e84096f (DiT-ToCa)",
+        "run: its BFL `flux` model in 'ToCa' mode, driven by our pipeline (bfl_flux.py); DiT: DiT-ToCa's own code (README DDIM-50 settings) on their DiT class (dit_official.py); ours with rule='dit' = it",
+        "none on FLUX (earlier fix: attention-map score, 'ToCa' fresh-ratio schedule); Wan stream factor 1 (not in their code); DiT: the registered port keeps the re-implementation's rule (vs DiT-ToCa up to 4.9e-1); DiT-ToCa's rule is ToCaConfig(rule='dit'), worse on dit-tiny (K = 13: 16.6 vs 22.0 dB); no Wan check: Shenyi-Z/ToCa has no Wan code and TaylorSeer-Wan2.1's block forward rejects the ToCa step type; no HunyuanVideo check: their ToCa mode picks tokens at random",
     ),
     "delta-dit": (
         "Shenyi-Z/TaylorSeer (re-impl.; paper code unreleased)",
-        "run: its BFL `flux` 'Delta' mode via bfl_flux.py; ours with `stage_switch=False, reimpl_reuse_steps=True`"
-        " = it",
-        "the paper's stage switch (boundary T/2, our choice) and no reuse steps (the re-implementation makes every"
-        " 2nd cached step a FORA step, not in the paper) by default: our defaults vs theirs up to 4.9e-1",
+        "run: its BFL `flux` 'Delta' mode via bfl_flux.py; ours with `stage_switch=False, reimpl_reuse_steps=True` = it",
+        "the paper's stage switch (boundary T/2, our choice) and no reuse steps (the re-implementation makes every 2nd cached step a FORA step, not in the paper) by default: our defaults vs theirs up to 4.9e-1",
     ),
     "easycache": (
         "H-EmbodVis/EasyCache",
-        "run: EasyCache4Wan2.1 forward on the official WanModel",
-        "warm-up scaled from 10/50 to T; per-row state. Fixed: each CFG branch decided on its own, now the "
-        "conditional branch decides for both",
+        "run: EasyCache4Wan2.1 forward on the official WanModel; EasyCache4HunyuanVideo forward on the official HunyuanVideo model, without CFG (their one call per step)",
+        "warm-up scaled from 10/50 to T; per-row state. Fixed: each CFG branch decided on its own, now the conditional branch decides for both; HunyuanVideo with true CFG: the conditional branch decides (their Wan rule) vs their batched-CFG pooled decision (theirs computes more steps; PSNR 37–52 dB at τ 0.025–0.1)",
     ),
-    "dbcache": ("vipshop/cache-dit", "is the authors' package (pip cache-dit)", "none (their code runs)"),
+    "dbcache": (
+        "vipshop/cache-dit",
+        "is the authors' package (pip cache-dit)",
+        "none (their code runs)",
+    ),
     "omnicache": (
         "no public code (arXiv 2508.16212)",
         "re-implementation",
         "all of it is our reading; the EMA 'noise filter' (0.7) measured and turned off (ema-off = the default now)",
     ),
-    "firstblockcache": ("chengzeyi/ParaAttention via diffusers", "diffusers' own hook, not compared", "-"),
-    "pab": ("NUS-HPC-AI-Lab/VideoSys via diffusers", "diffusers' own hook, not compared", "-"),
-    "fastercache": ("Vchitect/FasterCache via diffusers", "diffusers' own hook, not compared", "-"),
-    "seacache": ("diffusers", "diffusers' own hook, not compared", "-"),
+    "firstblockcache": (
+        "chengzeyi/ParaAttention via diffusers",
+        "diffusers' own hook, not compared",
+        "-",
+    ),
+    "pab": (
+        "NUS-HPC-AI-Lab/VideoSys via diffusers",
+        "diffusers' own hook, not compared",
+        "-",
+    ),
+    "fastercache": (
+        "Vchitect/FasterCache via diffusers",
+        "diffusers' own hook, not compared",
+        "-",
+    ),
+    "seacache": (
+        "diffusers",
+        "diffusers' own hook, not compared",
+        "-",
+    ),
 }
 
 
@@ -121,11 +131,11 @@ def _effect(method: str, effects: list[dict], results: list[dict]) -> str:
         )
         parts.append(f"{label}: {txt}")
     kept = [r for r in results if r["method"] == method and _deliberate(r) and r["num_steps"] >= 50]
-    if kept:
-        worst = min(r["psnr_db"] if r["psnr_db"] is not None else math.inf for r in kept)
-        why = kept[0]["extra"]["deliberate"]
+    for model, why in dict.fromkeys((r["model"], r["extra"]["deliberate"]) for r in kept):
+        group = [r for r in kept if (r["model"], r["extra"]["deliberate"]) == (model, why)]
+        w = min(group, key=lambda r: math.inf if r["psnr_db"] is None else r["psnr_db"])
         parts.append(
-            f"ours vs theirs at T = 50 ({why}), {kept[0]['knob']} = {kept[0]['value']:g}: {_fmt_db(worst)}"
+            f"ours vs theirs on {model} at T = 50 ({why}), {w['knob']} = {w['value']:g}: {_fmt_db(w['psnr_db'])}"
         )
     return "; ".join(parts) or "-"
 
@@ -162,7 +172,13 @@ def table(results: list[dict], effects: list[dict]) -> str:
             models = ", ".join(f"{m} (T = {'/'.join(map(str, sorted(t)))})" for m, t in sorted(steps.items()))
             worst = max(r["max_abs"] for r in rows)
             agree = sum(r["steps_equal"] for r in rows)
-            cells = [f"{source} @ {commit}", how, models, f"{worst:.1e}", f"{agree}/{len(rows)}"]
+            cells = [
+                source if "@" in source else f"{source} @ {commit}",
+                how,
+                models,
+                f"{worst:.1e}",
+                f"{agree}/{len(rows)}",
+            ]
         else:
             cells = [source, how, "-", "not run", "-"]
         lines.append(
@@ -193,7 +209,7 @@ def fits(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    effects = _rows(HERE / "effects.jsonl") + _rows(HERE / "effects_wan.jsonl")
+    effects = [e for name in ("", "_wan", "_dit", "_hunyuan") for e in _rows(HERE / f"effects{name}.jsonl")]
     text = table(_rows(HERE / "results.jsonl"), effects)
     text += fits(_rows(HERE / "teacache_fit.jsonl"))
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -16,16 +16,11 @@ MODELS = ("hunyuan-video-tiny",)
 KNOB = "interval"
 VALUES = (3.0, 5.0)
 # (label, authors' max_order, authors' first_enhance, our config overrides): their code as released (`cache_init`
-# mode 'Taylor': O = 1, first_enhance 1, N = 5) against our registered method (the FLUX settings on
-# HunyuanVideo: O = 2, first_enhance 3), and both at each other's settings
+# mode 'Taylor': O = 1, first_enhance 1, N = 5) against our registered method (which runs those settings on
+# HunyuanVideo: baselines.taylorseer.FAMILY_SETTINGS), and both at the FLUX settings (O = 2, first_enhance 3)
 SETTINGS = (
     ("released", 1, 1, None),
-    ("released-both", 1, 1, {"max_order": 1, "disable_cache_before_step": 1}),
     ("flux-settings", 2, 3, {"max_order": 2, "disable_cache_before_step": 3}),
-)
-DELIBERATE = (
-    "the bench runs the FLUX settings (max_order 2, first_enhance 3) on HunyuanVideo; their HunyuanVideo code as "
-    "released runs max_order 1, first_enhance 1"
 )
 
 
@@ -72,8 +67,6 @@ def compare(src: AuthorsSource, model: Model, steps: int, values, prompts, seeds
                     "ours": ours or "registered",
                     "authors_order_first": [order, first],
                 }
-                if ours is None:
-                    extra["deliberate"] = DELIBERATE
                 state = authors_state(hy, steps, n, order, first)
                 pair = Pair("taylorseer", REPO, commit, KNOB, value, apply, partial(remove_taylorseer, model.pipe),
                             their_forward, state, extra)  # fmt: skip
