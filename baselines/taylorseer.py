@@ -216,8 +216,9 @@ METHOD = CacheMethod(
     apply=_apply,
     remove=remove_taylorseer,
     cache_hits=_wrapped.cache_hits,
-    origin="diffusers 0.42 TaylorSeerCacheConfig hook with the authors' step rule (cal_type, first_enhance 3); "
-    "forecasts attention and MLP outputs as the authors do (diffusers' default: attention only), max_order 2 "
-    "(paper), float32 factors; matches Shenyi-Z/TaylorSeer's diffusers FLUX forwards exactly; DiT through "
-    "apply_taylorseer_cache in a default cache context",
+    origin="diffusers 0.42 TaylorSeerCacheConfig hook with the authors' step rule (cal_type); forecasts attention "
+    "and MLP outputs as the authors do (diffusers' default: attention only), float32 factors; the authors' "
+    "released settings per model: FLUX max_order 2, first_enhance 3 (paper), Wan and HunyuanVideo 1 / 1, DiT 4 / 2; "
+    "matches Shenyi-Z/TaylorSeer's FLUX, Wan2.1, DiT and HunyuanVideo code; DiT through apply_taylorseer_cache "
+    "in a default cache context",
 )
