@@ -248,3 +248,22 @@ def test_validation_prompts_choose_the_branch_and_are_recorded(flux, tuned, tmp_
     with pytest.raises(Exception, match="also search prompts"):
         tune(pipe, ct, K, prompts, num_inference_steps=T, prompt_to_kwargs=kwargs, space=SPACE,
              progress=False, validation_prompts=[prompts[0]])  # fmt: skip
+
+
+def test_cli_tune_refuses_bad_validation_prompts(flux, tmp_path, capsys):
+    """`dpcache tune --validation-prompts`: a size below 1, or a source with no prompt the search does not already
+    use, is refused before the pipeline loads."""
+    from dpcache.cli import main
+
+    spec, _, prompts, _, ct, _ = flux
+    cost = tmp_path / "cost.safetensors"
+    ct.save(cost)
+    search = tmp_path / "search.txt"
+    search.write_text("\n".join(prompts) + "\n")
+    base = ["tune", "--pipeline", spec.path, "--cost", str(cost), "--budget", str(K), "--steps", str(T),
+            "--prompts", str(search), "--sample-size", "0", "--aligned", "--out", str(tmp_path / "t.json")]  # fmt: skip
+    assert main([*base, "--validation-prompts", str(search), "--validation-size", "0"]) == 2
+    assert "--validation-size must be >= 1" in capsys.readouterr().err
+    assert main([*base, "--validation-prompts", str(search)]) == 2
+    assert "no prompt the search does not already use" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
