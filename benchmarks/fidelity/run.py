@@ -36,6 +36,7 @@ METHODS = (
     "magcache_hunyuan",
     "taylorseer_hunyuan",
     "fora_hunyuan",
+    "firstblockcache",
 )
 
 
