@@ -55,6 +55,18 @@ class FasterCacheBenchConfig:
     most the self-attention share of the in-window steps. Measured at T = 50 (N = 50): flux-tiny K ≥ 44.3, dit-tiny
     K ≥ 38.6. K = 13 and K = 9 are far beyond this part of FasterCache (its CFG part, off here, would at most
     skip part of the uncond branch).
+
+    Fidelity (issue #19): not compared by running — the authors' code cannot run on our models. Authors:
+    Vchitect/FasterCache @ 02d05ef7 (read: `scripts/opensora/fastercache_sample_opensora.py` — the patched
+    STDiT3 block and model forwards — and the model list under `fastercache/models/`). Same: a spatial attention
+    output is reused with a linear extrapolation `o_t + w·(o_t − o_{t−1})` from its last two computed outputs.
+    Different: their schedule is hard-coded per script (Open-Sora: reuse on even steps after step 7, weight
+    `w = 0.9·(step − 7)/20` growing with the step), diffusers' (ours) is every N-th call inside (−1, 681) with a
+    constant w = 0.5, N the budget knob; their CFG cache (skip the uncond call on 4 of 5 steps after step 11 and
+    rebuild it from the cond output's low/high-frequency FFT bias) is off here (`CFG_PART`). Why their code cannot
+    run here: it patches the forwards of its own model classes only (Open-Sora STDiT3, Open-Sora-Plan, Latte,
+    CogVideoX (SAT), Vchitect-XL, Mochi (genmo)); there is no diffusers-based script and no Flux, Wan,
+    HunyuanVideo or DiT support in that commit.
     """
 
     spatial_attention_block_skip_range: int = 2

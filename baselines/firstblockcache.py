@@ -36,6 +36,21 @@ class FirstBlockCacheBenchConfig:
     The relative difference is one scalar over the whole batch, so a batch of two prompts takes one joint
     decision per step (a sample's output can differ from the same sample run alone); every cache context (CFG
     branch) has its own state.
+
+    Fidelity (issue #19; benchmarks/fidelity/firstblockcache.py, rows in results.jsonl): the authors' code is
+    chengzeyi/ParaAttention @ 4de137c5 (`src/para_attn/first_block_cache/utils.py`, `diffusers_adapters/flux.py`,
+    `wan.py`, run from the fetched source). Same rule (`mean|r0 − r0_prev| / mean|r0_prev|` against the last
+    computed step's block-0 residual; the tail residual of image and text streams reused), same knob
+    (`residual_diff_threshold` = our threshold). With their `enable_alter_cache=True` (one state per CFG branch,
+    as diffusers) the final images and computed steps are identical (max |ours − theirs| = 0) on flux-tiny and
+    wan-tiny, T = 10 and 50, thresholds 0, 0.05, 0.2, 1. Deliberate difference: their flux `apply_cache_on_pipe`
+    defaults to one state shared by all transformer calls (FLUX.1-dev has no true CFG); with flux-tiny's true CFG
+    its uncond call then compares against and reuses the cond call's residuals (their wan adapter defaults to the
+    per-branch state, as we do). Effect at flux-tiny's least compute (threshold 1e3, K ≈ 13.6, T = 50, 4 prompts):
+    ours 14.75 dB vs their shared default 16.37 dB PSNR to full compute — the shared state also skips step 0's
+    uncond tail, so it costs slightly less; equal-budget comparison not run (effects_fbcache.jsonl). Their
+    strict `<` vs diffusers' `<=` differs only at equality. Their hunyuan_video adapter re-implements an older
+    diffusers forward and needs para_attn's attention kernels, so it is not run.
     """
 
     threshold: float = 0.05

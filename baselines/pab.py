@@ -44,6 +44,19 @@ class PABBenchConfig:
     batch behaves like its samples run alone. As with FasterCache, `iteration % N` counts calls (also those outside
     the window), so compute is non-increasing in N only up to that alignment; `knob_values` are searched
     exhaustively. A (step, branch) counts as a cache hit when at least one attention module was broadcast.
+
+    Fidelity (issue #19): not compared by running — the authors' code cannot run on our models. Authors:
+    NUS-HPC-AI-Lab/VideoSys @ 4cce4778 (read: `videosys/core/pab/pab_mgr.py`, the PAB configs in
+    `videosys/pipelines/{latte,open_sora}/pipeline_*.py`, `videosys/models/transformers/latte_transformer_3d.py`).
+    Same rule: per attention module a call counter, broadcast (return the cached output) when `count % range != 0`
+    and the timestep lies strictly inside the window — diffusers' hook is this rule. Different: (1) their ranges
+    and windows are per model (Latte 2/3/6 in (100, 800), Open-Sora 2/4/6 in (450, 930)); ours is the pyramid
+    N/2N/3N with diffusers' window (100, 800), N the budget knob; (2) their optional MLP broadcast (per-block,
+    per-timestep skip tables) is not in diffusers and not ported; (3) they batch CFG (one call per step), we keep
+    the state per CFG branch, which is the same schedule. Why their code cannot run here: PAB is implemented
+    inside VideoSys' own re-written transformers (CogVideoX, Latte, Open-Sora, Open-Sora-Plan, Vchitect), which
+    call `if_broadcast_*` from their attention blocks; it has no hook for diffusers' Flux, Wan, HunyuanVideo or
+    DiT transformers, and their model classes cannot load our tiny checkpoints.
     """
 
     block_skip_range: int = 2

@@ -73,6 +73,22 @@ class SeaCacheBenchConfig:
     given to SeaCache by a `raw_vision_callback` (FLUX: unpacked tokens; HunyuanVideo: Wan's own callback, same
     5-D layout). DiT is unsupported (`DIT_REASON`). The distance is averaged over the batch's samples, so a batch
     takes one joint decision per step; every cache context (CFG branch) has its own state.
+
+    Fidelity (issue #19): not compared by running — the authors' SEA filter is not published in any version we
+    can fetch. Authors: jiwoogit/SeaCache (arXiv 2602.18993). Its current HEAD 802d7cd4 holds only README.md; the
+    stored version 0a91c2ba holds `Wan2.1/seacache_generate.py` and `HunyuanVideo/seacache_generate.py` (read:
+    the Wan one) and `FLUX/README.md`, but not `util_seacache.py`, which both scripts import for the filter
+    itself (`apply_sea_with_scheduler`, `rel_l1`). Same as diffusers' hook (ours): a TeaCache-style accumulated
+    relative L1 of a SEA-filtered indicator against a threshold (their default 0.2), power prior exponent 3,
+    "mean" normalisation, flow-matching (a, b) = (1 − σ, σ), one state per CFG branch, whole-stack residual reuse.
+    Different: their indicator is Wan block 0's modulated input `norm1(x)·(1 + scale) + shift`, filtered over
+    (F, H, W), diffusers' is the noisy input latent; they reuse the last residual (order 0), diffusers
+    extrapolates from two (order 1); they have no cap on consecutive reuses (diffusers: 2) and retain 1 step per
+    branch and compute the last (or 5 and no forced last with `--use_ret_steps`). Why their code cannot run here:
+    the filter module is missing, and the scripts patch the original Wan2.1 / HunyuanVideo repositories'
+    models, not diffusers' (the Wan one could bind to benchmarks/fidelity/wan_official.py's WanModel like
+    TeaCache's, once `util_seacache.py` is published); a third-party `util_seacache.py` elsewhere is not the
+    authors' and was not used.
     """
 
     threshold: float = 0.25
