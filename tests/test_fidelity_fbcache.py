@@ -56,3 +56,15 @@ def test_module_order_is_restored_after_their_patch(setup) -> None:
         pass
     assert list(model.pipe.transformer._modules) == order
     assert "forward" not in vars(model.pipe.transformer)
+
+
+def test_wan_adapter_matches_with_its_default_per_branch_state(setup) -> None:
+    from benchmarks.fidelity.common import load_model
+    from benchmarks.fidelity.firstblockcache import compare_one
+
+    _, mods = setup
+    wan = load_model("wan-tiny")
+    row = compare_one(wan, mods, "test", 10, 0.2, wan.spec.evaluation_prompts[0], 0, True)
+    assert row.extra["authors_default"] is True
+    assert row.steps_equal and 0 < len(row.steps_ours) < 10, row.steps_ours
+    assert row.max_abs == 0.0
