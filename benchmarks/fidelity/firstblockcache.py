@@ -21,11 +21,9 @@ ADAPTERS = {"Flux": ("flux", False), "Wan": ("wan", True)}
 KNOB = "residual_diff_threshold"
 VALUES = (0.0, 0.05, 0.2, 1.0)
 SHARED = (
-    "ParaAttention's default context is one state for all transformer calls of a pipeline call, so with CFG run "
-    "as two calls the cond and uncond branches compare against and reuse each other's residuals; diffusers' hook "
-    "(ours) keeps one state per CFG branch, which is ParaAttention's enable_alter_cache=True (checked identical). "
-    "Their flux apply_cache_on_pipe defaults to the shared state (FLUX.1-dev is guidance-distilled: one call per "
-    "step), their wan one to enable_alter_cache=True"
+    "shared state: ParaAttention's flux default keeps one cache state for the cond and uncond calls (written for "
+    "guidance-distilled FLUX.1-dev, one call per step); ours keeps one per CFG branch = their "
+    "enable_alter_cache=True (their wan default), checked identical"
 )
 
 
