@@ -193,6 +193,26 @@ class Comparison:
     def __post_init__(self) -> None:
         self.steps_equal = self.steps_ours == self.steps_theirs
 
+    @classmethod
+    def of(
+        cls,
+        pair: Pair,
+        model: Model,
+        steps: int,
+        prompt: Any,
+        seed: int,
+        ours: torch.Tensor,
+        theirs: torch.Tensor,
+        steps_ours: list[int],
+        steps_theirs: list[int],
+        note: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> Comparison:
+        """The row for one (pair, prompt, seed): outputs compared, computed steps of each side."""
+        return cls(pair.method, model.name, pair.repo, pair.commit, steps, pair.knob, pair.value, str(prompt),
+                   seed, float((ours - theirs).abs().max()), psnr(ours, theirs), steps_ours, steps_theirs,
+                   note=note, extra=dict(pair.extra) if extra is None else extra)  # fmt: skip
+
     def line(self) -> str:
         return (
             f"{self.method:<10} {self.model:<10} T={self.num_steps:<3} {self.knob}={self.value:<6g} "
@@ -304,22 +324,7 @@ def compare_pair(model: Model, pair: Pair, steps: int, prompt: Any, seed: int) -
     a, ta = traced(model, ours)
     b, tb = traced(model, theirs)
     n = model.branches
-    return Comparison(
-        pair.method,
-        model.name,
-        pair.repo,
-        pair.commit,
-        steps,
-        pair.knob,
-        pair.value,
-        str(prompt),
-        seed,
-        float((a - b).abs().max()),
-        psnr(a, b),
-        ta.steps(n),
-        tb.steps(n),
-        extra=dict(pair.extra),
-    )
+    return Comparison.of(pair, model, steps, prompt, seed, a, b, ta.steps(n), tb.steps(n))
 
 
 def materialize(src: AuthorsSource, subdir: str) -> Path:

@@ -51,7 +51,6 @@ from .common import (
     Model,
     Pair,
     materialize,
-    psnr,
     traced,
 )
 
@@ -294,23 +293,7 @@ def compare_dit(
     extra = dict(pair.extra)
     if floor is not None:
         extra["uncached_max_abs"] = floor
-    return Comparison(
-        pair.method,
-        model.name,
-        pair.repo,
-        pair.commit,
-        steps,
-        pair.knob,
-        pair.value,
-        str(prompt),
-        seed,
-        float((a - b).abs().max()),
-        psnr(a, b),
-        ta.steps(1),
-        tb.steps(1),
-        note=note,
-        extra=extra,
-    )
+    return Comparison.of(pair, model, steps, prompt, seed, a, b, ta.steps(1), tb.steps(1), note, extra)
 
 
 def main(argv: list[str] | None = None) -> int:

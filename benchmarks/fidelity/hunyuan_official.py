@@ -43,7 +43,6 @@ from .common import (
     Model,
     Pair,
     materialize,
-    psnr,
     traced,
 )
 from .hunyuan_weights import diffusers_names, official_state_dict  # noqa: F401 (re-exported)
@@ -370,9 +369,7 @@ def compare_hunyuan(model: Model, hy: dict, official: torch.nn.Module, pair: Pai
         extra["theirs_cfg"] = "batched [uncond, cond], one state (the official pipeline)"
     if floor is not None:
         extra["uncached_max_abs"] = floor
-    return Comparison(pair.method, model.name, pair.repo, pair.commit, steps, pair.knob, pair.value, str(prompt),
-                      seed, float((a - b).abs().max()), psnr(a, b), ta.steps(n), tb.steps(nb), note=note,
-                      extra=extra)  # fmt: skip
+    return Comparison.of(pair, model, steps, prompt, seed, a, b, ta.steps(n), tb.steps(nb), note, extra)
 
 
 def main() -> int:

@@ -40,7 +40,6 @@ from .common import (
     Model,
     Pair,
     materialize,
-    psnr,
     traced,
 )
 
@@ -368,23 +367,7 @@ def compare_wan(
         extra.update(steps_ours_uncond=ta.steps(n, 1), steps_theirs_uncond=tb.steps(n, 1))
     if floor is not None:
         extra["uncached_max_abs"] = floor
-    return Comparison(
-        pair.method,
-        model.name,
-        pair.repo,
-        pair.commit,
-        steps,
-        pair.knob,
-        pair.value,
-        str(prompt),
-        seed,
-        float((a - b).abs().max()),
-        psnr(a, b),
-        ta.steps(n),
-        tb.steps(n),
-        note=note,
-        extra=extra,
-    )
+    return Comparison.of(pair, model, steps, prompt, seed, a, b, ta.steps(n), tb.steps(n), note, extra)
 
 
 def main() -> int:
