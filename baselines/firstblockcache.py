@@ -28,10 +28,10 @@ class FirstBlockCacheBenchConfig:
             The bench searches (0, 1e3): 1e3 saturates (every step after the first skips its tail).
 
     Least compute (`BUDGET_LIMIT`): block 0 is the probe and runs at every step, and step 0 computes everything,
-    so a sample costs at least `1 + (T − 1)·c0` full steps, c0 = block 0's share of a step. Measured at T = 50:
-    flux-tiny (2 double + 2 single blocks, c0 ≈ 0.26) K ≥ 13.6 — K = 13 is reached only at saturation (4.8% off),
-    K = 9 is not; dit-tiny (4 blocks, c0 ≈ 0.26 with the patch embedding and output layers) K ≥ 13.7 — 5.3% above
-    K = 13, so neither is reached. A full-size model with many blocks has a much lower floor.
+    so a sample costs at least `1 + (T − 1)·c0` full steps, c0 = block 0's share of a step: about 0.08 on the
+    deeper tiny models (flux-tiny 4 double + 8 single blocks, dit-tiny 12; reports/zoo/README.md), so K ≈ 5 at
+    T = 50, and K = 13 / 9 are reached (reports/BENCHMARKS.md: flux-tiny measured 13.09 / 8.87); on the first,
+    4-block tiny models c0 was ≈ 0.26 (K ≥ 13.6). FLUX.1-dev: c0 = 0.0175 (benchmarks/bench_probe_share_full_scale.py).
 
     The relative difference is one scalar over the whole batch, so a batch of two prompts takes one joint
     decision per step (a sample's output can differ from the same sample run alone); every cache context (CFG
@@ -46,7 +46,7 @@ class FirstBlockCacheBenchConfig:
     wan-tiny, T = 10 and 50, thresholds 0, 0.05, 0.2, 1. Deliberate difference: their flux `apply_cache_on_pipe`
     defaults to one state shared by all transformer calls (FLUX.1-dev has no true CFG); with flux-tiny's true CFG
     its uncond call then compares against and reuses the cond call's residuals (their wan adapter defaults to the
-    per-branch state, as we do). Effect at flux-tiny's least compute (threshold 1e3, K ≈ 13.6, T = 50, 4 prompts):
+    per-branch state, as we do). Effect at flux-tiny's least compute (threshold 1e3: only step 0 computes its tail, T = 50, 4 prompts):
     ours 14.75 dB vs their shared default 16.37 dB PSNR to full compute — the shared state also skips step 0's
     uncond tail, so it costs slightly less; equal-budget comparison not run (effects_fbcache.jsonl). Their
     strict `<` vs diffusers' `<=` differs only at equality. Their hunyuan_video adapter re-implements an older

@@ -68,24 +68,24 @@ INFO: dict[str, tuple[str, str, str]] = {
         "all of it is our reading; the EMA 'noise filter' (0.7) measured and turned off (ema-off = the default now)",
     ),
     "firstblockcache": (
-        "chengzeyi/ParaAttention via diffusers",
-        "diffusers' own hook, not compared",
-        "-",
+        "chengzeyi/ParaAttention (via diffusers' hook)",
+        "run: para_attn/first_block_cache utils.py + diffusers_adapters/flux.py, wan.py from the fetched source on our diffusers transformer, cache context per sample, with their enable_alter_cache True (per-branch state) and False (shared)",
+        "none vs their per-branch state (enable_alter_cache=True, their wan default); their flux default shares one state between the cond and uncond calls (written for guidance-distilled FLUX.1-dev): at flux-tiny's least compute (threshold 1e3: only step 0 computes its tail; T = 50, 4 prompts) ours 14.75 dB vs their shared default 16.37 dB (which also skips step 0's uncond tail; effects_fbcache.jsonl); hunyuan_video adapter not run (older diffusers forward, needs para_attn's attention kernels)",
     ),
     "pab": (
-        "NUS-HPC-AI-Lab/VideoSys via diffusers",
-        "diffusers' own hook, not compared",
-        "-",
+        "NUS-HPC-AI-Lab/VideoSys @ 4cce477 (via diffusers' hook)",
+        "not run: PAB lives in VideoSys' own transformers (CogVideoX, Latte, Open-Sora, Open-Sora-Plan, Vchitect), no Flux/Wan/HunyuanVideo/DiT; read core/pab/pab_mgr.py: same broadcast rule (count % range != 0 inside the timestep window) as diffusers' hook",
+        "pyramid N/2N/3N in diffusers' window (100, 800) as the budget knob vs their per-model ranges and windows (Latte 2/3/6 in (100, 800), Open-Sora 2/4/6 in (450, 930)); their MLP broadcast not in diffusers; state per CFG branch (they batch CFG)",
     ),
     "fastercache": (
-        "Vchitect/FasterCache via diffusers",
-        "diffusers' own hook, not compared",
-        "-",
+        "Vchitect/FasterCache @ 02d05ef (via diffusers' hook)",
+        "not run: its scripts patch its own model classes only (Open-Sora STDiT3, Open-Sora-Plan, Latte, CogVideoX SAT, Vchitect-XL, Mochi); no diffusers script, no Flux/Wan/HunyuanVideo/DiT",
+        "diffusers' schedule (every N-th call inside (-1, 681), constant w = 0.5) vs theirs per script (Open-Sora: even steps after step 7, w = 0.9·(step-7)/20); CFG cache off (needs batched [uncond, cond] CFG; ours runs CFG as two calls)",
     ),
     "seacache": (
-        "diffusers",
-        "diffusers' own hook, not compared",
-        "-",
+        "jiwoogit/SeaCache (HEAD 802d7cd README only; scripts at 0a91c2b) via diffusers' hook",
+        "not run: the SEA filter module util_seacache.py that their Wan2.1/HunyuanVideo scripts import is in no stored version; their scripts patch the original Wan2.1/HunyuanVideo repositories, not diffusers",
+        "indicator: diffusers filters the noisy input latent, theirs Wan block 0's modulated input; residual order 1 (diffusers) vs 0; diffusers caps 2 consecutive reuses, theirs none; default threshold 0.25 vs 0.2",
     ),
 }
 
