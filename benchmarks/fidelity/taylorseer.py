@@ -27,6 +27,10 @@ class _Absent(types.ModuleType):
     path); any attribute is a placeholder."""
 
     def __getattr__(self, name: str):
+        if name.startswith(
+            "__"
+        ):  # no __file__, __path__ …: tools that walk sys.modules (Hypothesis) read them
+            raise AttributeError(name)
         return type(name, (), {})
 
 

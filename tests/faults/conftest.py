@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -93,8 +94,20 @@ def dpcache_process(*argv: str, cwd: Path) -> subprocess.Popen:
     """`python -m dpcache.cli ARGV` as a child process (stderr piped)."""
     cmd = [sys.executable, "-m", "dpcache.cli", *map(str, argv)]
     return subprocess.Popen(
-        cmd, cwd=cwd, env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=cwd,
+        env=process_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as from a terminal: a runner started in the background (`cmd &`) ignores SIGINT, and a child inherits
+        # that, so Python would install no KeyboardInterrupt handler and the interrupt tests could not interrupt
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> Result:
