@@ -192,7 +192,6 @@ FAMILY_SETTINGS = {
     "DiTTransformer2DModel": {"max_order": 4, "disable_cache_before_step": 2},
     "HunyuanVideoTransformer3DModel": {"max_order": 1, "disable_cache_before_step": 1},
 }
-WAN_SETTINGS = FAMILY_SETTINGS["WanTransformer3DModel"]
 
 
 def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None) -> None:

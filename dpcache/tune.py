@@ -187,34 +187,24 @@ def tune(
             "tensors": {o: hashlib.sha256(t.cost.tobytes()).hexdigest() for o, t in sorted(tensors.items())},
         }
     )
-    search = Search(
-        pipe,
-        kwargs,
-        seeds,
-        T,
-        budget,
-        lambda order: _tensor_for(tensors, order),
-        cache=Path(cache_dir) / f"{key[:24]}.json" if cache_dir is not None else None,
-        ref_dir=Path(cache_dir) / "references" if cache_dir is not None else None,
-        weights_hash=weights_hash,
-        max_samples=space.max_samples,
-        progress=progress,
-    )
-    validation = None
-    if vkwargs:
-        validation = Search(
+
+    def searcher(calls: list[dict], call_seeds: list[int], suffix: str, cap: int | None) -> Search:
+        return Search(
             pipe,
-            vkwargs,
-            vseeds,
+            calls,
+            call_seeds,
             T,
             budget,
             lambda order: _tensor_for(tensors, order),
-            cache=Path(cache_dir) / f"{key[:24]}-validation.json" if cache_dir is not None else None,
+            cache=Path(cache_dir) / f"{key[:24]}{suffix}.json" if cache_dir is not None else None,
             ref_dir=Path(cache_dir) / "references" if cache_dir is not None else None,
             weights_hash=weights_hash,
-            max_samples=None,
+            max_samples=cap,
             progress=progress,
         )
+
+    search = searcher(kwargs, seeds, "", space.max_samples)
+    validation = searcher(vkwargs, vseeds, "-validation", None) if vkwargs else None
     best: Candidate = search.run(space, released, validation)
     orders = best.segment_orders
     settings = dict(best.settings)

@@ -220,9 +220,8 @@ class Search:
         except DPCacheError as exc:
             self.log.append({"stage": stage, "settings": settings, "psnr": None, "note": str(exc)})
             return None
-        settings = {**settings, "aligned": True, "first_full_steps": 1, "last_full_steps": 0}
-        settings["max_extrapolation"] = None
-        settings["order"] = 0
+        settings = {**settings, "aligned": True, "order": 0, "first_full_steps": 1, "last_full_steps": 0,
+                    "max_extrapolation": None}  # fmt: skip
         return self.score(Candidate(steps, (0,) * self.K, settings), stage)
 
     def planned(self, settings: dict[str, Any], stage: str) -> Candidate | None:

@@ -20,7 +20,7 @@ KNOB = "interval"
 VALUES = (3.0, 5.0)
 # (label, authors' max_order, authors' first_enhance, our config overrides): their Wan code as released
 # (`cache_init` mode 'Taylor': O = 1, first_enhance 1) against our registered method (which runs those settings
-# on Wan: baselines.taylorseer.WAN_SETTINGS), and both set to the paper's FLUX settings (O = 2, first_enhance 3).
+# on Wan: baselines.taylorseer.FAMILY_SETTINGS), and both set to the paper's FLUX settings (O = 2, first_enhance 3).
 SETTINGS = (
     ("released", 1, 1, None),
     ("flux-settings", 2, 3, {"max_order": 2, "disable_cache_before_step": 3}),
