@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch  # torch and diffusers are core dependencies: a missing one is an error, not a skip
@@ -12,10 +14,12 @@ IMAGE_TINY = ["flux-tiny", "dit-tiny"]
 ALL_NAMES = [
     "flux-tiny",
     "wan-tiny",
+    "wan-i2v-tiny",
     "hunyuan-video-tiny",
     "dit-tiny",
     "flux-medium",
     "wan-medium",
+    "wan-i2v-medium",
     "hunyuan-video-medium",
     "dit-medium",
     "flux-dev",
@@ -96,6 +100,13 @@ def test_prompt_becomes_pipeline_kwargs():
     assert registry.get_spec("dit-xl-2-256").pipeline_kwargs(207)["class_labels"] == [207]
     i2v = registry.get_spec("wan2.1-i2v-14b-720p").pipeline_kwargs("a cat")
     assert i2v["image"].size == (832, 832) and i2v["num_frames"] == 81
+    tiny = registry.get_spec("wan-i2v-tiny")
+    kw = tiny.pipeline_kwargs("a red 3 moving left")
+    assert (
+        kw["image"].size == (32, 32) and kw["guidance_scale"] == 3.0 and kw["prompt"] == "a red 3 moving left"
+    )
+    assert tiny.dpcache == {"first_full_steps": 4, "last_full_steps": 1}  # the released Wan settings
+    assert kw["image"].tobytes() != tiny.pipeline_kwargs("a red 4 moving left")["image"].tobytes()
 
 
 def test_models_json_fields():
@@ -258,3 +269,26 @@ def test_classifier_reads_clean_scenes():
     assert adh["n"] == 64 and adh["digit"] >= 0.9 and adh["colour"] >= 0.9 and adh["background"] >= 0.9
     labels = classifier.prompt_adherence(images, [s.digit for s in scenes])
     assert labels["digit"] == adh["digit"] and labels["colour"] is None
+
+
+def test_committed_zoo_size_and_shared_components():
+    """Every tiny pipeline + the classifier stay within 20 MiB of stored files; components two pipelines share
+    are stored once (relative links: dit-tiny's VAE is flux-tiny's, wan-i2v-tiny's VAE / text encoder /
+    tokenizer are wan-tiny's), and each link resolves inside the zoo."""
+    import os
+
+    root = registry.TINY_ROOT
+    stored = sum(
+        (Path(r) / f).stat().st_size for r, _d, files in os.walk(root) for f in files
+    )  # os.walk does not follow the links
+    assert stored <= 20 * 2**20, stored
+    links = {p.relative_to(root).as_posix(): p for p in root.glob("*/*") if p.is_symlink()}
+    assert set(links) >= {
+        "dit-tiny/vae",
+        "wan-i2v-tiny/vae",
+        "wan-i2v-tiny/text_encoder",
+        "wan-i2v-tiny/tokenizer",
+    }
+    for p in links.values():
+        assert not os.path.isabs(os.readlink(p)) and p.resolve().is_relative_to(root.resolve())
+        assert p.is_dir() and any(p.iterdir())

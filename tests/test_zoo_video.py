@@ -1,4 +1,5 @@
-"""Fast tests of the tiny video zoo: wan-tiny and hunyuan-video-tiny load, run, reproduce and round-trip."""
+"""Fast tests of the tiny video zoo: wan-tiny, wan-i2v-tiny and hunyuan-video-tiny load, run, reproduce and
+round-trip."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import json
 import pytest
 import torch  # torch and diffusers are core dependencies: a missing one is an error, not a skip
 
-from harness.zoo import hunyuan_tiny, video_data, wan_tiny
+from harness.zoo import hunyuan_tiny, video_data, wan_i2v_tiny, wan_tiny
 
-MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
-CLASSES = {"wan-tiny": "WanPipeline", "hunyuan-video-tiny": "HunyuanVideoPipeline"}
+MODULES = {"wan-tiny": wan_tiny, "wan-i2v-tiny": wan_i2v_tiny, "hunyuan-video-tiny": hunyuan_tiny}
+CLASSES = {
+    "wan-tiny": "WanPipeline",
+    "wan-i2v-tiny": "WanImageToVideoPipeline",
+    "hunyuan-video-tiny": "HunyuanVideoPipeline",
+}
 PROMPT = "a green 4 moving left"
 
 
@@ -37,6 +42,8 @@ def tiny(request):
 
 def _run(pipe, mod, seed: int = 0, steps: int = 4, **over):
     kw = {**mod.default_call_kwargs(), "num_inference_steps": steps, **over}
+    if hasattr(mod, "first_frame"):  # image-to-video: the prompt's first frame
+        kw.setdefault("image", mod.first_frame(PROMPT))
     return pipe(prompt=PROMPT, generator=torch.Generator().manual_seed(seed), **kw).frames
 
 
@@ -145,7 +152,7 @@ def test_video_checks_read_real_clips():
     assert backwards["direction"] <= 0.05 and backwards["digit"] >= 0.9
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", ["hunyuan-video-tiny", "wan-tiny"])
 def test_training_script_components(name, tmp_path):
     """A few iterations of each component: ``all`` saves a loadable pipeline and gives the same weights as
     ``vae`` then ``transformer``; a transformer-only run keeps the saved VAE and its normalisation, moves
@@ -203,3 +210,76 @@ def test_decoder_finetune_keeps_the_latent_space():
     assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("decoder."))
     assert curve == [] and not any(p.requires_grad for p in vae.parameters())
+
+
+def test_i2v_first_frame_is_the_prompts_and_fixed():
+    """The conditioning image depends on the prompt only (same prompt, same pixels) and shows its colour."""
+    import numpy as np
+
+    a, b = wan_i2v_tiny.first_frame(PROMPT), wan_i2v_tiny.first_frame(PROMPT)
+    assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+    other = wan_i2v_tiny.first_frame("a green 5 moving left")
+    assert not np.array_equal(np.asarray(a), np.asarray(other))
+    px = np.asarray(a).reshape(-1, 3).astype(int)
+    bright = px[px.max(1) > 150]
+    assert len(bright) and (bright[:, 1] > bright[:, 0]).mean() > 0.8  # green digit pixels
+
+
+def test_i2v_conditions_on_the_image():
+    """The I2V transformer takes 16 + 4 + 16 channels and its output follows the first frame it is given."""
+    pipe = wan_i2v_tiny.build_pipeline(trained=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.config.in_channels == 36 and pipe.image_encoder is None
+    mod = wan_i2v_tiny
+    same = _run(pipe, mod, steps=3)
+    other = _run(pipe, mod, steps=3, image=mod.first_frame("a white 7 moving up"))
+    assert not torch.equal(same, other)
+
+
+def test_i2v_training_trains_the_transformer_on_wan_tinys_vae(tmp_path):
+    """wan-i2v-tiny has no VAE component (it shares wan-tiny's, refused by name); a few iterations save a loadable
+    I2V pipeline with wan-tiny's VAE and text encoder and a trained 36-channel transformer, and its record."""
+    from zoo_training import train_video
+
+    small = dict(n_clips=3, iters=2, batch=2)
+    with pytest.raises(SystemExit, match="no VAE of its own"):
+        train_video.main("wan-i2v-tiny", out_dir=tmp_path / "x", component="vae", **small)
+    out, record = tmp_path / "i2v", tmp_path / "i2v.json"
+    train_video.main("wan-i2v-tiny", out_dir=out, record=record, **small)
+    pipe = wan_i2v_tiny.build_pipeline(trained=True, path=out)
+    t2v = wan_tiny.build_pipeline(trained=True)
+    for part in ("vae", "text_encoder"):
+        for a, b in zip(getattr(pipe, part).state_dict().values(), getattr(t2v, part).state_dict().values()):
+            assert torch.equal(a, b), part
+    fresh = wan_i2v_tiny.build_transformer("tiny", 0)
+    assert pipe.transformer.config.in_channels == 36
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), pipe.transformer.state_dict().values())
+    )
+    assert list(json.loads(record.read_text())["components"]) == ["transformer"]
+    pipe.set_progress_bar_config(disable=True)
+    assert _run(pipe, wan_i2v_tiny, steps=2).shape[1:] == (9, 3, 32, 32)
+
+
+def test_easycache_on_i2v_uses_the_noisy_latents():
+    """EasyCache's rate and Δ are taken on the noisy latents (the authors' `raw_input`, before the I2V condition
+    is concatenated): on wan-i2v-tiny it skips, stays finite, and computes every step at its never-skip knob."""
+    from baselines.base import get_method
+
+    pipe = wan_i2v_tiny.build_pipeline(trained=True)
+    pipe.set_progress_bar_config(disable=True)
+    method = get_method("easycache")
+    ref = _run(pipe, wan_i2v_tiny, steps=10)
+    method.apply(pipe, method.never_skip, 10, None)
+    try:
+        same = _run(pipe, wan_i2v_tiny, steps=10)
+    finally:
+        method.remove(pipe)
+    method.apply(pipe, 0.1, 10, None)
+    try:
+        out = _run(pipe, wan_i2v_tiny, steps=10)
+        hits = method.cache_hits(pipe)
+    finally:
+        method.remove(pipe)
+    assert torch.equal(same, ref) and hits > 0 and torch.isfinite(out).all()

@@ -1,6 +1,6 @@
 """Measure a tiny video pipeline: trajectory difficulty, K=13 reuse vs 13-step sampling, cost, adherence.
 
-``python -m zoo_training.measure_video NAME`` (``wan-tiny`` | ``hunyuan-video-tiny``) writes
+``python -m zoo_training.measure_video NAME`` (``wan-tiny`` | ``wan-i2v-tiny`` | ``hunyuan-video-tiny``) writes
 ``reports/zoo/NAME.json``, ``NAME.png`` (frame strips with prompts) and ``NAME.gif``:
 
 - per-step relative change ``|o_t - o_{t-1}| / |o_{t-1}|`` of the (conditional) transformer output
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from harness.metrics import psnr_db
-from harness.zoo import hunyuan_tiny, wan_tiny
+from harness.zoo import hunyuan_tiny, wan_i2v_tiny, wan_tiny
 from harness.zoo.classifier import video_adherence
 from harness.zoo.video_data import (
     ClipSpec,
@@ -38,7 +38,7 @@ from harness.zoo.video_data import (
 from zoo_training.measure import reuse_schedule
 
 REPORTS = Path(__file__).resolve().parents[1] / "reports" / "zoo"
-MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
+MODULES = {"wan-tiny": wan_tiny, "wan-i2v-tiny": wan_i2v_tiny, "hunyuan-video-tiny": hunyuan_tiny}
 T, K, FIRST = 50, 13, 3
 
 
@@ -72,6 +72,8 @@ class ForwardWrap:
 
 def _run(pipe, kwargs: dict[str, Any], prompt: str, seed: int, **over: Any) -> torch.Tensor:
     kw = {**kwargs, **over}
+    if type(pipe).__name__ == "WanImageToVideoPipeline":  # conditioned on the prompt's first frame
+        kw["image"] = wan_i2v_tiny.first_frame(prompt, kw["height"])
     return pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **kw).frames[0]  # (F, 3, H, W)
 
 
@@ -119,7 +121,12 @@ def save_strips(videos: list[torch.Tensor], prompts: list[str], png: Path, gif: 
 
 
 def dir_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    """Bytes of the files stored in ``path`` (components linked from another model's directory not counted)."""
+    return sum(
+        f.stat().st_size
+        for root, _dirs, files in os.walk(path)  # os.walk does not descend into linked directories
+        for f in (Path(root) / n for n in files)
+    )
 
 
 def measure(name: str, n_prompts: int = 20, path: str | os.PathLike | None = None) -> dict[str, Any]:

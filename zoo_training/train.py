@@ -297,7 +297,16 @@ def train_dit(
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
-        "name", choices=["vae", "flux-tiny", "dit-tiny", "classifier", "wan-tiny", "hunyuan-video-tiny"]
+        "name",
+        choices=[
+            "vae",
+            "flux-tiny",
+            "dit-tiny",
+            "classifier",
+            "wan-tiny",
+            "wan-i2v-tiny",
+            "hunyuan-video-tiny",
+        ],
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -332,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.name in ("wan-tiny", "hunyuan-video-tiny"):
+    if args.name in ("wan-tiny", "wan-i2v-tiny", "hunyuan-video-tiny"):
         from zoo_training.train_video import main as train_video_main
 
         over = {"eval_every": args.eval_every} | ({"iters": args.iters} if args.iters else {})
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         train_video_main(args.name, component=args.component, threads=args.threads, **over)
         return
     if args.component != "all":
-        ap.error("--component applies to the video models (wan-tiny, hunyuan-video-tiny) only")
+        ap.error("--component applies to the video models (wan-tiny, wan-i2v-tiny, hunyuan-video-tiny) only")
     if args.resume and args.name not in STAGE2_ITERS:
         ap.error(f"--resume applies to {sorted(STAGE2_ITERS)} only")
     kw = {"seed": args.seed} | ({"iters": args.iters} if args.iters else {})

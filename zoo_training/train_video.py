@@ -36,13 +36,14 @@ from typing import Any
 import torch
 
 from dpcache.atomic_io import write_text_atomic
-from harness.zoo import hunyuan_tiny, wan_tiny
+from harness.zoo import hunyuan_tiny, wan_i2v_tiny, wan_tiny
 from harness.zoo.video_data import NUM_FRAMES, all_prompts, sample_batch
 from zoo_training.video_config import CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 REPORTS = REPO / "reports" / "zoo"
-MODULES = {"wan-tiny": wan_tiny, "hunyuan-video-tiny": hunyuan_tiny}
+MODULES = {"wan-tiny": wan_tiny, "wan-i2v-tiny": wan_i2v_tiny, "hunyuan-video-tiny": hunyuan_tiny}
+I2V = ("wan-i2v-tiny",)  # first-frame conditioned: trained on wan-tiny's VAE, no VAE component of its own
 
 
 COMPONENTS = ("all", "vae", "transformer")
@@ -136,14 +137,31 @@ def finetune_decoder(vae, cfg: dict[str, Any], seed: int) -> list[float]:
 
 
 @torch.no_grad()
-def encode_dataset(vae, n: int, gen: torch.Generator) -> tuple[torch.Tensor, list[str]]:
-    """Render ``n`` clips and encode them to posterior means ``(n, C, F', H', W')``."""
-    lat, prompts = [], []
+def encode_dataset(
+    vae, n: int, gen: torch.Generator, first_frames: bool = False
+) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    """Render ``n`` clips and encode them to posterior means ``(n, C, F', H', W')``; with ``first_frames`` also
+    each clip's I2V condition as ``WanImageToVideoPipeline`` builds it (the first frame in 8 bits, then zeros,
+    VAE-encoded: its posterior mean), un-normalised."""
+    lat, prompts, cond = [], [], []
     for i in range(0, n, 100):
         x, p = sample_batch(gen, min(100, n - i))
         lat.append(_posterior(vae, x).mean)
         prompts += p
-    return torch.cat(lat), prompts
+        if first_frames:
+            first = (((x[:, :, :1] + 1) * 127.5).round() / 127.5 - 1).clamp(-1, 1)  # as a PIL image
+            video = torch.cat([first, torch.zeros_like(x[:, :, 1:])], dim=2)
+            cond.append(_posterior(vae, video).mean)
+    return torch.cat(lat), prompts, (torch.cat(cond) if first_frames else None)
+
+
+def i2v_condition(cond_lat: torch.Tensor, mask_channels: int) -> torch.Tensor:
+    """The 4 + 16 channels the I2V transformer is given besides the noisy latents: the frame mask (1 on the
+    first latent frame, 0 after) and the normalised first-frame latents."""
+    b, _, f, h, w = cond_lat.shape
+    mask = torch.zeros(b, mask_channels, f, h, w)
+    mask[:, :, 0] = 1.0
+    return torch.cat([mask, cond_lat], dim=1)
 
 
 @torch.no_grad()
@@ -151,7 +169,7 @@ def text_table(name: str, pipe) -> dict[str, tuple[torch.Tensor, ...]]:
     """Frozen text conditioning for every caption and for the empty (negative) prompt."""
     prompts = [*all_prompts(), ""]
     out: dict[str, tuple[torch.Tensor, ...]] = {}
-    if name == "wan-tiny":
+    if name.startswith("wan"):
         emb, _ = pipe.encode_prompt(
             prompts, do_classifier_free_guidance=False, max_sequence_length=wan_tiny.MAX_SEQ_LEN
         )
@@ -170,7 +188,7 @@ def text_table(name: str, pipe) -> dict[str, tuple[torch.Tensor, ...]]:
 def _forward(
     name: str, tr, xt: torch.Tensor, t: torch.Tensor, cond: list[tuple[torch.Tensor, ...]]
 ) -> torch.Tensor:
-    if name == "wan-tiny":
+    if name.startswith("wan"):
         emb = torch.stack([c[0] for c in cond])
         return tr(hidden_states=xt, timestep=t, encoder_hidden_states=emb, return_dict=False)[0]
     emb = torch.stack([c[0] for c in cond])
@@ -197,10 +215,13 @@ def train_transformer(
     gen: torch.Generator,
     shift: float,
     probe: Callable[[Any, int], None] | None = None,
+    condition: torch.Tensor | None = None,
 ):
     """The transformer with rectified flow on normalised latents; returns (EMA transformer, loss curve).
 
-    ``probe(ema, it)`` is called every ``cfg["eval_every"]`` iterations (0: never).
+    ``probe(ema, it)`` is called every ``cfg["eval_every"]`` iterations (0: never). ``condition`` (I2V: frame
+    mask + first-frame latents per clip) is concatenated to the noisy latents along the channels, as the
+    pipeline does; prompt dropout drops the text only (the first frame stays, as in Wan's I2V).
     """
     ema = copy.deepcopy(tr).eval().requires_grad_(False)
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg["lr"], weight_decay=0.01)
@@ -227,6 +248,8 @@ def train_transformer(
         e = torch.randn(x.shape, generator=gen)
         sv = s.view(-1, 1, 1, 1, 1)
         xt = (1 - sv) * x + sv * e
+        if condition is not None:
+            xt = torch.cat([xt, condition[idx]], dim=1)
         pred = _forward(name, tr, xt, s * 1000.0, cond)
         loss = ((pred - (e - x)) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -258,8 +281,9 @@ def adherence_probe(pipe, name: str, n: int = 12) -> dict[str, float]:
     mod = MODULES[name]
     kw = mod.default_call_kwargs()
     prompts = probe_prompts(name, n)
+    image = (lambda p: {"image": mod.first_frame(p)}) if name in I2V else (lambda p: {})
     videos = [
-        pipe(prompt=p, generator=torch.Generator().manual_seed(i), **kw).frames[0]
+        pipe(prompt=p, generator=torch.Generator().manual_seed(i), **kw, **image(p)).frames[0]
         for i, p in enumerate(prompts)
     ]
     return {k: v for k, v in video_adherence(videos, prompts).items() if k != "per_prompt"}
@@ -269,7 +293,7 @@ def _normalise(name: str, pipe, lat: torch.Tensor, fit: bool) -> tuple[torch.Ten
     """Latents in the pipeline's normalised space and the sampler's shift; ``fit`` sets the VAE's
     normalisation from ``lat`` (VAE component), otherwise the saved one is used."""
     vae, c = pipe.vae, lat.shape[1]
-    if name == "wan-tiny":
+    if name.startswith("wan"):
         if fit:
             mean = lat.transpose(0, 1).reshape(c, -1).mean(1)
             std = lat.transpose(0, 1).reshape(c, -1).std(1)
@@ -298,7 +322,7 @@ def _vae_component(name: str, cfg: dict[str, Any]) -> tuple[Any, dict[str, Any]]
     if cfg.get("decoder_iters"):  # own generator: the encoder, so every latent, does not depend on it
         _log(f"{name}: decoder fine-tune on {NUM_FRAMES}-frame clips")
         decoder_curve = finetune_decoder(pipe.vae, cfg, seed)
-    lat, _ = encode_dataset(pipe.vae, cfg["norm_clips"], gen)
+    lat, _, _ = encode_dataset(pipe.vae, cfg["norm_clips"], gen)
     _normalise(name, pipe, lat, fit=True)
     return pipe, {
         "vae_curve": [round(v, 5) for v in vae_curve],
@@ -313,8 +337,12 @@ def _transformer_component(name: str, pipe, cfg: dict[str, Any]) -> dict[str, An
     torch.manual_seed(seed + 1)
     gen = torch.Generator().manual_seed(seed + 1)
     tr = mod.build_transformer("tiny", seed)
-    lat, prompts = encode_dataset(pipe.vae, cfg["n_clips"], gen)
+    lat, prompts, cond_lat = encode_dataset(pipe.vae, cfg["n_clips"], gen, first_frames=name in I2V)
     x0, shift = _normalise(name, pipe, lat, fit=False)
+    shift = cfg.get("train_shift", shift)  # the training distribution of t: the sampler's shift unless set
+    condition = None
+    if cond_lat is not None:
+        condition = i2v_condition(_normalise(name, pipe, cond_lat, fit=False)[0], mod.MASK_CHANNELS)
     _log(f"latents {tuple(lat.shape)}; normalised std {float(x0.std()):.3f} mean {float(x0.mean()):.3f}")
     table = text_table(name, pipe)
     _log(f"{name}: training transformer ({sum(p.numel() for p in tr.parameters())} params)")
@@ -327,7 +355,7 @@ def _transformer_component(name: str, pipe, cfg: dict[str, Any]) -> dict[str, An
         history.append({"iter": it, **adherence_probe(pipe, name)})
         _log(f"{name} it {it} adherence {json.dumps(history[-1])} ({time.time() - t0:.0f}s)")
 
-    ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift, probe)
+    ema, curve = train_transformer(name, tr, x0, prompts, table, cfg, gen, shift, probe, condition)
     pipe.transformer = ema
     return {"loss_curve": [round(v, 5) for v in curve], "adherence_during_training": history}
 
@@ -361,11 +389,19 @@ def main(
     cfg = {**CONFIG[name], **overrides}
     entries: dict[str, dict[str, Any]] = {}
     pipe = None
+    if name in I2V and component == "vae":
+        raise SystemExit(
+            f"{name} has no VAE of its own (it shares wan-tiny's): train --component transformer"
+        )
+    if name in I2V and pipe is None and component == "all":
+        component = "transformer"
     if component in ("all", "vae"):
         t0 = time.time()
         pipe, info = _vae_component(name, cfg)
         entries["vae"] = {"train_seconds": round(time.time() - t0, 1), **info}
     if component in ("all", "transformer"):
+        if pipe is None and name in I2V:
+            pipe = mod.build_pipeline(seed=cfg["seed"], trained=False)
         if pipe is None:
             if not (out / "model_index.json").exists():
                 raise SystemExit(
@@ -377,6 +413,8 @@ def main(
         entries["transformer"] = {"train_seconds": round(time.time() - t0, 1), **info}
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    if name in I2V and out.resolve() == mod.TINY_DIR.resolve():
+        mod.link_shared(out)
     if record is not None:
         _write_record(Path(record), name, cfg, threads, entries)
     _log(f"saved {out}: " + ", ".join(f"{k} {v['train_seconds']:.0f}s" for k, v in entries.items()))

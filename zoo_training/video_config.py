@@ -24,6 +24,18 @@ CONFIG: dict[str, dict[str, Any]] = {
         drop=0.1,
         ema=0.998,
     ),
+    # first-frame conditioned (shares wan-tiny's VAE): the transformer only; 6000 iterations + encoding fit 30 min on
+    # one thread with the second core busy
+    "wan-i2v-tiny": dict(
+        seed=0,
+        n_clips=12000,
+        iters=6000,
+        batch=32,
+        lr=2e-3,
+        warmup=300,
+        drop=0.1,
+        ema=0.998,
+    ),
     "hunyuan-video-tiny": dict(
         seed=0,
         vae_iters=3000,

@@ -139,9 +139,12 @@ class ModelSpec:
                 "num_inference_steps": steps,
             }
         if self.family in ("wan", "hunyuan-video") and self.scale != "full":
-            kw = dict(importlib.import_module(self.builder).default_call_kwargs(size=self.scale))
+            builder = importlib.import_module(self.builder)
+            kw = dict(builder.default_call_kwargs(size=self.scale))
             kw.pop("output_type", None)
             kw.update(prompt=prompt, num_inference_steps=steps)
+            if self.input_kind == "text+image":  # the prompt's own first frame (wan_i2v_tiny.first_frame)
+                kw["image"] = builder.first_frame(prompt, self.height) if image else FIRST_FRAME_DESCRIPTION
             return kw
         kw: dict[str, Any] = {
             "prompt": prompt,
@@ -160,6 +163,10 @@ class ModelSpec:
 
 
 IMAGE_DESCRIPTION = "the conditioning image (registry.conditioning_image)"
+FIRST_FRAME_DESCRIPTION = (
+    "the prompt's first frame: harness.zoo.wan_i2v_tiny.first_frame(prompt, height) (PIL; the clip renderer "
+    "seeded by the prompt's text)"
+)
 
 
 def conditioning_image(height: int, width: int):
@@ -246,6 +253,23 @@ def _specs() -> list[ModelSpec]:
                 num_frames=9 if scale == "tiny" else 17,
                 builder="harness.zoo.wan_tiny",
                 prompt_sets=vid,
+            )
+        )
+        s.append(
+            ModelSpec(
+                f"wan-i2v-{scale}",
+                "wan",
+                scale,
+                "WanImageToVideoPipeline",
+                50,
+                3.0,  # wan_i2v_tiny.GUIDANCE_SCALE: the released DPCache Wan run
+                hw,
+                hw,
+                num_frames=9 if scale == "tiny" else 17,
+                input_kind="text+image",
+                builder="harness.zoo.wan_i2v_tiny",
+                prompt_sets=vid,
+                dpcache={"first_full_steps": 4, "last_full_steps": 1},  # the released Wan settings
             )
         )
         s.append(
@@ -378,6 +402,6 @@ def json_call_kwargs(spec: ModelSpec | str) -> dict[str, Any]:
     kw = spec.pipeline_kwargs(prompt, image=False)
     kw.pop("prompt", None)
     kw.pop("class_labels", None)
-    if "image" in kw:
+    if kw.get("image") == IMAGE_DESCRIPTION:
         kw["image"] = f"skimage.data.astronaut() resized to {spec.width}x{spec.height} (PIL)"
     return kw
