@@ -17,7 +17,7 @@ CACHE_DIT_VERSION = (
     "1.5.3"  # pinned in pyproject's `harness` extra; installs next to torch 2.13 / diffusers 0.42.1
 )
 WARMUP_AT_50 = 8  # cache-dit's default warm-up (at 28–50 steps), scaled to T
-_SEQUENTIAL_CFG = {"FluxPipeline", "WanPipeline", "HunyuanVideoPipeline"}
+_SEQUENTIAL_CFG = {"FluxPipeline", "WanPipeline", "WanImageToVideoPipeline", "HunyuanVideoPipeline"}
 
 
 def _cache_dit():

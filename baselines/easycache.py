@@ -157,6 +157,11 @@ class EasyCacheHook(StepHook):
     def forward_step(self, module: torch.nn.Module, state: EasyCacheState, args: tuple, kwargs: dict):
         bound = self.signature.bind(module, *args, **kwargs)
         x = bound.arguments["hidden_states"]
+        out_channels = getattr(getattr(module, "config", None), "out_channels", None)
+        if out_channels and x.shape[1] > out_channels:
+            # image-to-video: the input is [noisy latents, frame mask, first-frame latents]; the authors' rate and
+            # Δ use the noisy latents only (their `raw_input`, taken before the condition `y` is concatenated)
+            x = x[:, :out_channels]
         return_dict = bound.arguments.get("return_dict", True)
         rows = self._decide(state, x)
         if rows is None:

@@ -142,7 +142,8 @@ def _apply(pipe: Any, knob: float, num_steps: int, artifacts: dict | None = None
 BUDGET_LIMIT = (
     "SeaCache (diffusers defaults) computes the first retention_steps=1 and last cache_end_steps=1 steps and at "
     "most max_consecutive_cached=2 reuses follow a computed step, so a sample costs at least 2 + ceil((T-2)/3) full "
-    "steps; the threshold range (0, 1e3) saturates"
+    "steps; the threshold range (0, 1e3) saturates. On an image-to-video Wan pipeline diffusers' hook runs "
+    "fail-open (it needs the raw vision latents of a text-to-video call) and never skips"
 )
 
 METHOD = CacheMethod(
