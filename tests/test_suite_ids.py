@@ -70,7 +70,8 @@ def test_suite_ids_select_sensibly(pytester: pytest.Pytester):
 
 
 @pytest.mark.parametrize(
-    ("suite", "model"), [("wan", "wan-tiny"), ("hunyuan_video", "hunyuan-video-tiny"), ("dit", "dit-tiny")]
+    ("suite", "model"),
+    [("wan", "wan-i2v-tiny"), ("hunyuan_video", "hunyuan-video-tiny"), ("dit", "dit-tiny")],
 )
 def test_every_suite_selects_like_flux(pytester: pytest.Pytester, suite: str, model: str):
     speed = _collect(pytester, "-k", "speedup", suite=suite)
