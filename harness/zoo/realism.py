@@ -1,4 +1,4 @@
-"""How much a tiny model's trajectory behaves like its real model's: ``python -m zoo_training.realism NAME``.
+"""How much a tiny model's trajectory behaves like its real model's: ``python -m harness.zoo.realism NAME``.
 
 Compares the model's calibrated cost tensor (on its *calibration* prompts) with the authors' released
 tensor of its family (FLUX.1-dev for flux-tiny and dit-tiny, Wan2.1-I2V for wan-tiny and
@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-REPORT_DIR = Path(__file__).resolve().parents[1] / "reports" / "zoo"
+from dpcache.atomic_io import write_text_atomic
+
+REPORT_DIR = Path(__file__).resolve().parents[2] / "reports" / "zoo"
 FAMILY_TENSOR = {
     "flux": ("flux_dev_T50_cost", 3, 0),
     "dit": ("flux_dev_T50_cost", 3, 0),
@@ -96,14 +98,31 @@ def probe_share(pipe, kwargs: dict) -> float:
     return counts["block"] / counts["transformer"]
 
 
-def calibrated_tensor(name: str, path: str | None = None, prompts: int | None = None) -> tuple[Any, Any]:
-    """(spec, cost array) for a tiny model calibrated on its calibration prompts (order-2 Taylor)."""
+def with_shift(pipe, shift: float) -> None:
+    """Swap the pipeline's sampler for the same one with another time shift (UniPC's ``flow_shift``, the flow-match
+    Euler's ``shift``; FLUX's dynamic shift is turned off so the given one applies)."""
+    cfg = pipe.scheduler.config
+    if "flow_shift" in cfg:
+        pipe.scheduler = type(pipe.scheduler).from_config(cfg, flow_shift=shift)
+    elif "shift" in cfg:
+        pipe.scheduler = type(pipe.scheduler).from_config(cfg, shift=shift, use_dynamic_shifting=False)
+    else:
+        raise ValueError(f"{type(pipe.scheduler).__name__} has no time shift")
+
+
+def calibrated_tensor(
+    name: str, path: str | None = None, prompts: int | None = None, shift: float | None = None
+) -> tuple[Any, Any]:
+    """(spec, cost array) for a tiny model calibrated on its calibration prompts (order-2 Taylor); ``shift``
+    samples with another time shift than the model's own."""
     from dpcache import TaylorPredictor, calibrate
     from harness.zoo import registry
 
     spec = registry.get_spec(name)
     pipe = registry.load_pipeline(spec, path=path) if path else registry.load_pipeline(spec)
     pipe.set_progress_bar_config(disable=True)
+    if shift is not None:
+        with_shift(pipe, shift)
     calib = list(spec.calibration_prompts)[: prompts or None]
     first, last = _released_settings(spec.family)
     ct = calibrate(
@@ -135,10 +154,15 @@ def released_tensor(family: str) -> np.ndarray:
 
 
 def report(
-    name: str, path: str | None = None, prompts: int | None = None, out_dir: Path = REPORT_DIR
+    name: str,
+    path: str | None = None,
+    prompts: int | None = None,
+    out_dir: Path = REPORT_DIR,
+    shift: float | None = None,
 ) -> dict:
-    """Measure ``name`` against its family's released tensor; write the JSON and the plot."""
-    spec, pipe, tiny = calibrated_tensor(name, path, prompts)
+    """Measure ``name`` against its family's released tensor; write the JSON and the plot (``realism-NAME``,
+    with ``-shiftX`` appended when sampled with another time shift)."""
+    spec, pipe, tiny = calibrated_tensor(name, path, prompts, shift)
     first, last = _released_settings(spec.family)
     ref = released_tensor(spec.family)
     kw = {k: v for k, v in spec.pipeline_kwargs(spec.calibration_prompts[0]).items()}
@@ -150,6 +174,7 @@ def report(
         "first_full_steps": first,
         "last_full_steps": last,
         "calibration_prompts": len(list(spec.calibration_prompts)[: prompts or None]),
+        "time_shift": shift if shift is not None else "the model's own",
         "tiny": path_summary(tiny, first, last),
         "reference": path_summary(ref, first, last),
         "single_step_profile": {
@@ -164,8 +189,9 @@ def report(
     }
     res["within_30_percent"] = all(abs(r - 1) <= 0.3 for r in res["ratio_to_reference"].values())
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"realism-{name}.json").write_text(json.dumps(res, indent=1) + "\n")
-    _plot(res, out_dir / f"realism-{name}.png")
+    stem = f"realism-{name}" + (f"-shift{shift:g}" if shift is not None else "")
+    write_text_atomic(out_dir / f"{stem}.json", json.dumps(res, indent=1) + "\n")
+    _plot(res, out_dir / f"{stem}.png")
     return res
 
 
@@ -202,11 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--path", default=None, help="pipeline directory (default: the committed weights)")
     ap.add_argument("--prompts", type=int, default=None, help="use only the first N calibration prompts")
     ap.add_argument("--out-dir", default=str(REPORT_DIR), help=f"default: {REPORT_DIR}")
+    ap.add_argument(
+        "--shift", type=float, default=None, help="sample with this time shift instead of the model's own"
+    )
     args = ap.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    res = report(args.name, args.path, args.prompts, Path(args.out_dir))
+    res = report(args.name, args.path, args.prompts, Path(args.out_dir), args.shift)
     print(
         f"{args.name}: probe share {res['probe_share']:.3f}; K: tiny / released path cost (units), final share"
     )
