@@ -36,25 +36,8 @@ MASK_CHANNELS = 4  # the pipeline's frame mask: vae_scale_factor_temporal channe
 
 def build_transformer(size: str = "tiny", seed: int = 0):
     """wan-tiny's transformer with I2V's input: noisy latents + frame mask + first-frame latents."""
-    from diffusers import WanTransformer3DModel
-
-    s = wan_tiny._SIZES[size]
-    torch.manual_seed(seed + 5)
-    return WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=s["heads"],
-        attention_head_dim=s["head_dim"],
-        in_channels=2 * s["latent"] + MASK_CHANNELS,
-        out_channels=s["latent"],
-        text_dim=s["text_dim"],
-        freq_dim=s["freq_dim"],
-        ffn_dim=s["ffn"],
-        num_layers=s["layers"],
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=1e-6,
-        rope_max_seq_len=256,
-    )
+    latent = wan_tiny._SIZES[size]["latent"]
+    return wan_tiny.build_transformer(size, seed, in_channels=2 * latent + MASK_CHANNELS, init_offset=5)
 
 
 def build_scheduler():

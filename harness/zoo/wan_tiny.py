@@ -86,17 +86,21 @@ def build_vae(
     )
 
 
-def build_transformer(size: str = "tiny", seed: int = 0):
-    """The Wan transformer (self-attention with 3D RoPE, cross-attention to the text, AdaLN time)."""
+def build_transformer(
+    size: str = "tiny", seed: int = 0, in_channels: int | None = None, init_offset: int = 4
+):
+    """The Wan transformer (self-attention with 3D RoPE, cross-attention to the text, AdaLN time);
+    ``in_channels`` other than the latent channels for image-to-video (``wan_i2v_tiny``), initialised from
+    ``seed + init_offset``."""
     from diffusers import WanTransformer3DModel
 
     s = _SIZES[size]
-    torch.manual_seed(seed + 4)
+    torch.manual_seed(seed + init_offset)
     return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=s["heads"],
         attention_head_dim=s["head_dim"],
-        in_channels=s["latent"],
+        in_channels=in_channels or s["latent"],
         out_channels=s["latent"],
         text_dim=s["text_dim"],
         freq_dim=s["freq_dim"],
