@@ -185,7 +185,8 @@ def test_batch_of_two_matches_single_samples(suite_session):
     cfg.apply()
     try:
         both = batch_call(ctx, prompts, seeds)
-        if "image" in ctx.kwargs(prompts[0]):  # I2V: the batch shares the first prompt's image, so do the singles
+        if "image" in ctx.kwargs(prompts[0]):
+            # I2V: the batch shares the first prompt's image, and so do the single runs
             alone = [batch_call(ctx, [p], [s], image_of=prompts[0]) for p, s in zip(prompts, seeds)]
         else:
             alone = [ctx.call(p, s) for p, s in zip(prompts, seeds)]
