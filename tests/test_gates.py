@@ -23,7 +23,12 @@ from harness.metrics import Unavailable
 from harness.records import ResultRecord, Timing
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = {"dit": "dit-tiny", "flux": "flux-tiny", "hunyuan_video": "hunyuan-video-tiny", "wan": "wan-tiny"}
+SUITES = {
+    "dit": "dit-tiny",
+    "flux": "flux-tiny",
+    "hunyuan_video": "hunyuan-video-tiny",
+    "wan": "wan-i2v-tiny",
+}
 
 
 def _rec(**kw) -> ResultRecord:
