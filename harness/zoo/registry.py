@@ -177,28 +177,6 @@ def conditioning_image(height: int, width: int):
     return Image.fromarray(skimage.data.astronaut()).resize((width, height))
 
 
-def _digit_prompts() -> tuple[list[str], list[str]]:
-    from harness.zoo.digits_data import prompt_split
-
-    return prompt_split()
-
-
-def _digit_label_prompts() -> tuple[list[str], list[str]]:
-    """DiT conditions on the class label only: evaluate on digits 0-7 (the first 8 evaluation prompts are
-    0, 1, …, 7) and calibrate on 8 and 9, so the split is disjoint in what the model actually sees."""
-    from harness.zoo.digits_data import label_prompt_split
-
-    return label_prompt_split(8)
-
-
-def _video_prompts() -> tuple[list[str], list[str]]:
-    from harness.zoo import video_data
-
-    evals = list(video_data.eval_prompts(20))
-    rest = [p for p in video_data.all_prompts() if p not in set(evals)]
-    return rest[::12][:16], evals
-
-
 def probe_prompts(spec: ModelSpec | str, n: int) -> list[str]:
     """Held-out prompts for the zoo's adherence probes while training: disjoint from the model's calibration
     and evaluation prompts (as strings; a class-label model's 10 labels cannot all be held out, so its probe
@@ -222,7 +200,7 @@ def probe_prompts(spec: ModelSpec | str, n: int) -> list[str]:
 
 def _specs() -> list[ModelSpec]:
     flux_cfg = {"negative_prompt": "", "true_cfg_scale": 4.0, "max_sequence_length": 16}
-    dig, vid = "harness.zoo.registry:_digit_prompts", "harness.zoo.registry:_video_prompts"
+    dig, vid = "harness.zoo.prompt_sets:digit_prompts", "harness.zoo.prompt_sets:video_prompts"
     s: list[ModelSpec] = []
     for scale, hw in (("tiny", 32), ("medium", 64)):
         s.append(
@@ -299,7 +277,7 @@ def _specs() -> list[ModelSpec]:
                 hw,
                 input_kind="class_label",
                 builder="harness.zoo.dit_tiny",
-                prompt_sets="harness.zoo.registry:_digit_label_prompts",
+                prompt_sets="harness.zoo.prompt_sets:digit_label_prompts",
             )
         )
     s += [
